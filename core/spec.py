@@ -1,0 +1,278 @@
+"""The job spec: what a user asks mmkd to train. Pure pydantic, no torch.
+
+The service validates specs with these models at submit time, so a bad spec is a 422 naming the
+field, not a failure an hour later on a GPU. Every model forbids unknown fields. Methods are a
+discriminated union on ``method.name``: a spec may only name registry keys, never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TaskKind = Literal["classification", "multilabel", "regression", "retrieval"]
+MODALITY_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+RESERVED_KEYS = frozenset({"label", "split", "class_names"})
+
+
+class StrictModel(BaseModel):
+    """Base for every spec model: unknown fields are an error, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(StrictModel):
+    """Where the data comes from and which modalities the student may use."""
+
+    name: str | None = Field(default=None, description="A built-in dataset: mfeat or basic_motions.")
+    uri: str | None = Field(default=None, description="A generic .npz: local path or s3://bucket/key.")
+    primary: list[Annotated[str, Field(pattern=MODALITY_NAME)]] = Field(
+        min_length=1, description="Modalities present at training and inference (the student's input)."
+    )
+    auxiliary: list[Annotated[str, Field(pattern=MODALITY_NAME)]] = Field(
+        min_length=1, description="Modalities present at training only."
+    )
+    retrieval_target: Annotated[str, Field(pattern=MODALITY_NAME)] | None = Field(
+        default=None, description="retrieval only: the modality each network retrieves (e.g. text)."
+    )
+    label_fraction: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="Keep labels for this stratified fraction of train."
+    )
+    keep_unlabelled: bool = Field(
+        default=True, description="Keep train samples without a label for the label-free loss terms."
+    )
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    split_seed: int = Field(default=0, ge=0, description="Seed of the split when the file has none.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetSpec:
+        if (self.name is None) == (self.uri is None):
+            raise ValueError("give exactly one of dataset.name (a built-in) or dataset.uri (a .npz)")
+        if self.name is not None and self.name not in BUILTIN_DATASETS:
+            raise ValueError(f"unknown built-in dataset {self.name!r}; built-ins: {sorted(BUILTIN_DATASETS)}")
+        for field in ("primary", "auxiliary"):
+            names: list[str] = getattr(self, field)
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"dataset.{field} lists {dupes} more than once")
+            reserved = sorted(set(names) & RESERVED_KEYS)
+            if reserved:
+                raise ValueError(f"dataset.{field}: {reserved} is a reserved key, not a modality")
+        both = sorted(set(self.primary) & set(self.auxiliary))
+        if both:
+            raise ValueError(f"modality {both} is in both dataset.primary and dataset.auxiliary")
+        if self.retrieval_target is not None and self.retrieval_target in {*self.primary, *self.auxiliary}:
+            raise ValueError("dataset.retrieval_target must not also be a primary or auxiliary modality")
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError("dataset.val_fraction + dataset.test_fraction must leave >= 20% for training")
+        if self.name is not None:
+            known = BUILTIN_DATASETS[self.name]
+            unknown = sorted(set(self.primary + self.auxiliary) - set(known))
+            if unknown:
+                raise ValueError(f"dataset {self.name!r} has no modality {unknown}; it has {list(known)}")
+        return self
+
+
+BUILTIN_DATASETS: dict[str, tuple[str, ...]] = {
+    "mfeat": ("fou", "fac", "kar", "pix", "zer", "mor"),
+    "basic_motions": ("accelerometer", "gyroscope"),
+}
+
+
+class ModelSpec(StrictModel):
+    """Architecture shared by the teacher, the auxiliary model and the student."""
+
+    hidden_dim: int = Field(default=128, ge=4, le=8192, description="Width of each modality encoder.")
+    repr_dim: int = Field(default=64, ge=2, le=4096, description="Dimension d of the fused representation z.")
+    encoder_layers: int = Field(default=2, ge=1, le=8, description="Layers per modality encoder.")
+    sequence_encoder: Literal["conv", "gru"] = Field(default="conv", description="Encoder for (C, L) inputs.")
+    fusion: Literal["concat", "sum"] = "concat"
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class _MethodBase(StrictModel):
+    pass
+
+
+class StudentOnly(_MethodBase):
+    """The floor: the three networks trained on their task losses alone, independently."""
+
+    name: Literal["student_only"]
+
+
+class TeacherOnly(_MethodBase):
+    """The ceiling: same independent training; reported for the teacher (needs X at inference)."""
+
+    name: Literal["teacher_only"]
+
+
+class _FrozenTeacher(_MethodBase):
+    teacher_epochs: int | None = Field(
+        default=None, ge=1, le=10_000, description="Teacher pre-training epochs (default: train.epochs)."
+    )
+
+
+class LogitKD(_FrozenTeacher):
+    """Hinton et al. 2015: KL between temperature-softened logits of a frozen teacher and the student."""
+
+    name: Literal["logit_kd"]
+    kd_weight: float = Field(default=1.0, ge=0.0)
+    kd_temperature: float = Field(default=4.0, gt=0.0)
+
+
+class FeatureKD(_FrozenTeacher):
+    """FitNets (Romero et al. 2015): regress z_S through a linear regressor onto a frozen z_T."""
+
+    name: Literal["feature_kd"]
+    feature_weight: float = Field(default=1.0, ge=0.0)
+
+
+class _Contrastive(StrictModel):
+    temperature: float = Field(default=0.1, gt=0.0, le=10.0, description="InfoNCE temperature tau.")
+    proj_dim: int = Field(default=64, ge=2, le=4096, description="Projection dimension k.")
+    proj_layers: Literal[1, 2] = Field(default=2, description="Linear (1) or 2-layer MLP (2) heads.")
+
+
+class CRD(_FrozenTeacher, _Contrastive):
+    """Tian et al. 2020: contrastive distillation (I(T;S) only) from a frozen teacher."""
+
+    name: Literal["crd"]
+    alpha: float = Field(default=1.0, ge=0.0)
+    n_neg: int = Field(
+        default=0, ge=0, le=65_536, description="Memory-bank negatives per sample; 0 uses in-batch negatives."
+    )
+    bank_momentum: float = Field(default=0.5, ge=0.0, lt=1.0)
+    kd_weight: float = Field(default=0.0, ge=0.0, description="Optional logit KD companion term.")
+    kd_temperature: float = Field(default=4.0, gt=0.0)
+
+
+class _Joint(_MethodBase, _Contrastive):
+    alpha: float = Field(default=0.5, ge=0.0, description="Weight of L_mi(T,S).")
+    warmup_epochs: int = Field(
+        default=0, ge=0, description="Epochs of task losses only before distillation switches on."
+    )
+    ramp_epochs: int = Field(default=0, ge=0, description="Linear ramp of alpha/beta/gamma after warm-up.")
+    kd_weight: float = Field(default=0.0, ge=0.0, description="Temperature-softened logit KD T->S.")
+    kd_temperature: float = Field(default=4.0, gt=0.0)
+
+
+class MIJoint(_Joint):
+    """Joint training with I(T;S) only: the configuration that exhibits the weak teacher."""
+
+    name: Literal["mi_joint"]
+
+
+class MIJointAux(_Joint):
+    """Joint training with I(T;S) and I(T;A): the ablation without the adversarial term."""
+
+    name: Literal["mi_joint_aux"]
+    beta: float = Field(default=0.5, ge=0.0, description="Weight of L_mi(T,A).")
+
+
+class Paper(_Joint):
+    """The full objective: task + alpha I(T;S) + beta I(T;A) + gamma H(T|S) (Chen et al., CVPR 2023)."""
+
+    name: Literal["paper"]
+    beta: float = Field(default=0.5, ge=0.0, description="Weight of L_mi(T,A).")
+    gamma: float = Field(default=0.1, ge=0.0, description="Weight of L_adv(T|S).")
+    noise_dim: int = Field(default=16, ge=0, le=1024, description="Noise input of the generator G.")
+    recon_weight: float = Field(default=1.0, ge=0.0, description="Weight of ||G(z_S) - z_T||^2 in L_adv.")
+    disc_lr: float | None = Field(default=None, gt=0.0, description="Discriminator lr (default: train.lr).")
+
+
+MethodSpec = Annotated[
+    StudentOnly | TeacherOnly | LogitKD | FeatureKD | CRD | MIJoint | MIJointAux | Paper,
+    Field(discriminator="name"),
+]
+METHOD_NAMES = (
+    "student_only",
+    "teacher_only",
+    "logit_kd",
+    "feature_kd",
+    "crd",
+    "mi_joint",
+    "mi_joint_aux",
+    "paper",
+)
+
+
+class TrainSpec(StrictModel):
+    """Optimisation and hardware."""
+
+    epochs: int = Field(default=60, ge=1, le=10_000)
+    batch_size: int = Field(default=128, ge=2, le=65_536)
+    lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    scheduler: Literal["none", "cosine"] = "cosine"
+    grad_clip: float | None = Field(default=5.0, gt=0.0, description="Max global grad norm; null disables.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(default=False, description="bfloat16 autocast on CUDA; ignored on CPU.")
+    eval_every_epochs: int = Field(default=1, ge=1)
+
+
+class CheckpointSpec(StrictModel):
+    """When to save resumable state."""
+
+    every_epochs: int | None = Field(default=1, ge=1)
+    every_steps: int | None = Field(default=None, ge=1)
+    keep_last: int = Field(default=2, ge=1, le=1000)
+
+
+class ResourcesSpec(StrictModel):
+    """What a worker must provide."""
+
+    gpus: int = Field(default=0, ge=0, le=64)
+
+
+class JobSpec(StrictModel):
+    """A complete distillation job."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    dataset: DatasetSpec
+    task: TaskKind = "classification"
+    model: ModelSpec = ModelSpec()
+    method: MethodSpec
+    train: TrainSpec = TrainSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        if (self.task == "retrieval") != (self.dataset.retrieval_target is not None):
+            raise ValueError("dataset.retrieval_target is required for task 'retrieval' and only for it")
+        if self.dataset.name is not None and self.task != "classification":
+            raise ValueError(f"built-in dataset {self.dataset.name!r} is a classification task")
+        if self.task == "retrieval" and (self.method.name == "logit_kd" or getattr(self.method, "kd_weight", 0)):
+            raise ValueError("logit KD (method logit_kd or method.kd_weight) needs logits; retrieval has none")
+        return self
+
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the validated spec (defaults filled in)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: the dotted field path, then what was wrong."""
+    lines = []
+    for item in error.errors(include_url=False):
+        path = ".".join(str(part) for part in item["loc"]) or "(spec)"
+        lines.append(f"{path}: {item['msg']}")
+    return lines
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a spec from a YAML or JSON file (JSON is YAML) and validate it."""
+    text = Path(path).read_text()
+    data: Any = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a job spec must be a mapping, got {type(data).__name__}")
+    return JobSpec.model_validate(data)

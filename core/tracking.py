@@ -1,0 +1,66 @@
+"""The two small protocols through which the trainer talks to the outside world.
+
+``Tracker`` receives progress and metrics (the CLI writes metrics.jsonl and a progress bar; the
+worker writes to the database) and may ask the trainer to stop. ``CheckpointStore`` keeps opaque
+checkpoint blobs (a local folder for the CLI, S3 for the worker). Neither knows about torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+
+class Tracker(Protocol):
+    """Receives what the trainer reports, in order: start, steps and epochs, finish."""
+
+    def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
+        """Training begins (``start_step`` > 0 when resumed from a checkpoint)."""
+
+    def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
+        """One optimisation step finished; ``losses`` holds every named loss term and ``total``."""
+
+    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+        """An epoch ended; ``metrics`` holds validation metrics named ``{network}/{metric}``."""
+
+    def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
+        """A checkpoint was stored under ``key``."""
+
+    def should_stop(self) -> bool:
+        """True to stop at the next step boundary (a cancel request)."""
+
+    def on_finish(self, *, summary: Mapping[str, Any]) -> None:
+        """Training and the final test evaluation are done."""
+
+
+class CheckpointStore(Protocol):
+    """Keeps checkpoint blobs by step; ``load_latest`` returns the newest complete one."""
+
+    def save(self, step: int, payload: bytes) -> str:
+        """Store ``payload`` atomically for ``step`` and return its key."""
+
+    def load_latest(self) -> tuple[int, bytes] | None:
+        """The newest checkpoint as ``(step, payload)``, or None when there is none."""
+
+
+class NullTracker:
+    """A tracker that records nothing and never stops training."""
+
+    def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
+        """Ignore."""
+
+    def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
+        """Ignore."""
+
+    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+        """Ignore."""
+
+    def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
+        """Ignore."""
+
+    def should_stop(self) -> bool:
+        """Never stop."""
+        return False
+
+    def on_finish(self, *, summary: Mapping[str, Any]) -> None:
+        """Ignore."""
