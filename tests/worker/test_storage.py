@@ -1,0 +1,122 @@
+"""Both artifact stores behave alike; the S3 one is exercised over HTTP against moto's server."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from core.errors import StorageError
+from worker.checkpoints import StorageCheckpointStore
+from worker.s3 import S3Store
+from worker.storage import ArtifactStore, LocalStore, open_store
+
+
+@pytest.fixture
+def bucket(moto_server) -> str:
+    name = f"mmkd-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server.endpoint_url).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path: Path) -> Iterator[ArtifactStore]:
+    if request.param == "local":
+        yield LocalStore(tmp_path / "artifacts")
+    else:
+        server = request.getfixturevalue("moto_server")
+        bucket = request.getfixturevalue("bucket")
+        yield open_store(f"s3://{bucket}/some/prefix", endpoint_url=server.endpoint_url, max_attempts=2)
+
+
+def test_put_get_list_delete(store: ArtifactStore, tmp_path: Path) -> None:
+    stored = store.put_bytes("jobs/1/a.txt", b"hello")
+    assert (stored.key, stored.size) == ("jobs/1/a.txt", 5)
+    source = tmp_path / "b.bin"
+    source.write_bytes(b"x" * 1000)
+    assert store.put_file("jobs/1/sub/b.bin", source).size == 1000
+    store.put_bytes("jobs/2/c.txt", b"other job")
+    assert store.list_keys("jobs/1/") == ["jobs/1/a.txt", "jobs/1/sub/b.bin"]
+    assert store.get_bytes("jobs/1/a.txt") == b"hello"
+    store.download("jobs/1/sub/b.bin", tmp_path / "out" / "b.bin")
+    assert (tmp_path / "out" / "b.bin").read_bytes() == b"x" * 1000
+    store.delete(["jobs/1/a.txt", "jobs/1/never-existed"])
+    assert store.list_keys("jobs/1/") == ["jobs/1/sub/b.bin"]
+    with pytest.raises(FileNotFoundError):
+        store.get_bytes("jobs/1/a.txt")
+    store.check()
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a"])
+def test_rejects_unsafe_keys(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValueError):
+        LocalStore(tmp_path).put_bytes(key, b"")
+
+
+def test_checkpoint_store_keeps_last_and_loads_newest(store: ArtifactStore) -> None:
+    checkpoints = StorageCheckpointStore(store, "job-7", keep_last=2)
+    assert checkpoints.load_latest() is None
+    for step in (5, 10, 100, 15):
+        assert checkpoints.save(step, f"state {step}".encode()) == f"jobs/job-7/checkpoints/step-{step}.pt"
+    assert checkpoints.load_latest() == (100, b"state 100")
+    assert store.list_keys("jobs/job-7/") == [
+        "jobs/job-7/checkpoints/step-100.pt",
+        "jobs/job-7/checkpoints/step-15.pt",
+    ]
+
+
+def test_presigned_url_downloads_the_object(moto_server, bucket: str) -> None:
+    store = S3Store(bucket, "p", endpoint_url=moto_server.endpoint_url)
+    store.put_bytes("jobs/1/student/model.pt", b"weights")
+    url = store.presigned_url("jobs/1/student/model.pt", expires_s=60)
+    assert url is not None and "Signature" in url
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"weights"
+    assert LocalStore(Path("/nonexistent")).presigned_url("x") is None
+
+
+def test_large_file_goes_multipart(moto_server, bucket: str, tmp_path: Path) -> None:
+    store = S3Store(
+        bucket,
+        endpoint_url=moto_server.endpoint_url,
+        multipart_threshold=5 << 20,
+        multipart_chunksize=5 << 20,
+    )
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (6 << 12))  # 6 MiB: two parts
+    stored = store.put_file("jobs/1/big.bin", big)
+    head = store.client.head_object(Bucket=bucket, Key="jobs/1/big.bin")
+    assert head["ContentLength"] == big.stat().st_size == stored.size
+    assert head["ETag"].strip('"').endswith("-2")  # S3's multipart ETag: md5-of-md5s "-" part count
+    assert store.get_bytes("jobs/1/big.bin") == big.read_bytes()
+
+
+def test_outage_raises_storage_error_after_retries(moto_server, bucket: str) -> None:
+    store = S3Store(bucket, endpoint_url=moto_server.endpoint_url, max_attempts=3, timeout_s=2)
+    moto_server.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="after retries"):
+            store.put_bytes("jobs/1/a.txt", b"x")
+        assert time.monotonic() - started < 30
+        with pytest.raises(StorageError):
+            store.check()
+    finally:
+        moto_server.start()
+    store.client.create_bucket(Bucket=bucket)  # moto keeps its state in memory: recreate the bucket
+    store.put_bytes("jobs/1/a.txt", b"back")  # the same client recovers once the endpoint is back
+    assert store.get_bytes("jobs/1/a.txt") == b"back"
+
+
+def test_open_store_urls(tmp_path: Path) -> None:
+    assert isinstance(open_store(str(tmp_path)), LocalStore)
+    assert open_store(tmp_path.as_uri()).root == tmp_path.resolve()  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        open_store("s3:///no-bucket")
+    with pytest.raises(ValueError):
+        open_store("gs://bucket/x")

@@ -1,0 +1,147 @@
+"""The S3 artifact store: boto3 with standard-mode retries, managed multipart transfers and
+presigned GET URLs. Works against AWS, MinIO and moto's server (``endpoint_url``).
+
+Credentials and region come from boto3's standard chain (``AWS_ACCESS_KEY_ID``, profiles, instance
+roles ...). botocore retries connection errors, throttling and 5xx with jittered exponential
+backoff up to ``max_attempts`` in total; what still fails becomes a ``StorageError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from core.errors import StorageError
+from worker.storage import StoredObject, check_key, digest_file
+
+T = TypeVar("T")
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Store:
+    """Objects under ``s3://bucket/prefix``."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        max_attempts: int = 5,
+        timeout_s: float = 10.0,
+        multipart_threshold: int = 64 << 20,
+        multipart_chunksize: int = 16 << 20,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        config = Config(
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=timeout_s,
+            read_timeout=timeout_s,
+            # MinIO and moto want path-style addressing; AWS accepts it too.
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+        )
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=config)
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=4,
+        )
+
+    def _full(self, key: str) -> str:
+        key = check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, key: str, operation: Callable[[], T], *, may_be_missing: bool = False) -> T:
+        try:
+            return operation()
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if may_be_missing and code in _MISSING:
+                raise FileNotFoundError(f"s3://{self.bucket}/{self._full(key)}") from error
+            raise StorageError(f"S3 {what} s3://{self.bucket}/{key} failed: {code or error}") from error
+        except BotoCoreError as error:
+            raise StorageError(f"S3 {what} s3://{self.bucket}/{key} failed after retries: {error}") from error
+
+    def put_bytes(self, key: str, data: bytes) -> StoredObject:
+        """One PUT; S3 makes the object visible only when complete."""
+        self._call(
+            "put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+        )
+        return StoredObject(key, len(data), hashlib.sha256(data).hexdigest())
+
+    def put_file(self, key: str, path: Path) -> StoredObject:
+        """Managed upload: multipart above the threshold, completed atomically by S3."""
+        size, sha = digest_file(Path(path))
+        self._call(
+            "upload",
+            key,
+            lambda: self.client.upload_file(str(path), self.bucket, self._full(key), Config=self.transfer),
+        )
+        return StoredObject(key, size, sha)
+
+    def get_bytes(self, key: str) -> bytes:
+        """GET the whole object."""
+
+        def get() -> bytes:
+            body: Any = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+            return bytes(body.read())
+
+        return self._call("get", key, get, may_be_missing=True)
+
+    def download(self, key: str, dest: Path) -> None:
+        """Managed download to ``dest``."""
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        self._call(
+            "download",
+            key,
+            lambda: self.client.download_file(self.bucket, self._full(key), str(dest), Config=self.transfer),
+            may_be_missing=True,
+        )
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (paginated LIST), relative to the store's prefix."""
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        strip = len(self.prefix) + 1 if self.prefix else 0
+
+        def collect() -> list[str]:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            return sorted(item["Key"][strip:] for page in pages for item in page.get("Contents", []))
+
+        return self._call("list", prefix, collect)
+
+    def delete(self, keys: list[str]) -> None:
+        """Batch DELETE (1000 keys per request)."""
+        for start in range(0, len(keys), 1000):
+            self._delete_batch(keys[start : start + 1000])
+
+    def _delete_batch(self, keys: list[str]) -> None:
+        objects: Any = [{"Key": self._full(k)} for k in keys]
+        self._call(
+            "delete",
+            keys[0],
+            lambda: self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+            ),
+        )
+
+    def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:
+        """A SigV4 presigned GET URL valid for ``expires_s`` seconds (signed locally, no request)."""
+        return self._call(
+            "presign",
+            key,
+            lambda: self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_s
+            ),
+        )
+
+    def check(self) -> None:
+        """HEAD the bucket."""
+        self._call("head-bucket", self.prefix, lambda: self.client.head_bucket(Bucket=self.bucket))

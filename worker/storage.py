@@ -1,0 +1,178 @@
+"""Artifact storage: one interface, an S3 implementation (boto3) and a local-folder one.
+
+Keys are relative (``jobs/{job_id}/...``); each store maps them under its own prefix. Every write
+is atomic from a reader's point of view: S3 objects appear whole, local files are written to a
+temporary name and renamed. Callers record a key in the database only after the write returned,
+so a key in the database always names a complete object. Failures after retries raise
+``core.errors.StorageError``; this module imports neither torch nor a web framework.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from core.errors import StorageError
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What a write stored: the relative key, its size in bytes and its SHA-256."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+class ArtifactStore(Protocol):
+    """Where checkpoints, exported students and reports live."""
+
+    def put_bytes(self, key: str, data: bytes) -> StoredObject:
+        """Store ``data`` under ``key``, replacing what was there."""
+
+    def put_file(self, key: str, path: Path) -> StoredObject:
+        """Upload the file at ``path`` under ``key`` (multipart when large)."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """The object's content; FileNotFoundError when there is none."""
+
+    def download(self, key: str, dest: Path) -> None:
+        """Write the object to ``dest``; FileNotFoundError when there is none."""
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key that starts with ``prefix``, sorted."""
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove ``keys``; missing ones are ignored."""
+
+    def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:
+        """A time-limited GET URL, or None when the store has none (the API serves the file)."""
+
+    def check(self) -> None:
+        """Raise StorageError when the store cannot be reached."""
+
+
+def digest_file(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while block := handle.read(_CHUNK):
+            sha.update(block)
+            size += len(block)
+    return size, sha.hexdigest()
+
+
+def check_key(key: str) -> str:
+    """Reject absolute keys and keys with empty, ``.`` or ``..`` parts; return ``key``."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+class LocalStore:
+    """A folder on disk: the embedded default and the CLI's store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write_atomically(self, key: str, write: Callable[[Any], None]) -> Path:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+            os.replace(tmp, target)
+        except OSError as error:
+            raise StorageError(f"local store {self.root}: cannot write {key}: {error}") from error
+        return target
+
+    def put_bytes(self, key: str, data: bytes) -> StoredObject:
+        """Write ``data`` to a temporary file, then rename it into place."""
+        self._write_atomically(key, lambda handle: handle.write(data))
+        return StoredObject(key, len(data), hashlib.sha256(data).hexdigest())
+
+    def put_file(self, key: str, path: Path) -> StoredObject:
+        """Copy ``path`` into the store atomically."""
+
+        def copy(handle: Any) -> None:
+            with Path(path).open("rb") as source:
+                while block := source.read(_CHUNK):
+                    handle.write(block)
+
+        target = self._write_atomically(key, copy)
+        size, sha = digest_file(target)
+        return StoredObject(key, size, sha)
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read the file stored under ``key``."""
+        return self._path(key).read_bytes()
+
+    def download(self, key: str, dest: Path) -> None:
+        """Copy the stored file to ``dest``."""
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        Path(dest).write_bytes(self.get_bytes(key))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every stored file under ``prefix`` (temporary files excluded)."""
+        if not self.root.exists():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not k.endswith(".part"))
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove the files; missing ones are ignored."""
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+
+    def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:
+        """None: the API serves local files itself."""
+        return None
+
+    def path_of(self, key: str) -> Path:
+        """The file that holds ``key`` (for the API's download endpoint)."""
+        return self._path(key)
+
+    def check(self) -> None:
+        """The root folder exists or can be created."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"local store {self.root}: {error}") from error
+
+
+def open_store(
+    url: str, *, endpoint_url: str | None = None, max_attempts: int = 5, timeout_s: float = 10.0
+) -> ArtifactStore:
+    """The store for ``url``: ``s3://bucket/prefix`` (boto3), or a local path / ``file://`` URL."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"storage URL {url!r} names no bucket; use s3://bucket/prefix")
+        from worker.s3 import S3Store
+
+        return S3Store(
+            parsed.netloc,
+            parsed.path.strip("/"),
+            endpoint_url=endpoint_url,
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+        )
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.path))
+    if parsed.scheme:
+        raise ValueError(f"storage URL {url!r}: use s3://bucket/prefix, file:///path or a path")
+    return LocalStore(Path(url).expanduser())
