@@ -1,0 +1,79 @@
+"""FastAPI dependencies as ``Annotated`` aliases: a session per request, the calling owner, and the
+job named by the path (resolved once; a missing or foreign job is a 404)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.exceptions import UnauthorizedError
+from service.jobs import service as jobs_service
+from service.jobs.models import Job
+from service.keys import service as keys_service
+from service.keys.models import Owner
+
+LOCAL_OWNER = "local"
+_bearer = HTTPBearer(auto_error=False, description="An API key from `mmkd keys create`.")
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session for this request, closed afterwards (service functions commit explicitly)."""
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in {"localhost", "testclient"}
+
+
+def get_current_owner(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Owner:
+    """The owner of the bearer key; with auth off (loopback only) everyone is the ``local`` owner."""
+    if not settings.auth:
+        if not _is_loopback(request.client.host if request.client else None):
+            raise UnauthorizedError("authentication is off, so only loopback clients are served")
+        owner = keys_service.get_or_create_owner(session, name=LOCAL_OWNER)
+        session.commit()
+        return owner
+    if credentials is None:
+        raise UnauthorizedError("missing header 'Authorization: Bearer <api key>'")
+    owner = keys_service.authenticate(session, token=credentials.credentials)
+    if owner is None:
+        raise UnauthorizedError("unknown or revoked API key")
+    return owner
+
+
+CurrentOwner = Annotated[Owner, Depends(get_current_owner)]
+
+
+def get_owned_job(
+    job_id: Annotated[int, Path(ge=1, description="The job's id.")], session: SessionDep, owner: CurrentOwner
+) -> Job:
+    """The path's job if it belongs to the caller, else a 404."""
+    return jobs_service.get_job(session, owner_id=owner.id, job_id=job_id)
+
+
+JobDep = Annotated[Job, Depends(get_owned_job)]

@@ -1,0 +1,129 @@
+"""One error shape for every response: RFC 9457 ``application/problem+json``.
+
+    {"type": "urn:mmkd:problem:validation", "title": "Invalid request", "status": 422,
+     "detail": "2 problems", "instance": "/v1/jobs",
+     "errors": [{"path": "dataset.primary", "message": "List should have at least 1 item"}]}
+
+``errors`` appears on validation problems only; ``path`` is the dotted field path inside the body
+(or ``query.limit`` / ``path.job_id`` for parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.exceptions import ServiceError, UnauthorizedError
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(
+    *,
+    status: int,
+    detail: str,
+    instance: str,
+    title: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A problem+json response."""
+    phrase = HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": f"urn:mmkd:problem:{phrase.lower().replace(' ', '-')}",
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """Pydantic error dicts as ``{"path", "message"}``, dropping the leading ``body`` location."""
+    out = []
+    for item in errors:
+        loc = [str(part) for part in item.get("loc", ())]
+        if loc[:1] == ["body"]:
+            loc = loc[1:]
+        out.append({"path": ".".join(loc) or "(body)", "message": str(item.get("msg", ""))})
+    return out
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
+    return problem(
+        status=exc.status, title=exc.title, detail=exc.detail, instance=request.url.path, headers=headers
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = field_errors(exc.errors())
+    detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
+    return problem(
+        status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem(
+        status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(status=500, detail="internal error; see the server log", instance=request.url.path)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through :func:`problem`."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a body over ``max_bytes`` is a 413, whether declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"request body is larger than {self.max_bytes} bytes"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = problem(status=413, detail=too_large, instance=scope["path"])
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise StarletteHTTPException(status_code=413, detail=too_large)
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,1 @@
+"""Training jobs: submission, state, progress, metric series, events and artifacts."""

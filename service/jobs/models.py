@@ -1,0 +1,99 @@
+"""Jobs, their events, metric points and artifacts. Imports only SQLAlchemy, so the worker can use
+these models without the web stack."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.orm import Base, BigId, JsonDoc, UtcDateTime, utcnow
+
+JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Job(Base):
+    """One training run: the validated spec, where it stands, and what it produced."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key"),
+        Index("ix_jobs_owner_id_id", "owner_id", "id"),
+        Index("ix_jobs_owner_id_status_id", "owner_id", "status", "id"),
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        CheckConstraint("status IN ({})".format(", ".join(f"'{s}'" for s in JOB_STATUSES)), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int]
+    epoch: Mapped[int | None]
+    step: Mapped[int | None]
+    total_epochs: Mapped[int | None]
+    total_steps: Mapped[int | None]
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+    latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    started_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    last_checkpoint_key: Mapped[str | None] = mapped_column(String(1024))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class JobEvent(Base):
+    """A state transition or a notable moment (enqueued, resumed, enqueue_failed) with its reason."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+
+
+class MetricPoint(Base):
+    """One value of one named series (``train/loss_task``, ``val/student_acc``...) at one step."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (Index("ix_metric_points_job_id_name_step", "job_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int]
+    epoch: Mapped[int | None]
+    name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Artifact(Base):
+    """A file a job wrote to storage (checkpoint, student model, report), recorded after the write."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(1024))
+    kind: Mapped[str] = mapped_column(String(32))
+    size_bytes: Mapped[int | None] = mapped_column(BigId)
+    checksum: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -1,0 +1,171 @@
+"""HTTP for jobs: thin handlers that parse, call ``service.jobs.service`` and shape the response."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import FileResponse, RedirectResponse
+
+from core.spec import JobSpec
+from service.deps import CurrentOwner, JobDep, SessionDep, SettingsDep
+from service.exceptions import NotFoundError, ServiceError
+from service.jobs import service as jobs_service
+from service.jobs.schemas import (
+    ArtifactList,
+    ArtifactOut,
+    EventList,
+    EventOut,
+    JobOut,
+    JobPage,
+    JobSummary,
+    MetricList,
+    MetricPointOut,
+)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+StatusName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+class BadCursorError(ServiceError):
+    """The cursor was not one this API handed out."""
+
+    status = 422
+    title = "Invalid cursor"
+
+
+def _encode_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"j:{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = raw.partition(":")
+        if kind != "j":
+            raise ValueError(cursor)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise BadCursorError(f"cursor {cursor!r} is not valid; use next_cursor from a previous page") from exc
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobOut,
+    responses={200: {"description": "Replay of an earlier submit with the same Idempotency-Key."}},
+)
+def submit_job(
+    spec: JobSpec,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+    ] = None,
+) -> JobOut:
+    """Validate the spec, store a queued job, then enqueue it (same key + same body: same job)."""
+    job, created = jobs_service.submit_job(
+        session,
+        owner_id=owner.id,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        max_attempts=settings.max_attempts,
+    )
+    if created:
+        jobs_service.enqueue_job(session, job=job, enqueue=request.app.state.enqueue)
+    else:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of_job(job, owner=owner.name)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    owner: CurrentOwner,
+    status_filter: Annotated[list[StatusName] | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> JobPage:
+    """The caller's jobs, newest first, optionally only some statuses; keyset-paginated."""
+    jobs, next_id = jobs_service.list_jobs(
+        session,
+        owner_id=owner.id,
+        statuses=list(status_filter or []),
+        limit=limit,
+        before_id=_decode_cursor(cursor) if cursor else None,
+    )
+    return JobPage(
+        items=[JobSummary.of(job, owner=owner.name) for job in jobs],
+        next_cursor=_encode_cursor(next_id) if next_id is not None else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job: JobDep, owner: CurrentOwner) -> JobOut:
+    """One job: status, progress, latest metrics, result, error and links."""
+    return JobOut.of_job(job, owner=owner.name)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job: JobDep, session: SessionDep, owner: CurrentOwner) -> JobOut:
+    """Queued: cancelled now. Running: cancelling until the worker stops. Finished: 409."""
+    return JobOut.of_job(jobs_service.cancel_job(session, job=job), owner=owner.name)
+
+
+@router.get("/{job_id}/events", response_model=EventList)
+def list_job_events(job: JobDep, session: SessionDep) -> EventList:
+    """State transitions and notable moments (enqueued, resumed...) with times and reasons."""
+    return EventList(items=[EventOut.of(e) for e in jobs_service.list_events(session, job_id=job.id)])
+
+
+@router.get("/{job_id}/metrics", response_model=MetricList)
+def get_job_metrics(
+    job: JobDep,
+    session: SessionDep,
+    names: Annotated[list[str] | None, Query(description="Series names; repeat or comma-separate.")] = None,
+    since_step: Annotated[int | None, Query(ge=0, description="Only points at this step or later.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> MetricList:
+    """Metric series points, ordered by step then name."""
+    wanted = [name for item in names or [] for name in item.split(",") if name]
+    points = jobs_service.list_metrics(
+        session, job_id=job.id, names=wanted, since_step=since_step, limit=limit
+    )
+    return MetricList(items=[MetricPointOut.of(p) for p in points])
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList)
+def list_job_artifacts(job: JobDep, session: SessionDep, request: Request) -> ArtifactList:
+    """Artifacts with a presigned URL (S3) or this API's download URL (local store)."""
+    links = request.app.state.links
+    items = []
+    for artifact in jobs_service.list_artifacts(session, job_id=job.id):
+        url = links.link_for(artifact.key) or str(
+            request.url_for("download_artifact", job_id=job.id, artifact_id=artifact.id)
+        )
+        items.append(ArtifactOut.of(artifact, url=url))
+    return ArtifactList(items=items)
+
+
+@router.get(
+    "/{job_id}/artifacts/{artifact_id}/download",
+    response_class=FileResponse,
+    responses={307: {"description": "Redirect to a presigned URL (S3 store)."}},
+)
+def download_artifact(job: JobDep, artifact_id: int, session: SessionDep, request: Request) -> Response:
+    """The artifact's bytes (local store) or a redirect to a presigned URL (S3 store)."""
+    artifact = jobs_service.get_artifact(session, job_id=job.id, artifact_id=artifact_id)
+    links = request.app.state.links
+    url = links.link_for(artifact.key)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    path = links.local_path(artifact.key)
+    if path is None or not path.is_file():
+        raise NotFoundError(f"artifact {artifact_id} is recorded but its file is missing")
+    return FileResponse(path, filename=path.name)

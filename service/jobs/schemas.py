@@ -1,0 +1,193 @@
+"""What the jobs endpoints return. Requests are validated with ``core.spec.JobSpec`` itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.jobs.models import Artifact, Job, JobEvent, MetricPoint
+
+
+class Progress(BaseModel):
+    """How far a running job is."""
+
+    epoch: int | None = None
+    step: int | None = None
+    total_epochs: int | None = None
+    total_steps: int | None = None
+    eta_seconds: float | None = None
+
+
+class JobLinks(BaseModel):
+    """Where to read more about the job."""
+
+    self: str
+    events: str
+    metrics: str
+    artifacts: str
+    cancel: str
+
+
+class JobSummary(BaseModel):
+    """A job in a listing (no spec)."""
+
+    id: int
+    name: str
+    status: str
+    status_reason: str | None
+    owner: str
+    spec_hash: str
+    seed: int
+    attempts: int
+    max_attempts: int
+    progress: Progress
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, job: Job, *, owner: str) -> JobSummary:
+        """Build from the ORM row."""
+        return cls(**_summary_fields(job, owner))
+
+
+class JobOut(JobSummary):
+    """A job as a client reads it."""
+
+    spec: dict[str, Any]
+    latest_metrics: dict[str, float] = Field(default_factory=dict)
+    result: dict[str, Any] | None = Field(description="Final test metrics of student, teacher, auxiliary.")
+    error: str | None
+    queued_at: dt.datetime | None
+    updated_at: dt.datetime
+    last_checkpoint_key: str | None
+    links: JobLinks
+
+    @classmethod
+    def of_job(cls, job: Job, *, owner: str) -> JobOut:
+        """Build from the ORM row."""
+        base = f"/v1/jobs/{job.id}"
+        links = JobLinks(
+            self=base,
+            events=f"{base}/events",
+            metrics=f"{base}/metrics",
+            artifacts=f"{base}/artifacts",
+            cancel=f"{base}/cancel",
+        )
+        return cls(
+            **_summary_fields(job, owner),
+            spec=job.spec,
+            latest_metrics=job.latest_metrics or {},
+            result=job.result,
+            error=job.error,
+            queued_at=job.queued_at,
+            updated_at=job.updated_at,
+            last_checkpoint_key=job.last_checkpoint_key,
+            links=links,
+        )
+
+
+def _summary_fields(job: Job, owner: str) -> dict[str, Any]:
+    progress = Progress(
+        epoch=job.epoch,
+        step=job.step,
+        total_epochs=job.total_epochs,
+        total_steps=job.total_steps,
+        eta_seconds=job.eta_seconds,
+    )
+    return {
+        "id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "status_reason": job.status_reason,
+        "owner": owner,
+        "spec_hash": job.spec_hash,
+        "seed": job.seed,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "progress": progress,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+class JobPage(BaseModel):
+    """One page of jobs, newest first; pass ``next_cursor`` as ``cursor`` for the next page."""
+
+    items: list[JobSummary]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    """A state transition or notable moment."""
+
+    id: int
+    at: dt.datetime
+    kind: str
+    reason: str | None
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventOut:
+        """Build from the ORM row."""
+        return cls(id=event.id, at=event.at, kind=event.kind, reason=event.reason, data=event.data)
+
+
+class EventList(BaseModel):
+    """A job's events, oldest first."""
+
+    items: list[EventOut]
+
+
+class MetricPointOut(BaseModel):
+    """One value of a named series."""
+
+    step: int
+    epoch: int | None
+    name: str
+    value: float
+
+    @classmethod
+    def of(cls, point: MetricPoint) -> MetricPointOut:
+        """Build from the ORM row."""
+        return cls(step=point.step, epoch=point.epoch, name=point.name, value=point.value)
+
+
+class MetricList(BaseModel):
+    """Points ordered by step, then name."""
+
+    items: list[MetricPointOut]
+
+
+class ArtifactOut(BaseModel):
+    """A file the job produced, with where to download it."""
+
+    id: int
+    key: str
+    kind: str
+    size_bytes: int | None
+    checksum: str | None
+    created_at: dt.datetime
+    url: str
+
+    @classmethod
+    def of(cls, artifact: Artifact, *, url: str) -> ArtifactOut:
+        """Build from the ORM row and its download URL."""
+        return cls(
+            id=artifact.id,
+            key=artifact.key,
+            kind=artifact.kind,
+            size_bytes=artifact.size_bytes,
+            checksum=artifact.checksum,
+            created_at=artifact.created_at,
+            url=url,
+        )
+
+
+class ArtifactList(BaseModel):
+    """A job's artifacts."""
+
+    items: list[ArtifactOut]

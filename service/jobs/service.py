@@ -1,0 +1,259 @@
+"""Job logic: submission with idempotency, cancellation, and the state-transition helpers the worker
+reuses. No FastAPI here; functions take a SQLAlchemy session and keyword-only arguments."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.spec import JobSpec
+from service.exceptions import ConflictError, InvalidTransitionError, NotFoundError
+from service.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, MetricPoint
+from service.orm import utcnow
+
+log = logging.getLogger(__name__)
+
+#: Which status may follow which. ``running -> queued`` is a redelivery after a lost lease.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled", "failed"}),
+    "running": frozenset({"queued", "cancelling", "succeeded", "failed", "cancelled"}),
+    "cancelling": frozenset({"cancelled", "succeeded", "failed"}),
+    "succeeded": frozenset(),
+    "failed": frozenset(),
+    "cancelled": frozenset(),
+}
+_EVENT_FOR_STATUS = {
+    "queued": "requeued",
+    "running": "started",
+    "cancelling": "cancel_requested",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def record_event(
+    session: Session, *, job_id: int, kind: str, reason: str | None = None, data: dict[str, Any] | None = None
+) -> JobEvent:
+    """Add an event row (not committed): a transition or a notable moment such as ``resumed``."""
+    event = JobEvent(job_id=job_id, kind=kind, reason=reason, data=data, at=utcnow())
+    session.add(event)
+    return event
+
+
+def transition(
+    session: Session,
+    *,
+    job: Job,
+    to_status: str,
+    reason: str | None = None,
+    event_kind: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Move ``job`` to ``to_status`` if the lifecycle allows it, stamp the times, record the event.
+
+    Does not commit. Raises :class:`InvalidTransitionError` for a move the lifecycle forbids (for
+    example anything out of a terminal status). ``event_kind`` overrides the default event name,
+    e.g. ``resumed`` for a ``running`` transition that continues from a checkpoint.
+    """
+    if to_status not in ALLOWED_TRANSITIONS.get(job.status, frozenset()):
+        raise InvalidTransitionError(f"job {job.id} cannot go from {job.status} to {to_status}")
+    now = utcnow()
+    job.status = to_status
+    job.status_reason = reason
+    if to_status == "queued":
+        job.queued_at = now
+        job.lease_owner = job.lease_expires_at = None
+    elif to_status == "running" and job.started_at is None:
+        job.started_at = now
+    elif to_status in TERMINAL_STATUSES:
+        job.finished_at = now
+        job.lease_owner = job.lease_expires_at = None
+    kind = event_kind or _EVENT_FOR_STATUS[to_status]
+    return record_event(session, job_id=job.id, kind=kind, reason=reason, data=data)
+
+
+def update_progress(
+    session: Session,
+    *,
+    job: Job,
+    epoch: int | None = None,
+    step: int | None = None,
+    total_epochs: int | None = None,
+    total_steps: int | None = None,
+    eta_seconds: float | None = None,
+) -> None:
+    """Set the progress fields that are given (not committed)."""
+    values = {"epoch": epoch, "step": step, "total_epochs": total_epochs, "total_steps": total_steps}
+    for field, value in values.items():
+        if value is not None:
+            setattr(job, field, value)
+    job.eta_seconds = eta_seconds
+
+
+def record_metrics(
+    session: Session, *, job: Job, step: int, epoch: int | None, values: Mapping[str, float]
+) -> None:
+    """Append one point per named value at ``step`` and refresh the job's latest metrics."""
+    session.add_all(
+        MetricPoint(job_id=job.id, step=step, epoch=epoch, name=name, value=float(value))
+        for name, value in values.items()
+    )
+    job.latest_metrics = {**(job.latest_metrics or {}), **{k: float(v) for k, v in values.items()}}
+
+
+def record_artifact(
+    session: Session, *, job_id: int, key: str, kind: str, size_bytes: int | None, checksum: str | None
+) -> Artifact:
+    """Record a file already written to storage (write first, then record: readers never see half)."""
+    artifact = Artifact(job_id=job_id, key=key, kind=kind, size_bytes=size_bytes, checksum=checksum)
+    session.add(artifact)
+    return artifact
+
+
+def submit_job(
+    session: Session, *, owner_id: int, spec: JobSpec, idempotency_key: str | None, max_attempts: int
+) -> tuple[Job, bool]:
+    """Insert a queued job and commit; returns ``(job, created)``.
+
+    With an idempotency key, a second submit of the same spec returns the first job
+    (``created=False``) and a different spec is a :class:`ConflictError`. The unique constraint on
+    ``(owner_id, idempotency_key)`` decides races between concurrent retries.
+    """
+    spec_hash = spec.spec_hash()
+    now = utcnow()
+    job = Job(
+        owner_id=owner_id,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec_hash,
+        seed=spec.train.seed,
+        status="queued",
+        attempts=0,
+        max_attempts=max_attempts,
+        created_at=now,
+        queued_at=now,
+        idempotency_key=idempotency_key,
+        request_hash=spec_hash if idempotency_key else None,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        return _replay(
+            session, owner_id=owner_id, idempotency_key=idempotency_key, request_hash=spec_hash
+        ), False
+    record_event(session, job_id=job.id, kind="created", data={"spec_hash": spec_hash})
+    session.commit()
+    return job, True
+
+
+def _replay(session: Session, *, owner_id: int, idempotency_key: str, request_hash: str) -> Job:
+    session.rollback()
+    existing = session.scalars(
+        select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
+    ).one()
+    if existing.request_hash != request_hash:
+        raise ConflictError(
+            f"Idempotency-Key {idempotency_key!r} was already used for job {existing.id} with another body"
+        )
+    return existing
+
+
+def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -> None:
+    """Publish the train task for a committed job and record the outcome as an event.
+
+    A failed publish leaves the job queued with an ``enqueue_failed`` event; the reaper re-enqueues
+    queued jobs whose message was lost, so the client still gets its job.
+    """
+    try:
+        enqueue(job.id)
+    except Exception as exc:  # any broker error: the job is safe in the database
+        log.warning("enqueue of job %s failed: %s", job.id, exc)
+        record_event(session, job_id=job.id, kind="enqueue_failed", reason=f"{type(exc).__name__}: {exc}")
+    else:
+        record_event(session, job_id=job.id, kind="enqueued")
+    session.commit()
+
+
+def cancel_job(session: Session, *, job: Job) -> Job:
+    """Queued jobs are cancelled at once; running ones go to ``cancelling`` for the worker to stop.
+
+    Cancelling a job that is already cancelling is a no-op; a finished job is a conflict.
+    """
+    locked = session.scalars(
+        select(Job).where(Job.id == job.id).with_for_update().execution_options(populate_existing=True)
+    ).one()
+    if locked.status == "cancelling":
+        return locked
+    if locked.status in TERMINAL_STATUSES:
+        raise ConflictError(f"job {locked.id} already {locked.status}; nothing to cancel")
+    if locked.status == "queued":
+        transition(
+            session, job=locked, to_status="cancelled", reason="cancelled by the owner before it started"
+        )
+    else:
+        transition(session, job=locked, to_status="cancelling", reason="cancel requested by the owner")
+    session.commit()
+    return locked
+
+
+def get_job(session: Session, *, owner_id: int, job_id: int) -> Job:
+    """The owner's job; another owner's job is indistinguishable from a missing one."""
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner_id == owner_id)).one_or_none()
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    return job
+
+
+def list_jobs(
+    session: Session, *, owner_id: int, statuses: list[str], limit: int, before_id: int | None
+) -> tuple[list[Job], int | None]:
+    """Newest first, filtered before the limit; returns the page and the id to continue before."""
+    query = select(Job).where(Job.owner_id == owner_id)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
+def list_events(session: Session, *, job_id: int) -> list[JobEvent]:
+    """A job's events in the order they happened."""
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def list_metrics(
+    session: Session, *, job_id: int, names: list[str], since_step: int | None, limit: int
+) -> list[MetricPoint]:
+    """Points ordered by step then name; ``since_step`` is inclusive so a poller misses nothing."""
+    query = select(MetricPoint).where(MetricPoint.job_id == job_id)
+    if names:
+        query = query.where(MetricPoint.name.in_(names))
+    if since_step is not None:
+        query = query.where(MetricPoint.step >= since_step)
+    query = query.order_by(MetricPoint.step, MetricPoint.name, MetricPoint.id).limit(limit)
+    return list(session.scalars(query))
+
+
+def list_artifacts(session: Session, *, job_id: int) -> list[Artifact]:
+    """A job's recorded artifacts, oldest first."""
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
+
+
+def get_artifact(session: Session, *, job_id: int, artifact_id: int) -> Artifact:
+    """One artifact of the job, or :class:`NotFoundError`."""
+    artifact = session.get(Artifact, artifact_id)
+    if artifact is None or artifact.job_id != job_id:
+        raise NotFoundError(f"job {job_id} has no artifact {artifact_id}")
+    return artifact

@@ -1,0 +1,16 @@
+"""HTTP for keys: who am I. Issuing and revoking keys is an admin command (``mmkd keys``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.deps import CurrentOwner
+from service.keys.schemas import WhoAmI
+
+router = APIRouter(prefix="/v1", tags=["keys"])
+
+
+@router.get("/whoami", response_model=WhoAmI)
+def whoami(owner: CurrentOwner, request: Request) -> WhoAmI:
+    """The owner the presented API key belongs to."""
+    return WhoAmI(owner=owner.name, auth=request.app.state.settings.auth)

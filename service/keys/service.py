@@ -1,0 +1,85 @@
+"""API key logic: issue, authenticate, list, revoke. Keys are random; only their SHA-256 is stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.exceptions import NotFoundError
+from service.keys.models import ApiKey, Owner
+from service.orm import utcnow
+
+KEY_PREFIX = "mmkd_"
+#: Refresh ``last_used_at`` at most this often, so authentication is not a write per request.
+LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
+
+
+def hash_key(token: str) -> str:
+    """SHA-256 hex of a key; enough for 256-bit random secrets (no password stretching needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def get_or_create_owner(session: Session, *, name: str) -> Owner:
+    """The owner called ``name``, created if new (not committed)."""
+    owner = session.scalars(select(Owner).where(Owner.name == name)).one_or_none()
+    if owner is None:
+        owner = Owner(name=name, created_at=utcnow())
+        session.add(owner)
+        session.flush()
+    return owner
+
+
+def create_key(session: Session, *, owner_name: str) -> tuple[ApiKey, str]:
+    """Issue a key for ``owner_name`` (creating the owner) and commit; the plaintext is returned once."""
+    owner = get_or_create_owner(session, name=owner_name)
+    public = secrets.token_hex(4)
+    token = f"{KEY_PREFIX}{public}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        owner_id=owner.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(token), created_at=utcnow()
+    )
+    session.add(key)
+    session.commit()
+    return key, token
+
+
+def authenticate(session: Session, *, token: str) -> Owner | None:
+    """The owner of a valid, unrevoked key, or ``None``; touches ``last_used_at`` now and then."""
+    row = session.execute(
+        select(ApiKey, Owner)
+        .join(Owner, Owner.id == ApiKey.owner_id)
+        .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+    ).one_or_none()
+    if row is None:
+        return None
+    key, owner = row
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        key.last_used_at = now
+        session.commit()
+    return owner
+
+
+def list_keys(session: Session, *, owner_name: str | None = None) -> list[tuple[ApiKey, Owner]]:
+    """Every key with its owner, oldest first, optionally for one owner."""
+    query = select(ApiKey, Owner).join(Owner, Owner.id == ApiKey.owner_id).order_by(ApiKey.id)
+    if owner_name is not None:
+        query = query.where(Owner.name == owner_name)
+    return [(key, owner) for key, owner in session.execute(query).tuples()]
+
+
+def revoke_key(session: Session, *, key_ref: str) -> ApiKey:
+    """Revoke a key given its id or its prefix and commit; revoking twice keeps the first time."""
+    query = select(ApiKey).where(ApiKey.prefix == key_ref)
+    if key_ref.isdigit():
+        query = select(ApiKey).where(ApiKey.id == int(key_ref))
+    key = session.scalars(query).one_or_none()
+    if key is None:
+        raise NotFoundError(f"no API key {key_ref!r}")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.commit()
+    return key

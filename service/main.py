@@ -1,0 +1,54 @@
+"""The API application. ``create_app()`` wires settings, database, broker and storage; nothing is
+built at import time, and nothing here imports torch."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from service.config import Settings, get_settings
+from service.db import engine_for, session_factory
+from service.enqueue import enqueue_train
+from service.errors import BodySizeLimit, install_error_handlers
+from service.health import router as health_router
+from service.jobs.router import router as jobs_router
+from service.keys.router import router as keys_router
+from service.storage import links_from_settings
+
+log = logging.getLogger(__name__)
+
+
+def operation_id(route: APIRoute) -> str:
+    """Stable OpenAPI operation ids: the handler's name (``submit_job``, ``get_job``...)."""
+    return route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+    if not settings.auth and not settings.bound_to_loopback:
+        raise RuntimeError(f"MMKD_AUTH=off is allowed only on loopback; MMKD_HOST is {settings.host}")
+    app = FastAPI(
+        title="mmkd",
+        version="1",
+        summary="Training service for multimodal knowledge distillation.",
+        generate_unique_id_function=operation_id,
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory(
+        engine_for(settings.resolved_database_url, settings.db_pool_size)
+    )
+    app.state.enqueue = partial(
+        enqueue_train, broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds
+    )
+    app.state.links = links_from_settings(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    for router in (health_router, jobs_router, keys_router):
+        app.include_router(router)
+    if not settings.auth:
+        log.warning("authentication is OFF: every loopback client acts as owner 'local'")
+    return app
