@@ -37,6 +37,7 @@ class Lease:
     job_id: int
     owner: str
     attempt: int
+    max_attempts: int
 
 
 def claim(session: Session, *, job_id: int, owner: str, lease_seconds: float) -> Lease | None:
@@ -70,7 +71,7 @@ def claim(session: Session, *, job_id: int, owner: str, lease_seconds: float) ->
     attempt = job.attempts + 1
     record_event(session, job_id=job_id, kind="started", reason=f"attempt {attempt} by {owner}")
     session.commit()
-    return Lease(job_id=job_id, owner=owner, attempt=attempt)
+    return Lease(job_id=job_id, owner=owner, attempt=attempt, max_attempts=job.max_attempts)
 
 
 def renew(session: Session, *, lease: Lease, lease_seconds: float) -> bool:

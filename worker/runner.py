@@ -1,0 +1,154 @@
+"""One delivery of the train task: claim the job, train it under a heartbeat, publish what it made,
+and record how it ended. Everything the job writes to the database is conditional on still
+holding the lease, so a worker that lost its job never overwrites the new owner's progress."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.spec import JobSpec
+from service.db import engine_for, session_factory
+from service.jobs.models import Job
+from service.jobs.service import record_artifact, transition
+from worker import outcomes
+from worker.checkpoints import StorageCheckpointStore
+from worker.config import WorkerSettings, get_worker_settings
+from worker.leases import Heartbeat, Lease, claim, load_owned, new_lease_owner
+from worker.report import write_report
+from worker.storage import ArtifactStore, StoredObject, open_store
+from worker.tracking import DatabaseTracker, FanOutTracker
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _sessions(url: str) -> sessionmaker[Session]:
+    return session_factory(engine_for(url, pool_size=2))
+
+
+def store_from_settings(settings: WorkerSettings) -> ArtifactStore:
+    """The artifact store named by ``MMKD_STORAGE_URL`` (default: a folder under ``MMKD_HOME``)."""
+    return open_store(
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        max_attempts=settings.storage_max_attempts,
+        timeout_s=settings.storage_timeout_seconds,
+    )
+
+
+def run_job(job_id: int) -> str:
+    """Handle one delivery of ``job_id``; returns the outcome (``skipped`` for a duplicate)."""
+    settings = get_worker_settings()
+    sessions = _sessions(settings.resolved_database_url)
+    with sessions() as session:
+        lease = claim(session, job_id=job_id, owner=new_lease_owner(), lease_seconds=settings.lease_seconds)
+    if lease is None:
+        log.info("job %s is not queued (duplicate delivery, cancelled or finished): skipped", job_id)
+        return "skipped"
+    beat = Heartbeat(
+        sessions, lease, lease_seconds=settings.lease_seconds, interval=settings.resolved_heartbeat_seconds
+    )
+    workdir = settings.resolved_work_dir / f"job-{job_id}" / f"attempt-{lease.attempt}"
+    with beat:
+        try:
+            outcome = _train_and_publish(settings, sessions, lease, beat, workdir)
+        except Exception as error:
+            log.warning("job %s attempt %s ended: %s", job_id, lease.attempt, error, exc_info=True)
+            ending = outcomes.classify(error, attempt=lease.attempt, max_attempts=lease.max_attempts)
+            outcome = outcomes.record(sessions, lease, ending)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if outcome == "queued":
+        _publish_retry(job_id, delay=settings.retry_delay_seconds)
+    log.info("job %s attempt %s: %s", job_id, lease.attempt, outcome)
+    return outcome
+
+
+def _publish_retry(job_id: int, *, delay: float) -> None:
+    from worker.celery_app import enqueue_training
+
+    try:
+        enqueue_training(job_id, countdown=delay)
+    except Exception:  # the job is queued in the database; the reaper publishes it again later
+        log.exception("job %s: publishing the retry failed", job_id)
+
+
+def _train_and_publish(
+    settings: WorkerSettings, sessions: sessionmaker[Session], lease: Lease, beat: Heartbeat, workdir: Path
+) -> str:
+    from core.engine.trainer import train  # torch loads here
+
+    with sessions() as session:
+        spec = JobSpec.model_validate(session.get(Job, lease.job_id).spec)  # type: ignore[union-attr]
+    store = store_from_settings(settings)
+    trackers: list[Any] = [
+        DatabaseTracker(
+            sessions,
+            job_id=lease.job_id,
+            lease_owner=lease.owner,
+            lease_lost=beat.lost,
+            flush_seconds=settings.metrics_flush_seconds,
+            poll_seconds=settings.cancel_poll_seconds,
+        ),
+        _jsonl_tracker(workdir / "metrics.jsonl"),
+    ]
+    checkpoints = StorageCheckpointStore(store, lease.job_id, keep_last=spec.checkpoint.keep_last)
+    workdir.mkdir(parents=True, exist_ok=True)
+    summary = train(spec, workdir=workdir, tracker=FanOutTracker(trackers), checkpoints=checkpoints)
+    write_report(workdir, summary, job_id=lease.job_id)
+    stored = upload_results(store, lease.job_id, workdir)
+    return _record_success(sessions, lease, summary, stored)
+
+
+def _jsonl_tracker(path: Path) -> Any:
+    from core.engine.tracking_local import JsonlTracker
+
+    return JsonlTracker(path)
+
+
+def upload_results(store: ArtifactStore, job_id: int, workdir: Path) -> list[tuple[str, StoredObject]]:
+    """Upload the student export, summary, metrics and report; returns ``(kind, object)`` pairs."""
+    files: list[tuple[str, Path]] = [
+        ("student", path) for path in sorted((workdir / "student").rglob("*")) if path.is_file()
+    ]
+    files += [("summary", workdir / "summary.json"), ("metrics", workdir / "metrics.jsonl")]
+    files += [("report", path) for path in sorted((workdir / "report").iterdir())]
+    return [
+        (kind, store.put_file(f"jobs/{job_id}/{path.relative_to(workdir).as_posix()}", path))
+        for kind, path in files
+        if path.exists()
+    ]
+
+
+def _record_success(
+    sessions: sessionmaker[Session],
+    lease: Lease,
+    summary: dict[str, Any],
+    stored: list[tuple[str, StoredObject]],
+) -> str:
+    """Artifacts, result and the ``succeeded`` transition in one transaction, if the lease holds."""
+    with sessions() as session:
+        job = load_owned(session, lease)
+        if job is None:
+            log.warning("job %s: lease lost before recording success; discarding", lease.job_id)
+            return "lease_lost"
+        for kind, obj in stored:
+            record_artifact(
+                session,
+                job_id=job.id,
+                key=obj.key,
+                kind=kind,
+                size_bytes=obj.size,
+                checksum=f"sha256:{obj.sha256}",
+            )
+        job.result = summary
+        job.error = None
+        transition(session, job=job, to_status="succeeded", reason=f"trained {summary.get('steps')} steps")
+        session.commit()
+    return "succeeded"
