@@ -1,0 +1,139 @@
+"""Reading and checking the generic format: one .npz, one array per modality, plus labels.
+
+Torch-free. Every check names the file and the array that is wrong, so a user can fix the data
+without reading code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import DataError
+from core.spec import DatasetSpec, TaskKind
+
+SPLIT_VALUES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """The arrays of one dataset as read and checked; labels not yet masked or split."""
+
+    source: str
+    modalities: dict[str, np.ndarray]  # float32; (N, F) vectors or (N, C, L) sequences
+    label: np.ndarray | None  # int64 (N,) for classes, float32 (N,) or (N, K) otherwise
+    split: np.ndarray | None  # str (N,) with values in SPLIT_VALUES
+    class_names: list[str] | None
+
+
+def _builtin_bytes(name: str) -> tuple[str, bytes]:
+    package = resources.files("core.data.builtin")
+    payload = package.joinpath(f"{name}.npz").read_bytes()
+    expected = json.loads(package.joinpath("checksums.json").read_text())[f"{name}.npz"]
+    if hashlib.sha256(payload).hexdigest() != expected:
+        raise DataError(f"built-in {name}.npz", "checksum mismatch: the shipped file is corrupted")
+    return f"built-in dataset {name}", payload
+
+
+def _uri_bytes(uri: str) -> tuple[str, bytes]:
+    if uri.startswith("s3://"):
+        import boto3  # imported here: only s3:// data needs it
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        try:
+            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise DataError(uri, f"cannot read from S3: {exc}") from exc
+        return uri, body
+    path = Path(uri).expanduser()
+    if not path.is_file():
+        raise DataError(uri, "no such file")
+    return uri, path.read_bytes()
+
+
+def read_npz(source: str, payload: bytes) -> dict[str, np.ndarray]:
+    """Open an .npz without pickles (object arrays are refused, never executed)."""
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as exc:
+        raise DataError(source, f"not a readable .npz without pickled objects ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(source, f"not a valid .npz file ({exc})") from exc
+
+
+def _check_modality(source: str, name: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise DataError(source, f"modality {name!r} must be numeric, got dtype {array.dtype}")
+    if array.ndim not in (2, 3):
+        raise DataError(source, f"modality {name!r} must be 2-D (N, F) or 3-D (N, C, L), got shape {array.shape}")
+    values = array.astype(np.float32)
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).any(axis=tuple(range(1, values.ndim))).sum())
+        raise DataError(source, f"modality {name!r} has non-finite values in {bad} samples")
+    return values
+
+
+def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int) -> np.ndarray:
+    if label.shape[0] != n:
+        raise DataError(source, f"array 'label' has {label.shape[0]} samples, the modalities have {n}")
+    if label.dtype.kind not in "biuf":
+        raise DataError(source, f"array 'label' must be numeric, got dtype {label.dtype}")
+    if task == "classification":
+        if label.ndim != 1 or (label.dtype.kind == "f" and not np.all(np.mod(label, 1) == 0)):
+            raise DataError(source, "array 'label' must hold one integer class per sample (-1: unlabelled)")
+        classes = label.astype(np.int64)
+        if (classes < -1).any():
+            raise DataError(source, "array 'label' has class ids below -1 (-1 marks an unlabelled sample)")
+        if (classes >= 0).sum() == 0:
+            raise DataError(source, "array 'label' has no labelled sample")
+        return classes
+    values = label.astype(np.float32)
+    if np.isinf(values).any():
+        raise DataError(source, "array 'label' has infinite values (NaN marks an unlabelled sample)")
+    if task == "multilabel":
+        finite = values[np.isfinite(values)]
+        if values.ndim != 2 or not np.isin(finite, (0.0, 1.0)).all():
+            raise DataError(source, "multilabel 'label' must be (N, K) of 0/1 (NaN rows: unlabelled)")
+    return values
+
+
+def load_raw(spec: DatasetSpec, task: TaskKind) -> RawDataset:
+    """Read the dataset a spec names and check everything the spec relies on."""
+    source, payload = _builtin_bytes(spec.name) if spec.name else _uri_bytes(str(spec.uri))
+    arrays = read_npz(source, payload)
+    wanted = [*spec.primary, *spec.auxiliary]
+    if spec.retrieval_target:
+        wanted.append(spec.retrieval_target)
+    missing = [name for name in wanted if name not in arrays]
+    if missing:
+        present = sorted(set(arrays) - {"label", "split", "class_names"})
+        raise DataError(source, f"modality {missing} not in the file; it has {present}")
+    modalities = {name: _check_modality(source, name, arrays[name]) for name in wanted}
+    counts = {name: array.shape[0] for name, array in modalities.items()}
+    if len(set(counts.values())) != 1:
+        raise DataError(source, f"modalities have different sample counts: {counts}")
+    n = next(iter(counts.values()))
+    if n < 10:
+        raise DataError(source, f"only {n} samples; at least 10 are needed to split and train")
+    label = arrays.get("label")
+    if label is None and task != "retrieval":
+        raise DataError(source, f"array 'label' is required for task {task!r}")
+    checked_label = None if label is None else _check_label(source, task, label, n)
+    split = arrays.get("split")
+    if split is not None:
+        split = split.astype(str)
+        if split.shape != (n,) or not np.isin(split, SPLIT_VALUES).all():
+            raise DataError(source, f"array 'split' must be (N,) with values in {list(SPLIT_VALUES)}")
+        if not np.isin(("train", "val", "test"), split).all():
+            raise DataError(source, "array 'split' must name at least one train, val and test sample")
+    names = arrays.get("class_names")
+    class_names = None if names is None else [str(value) for value in names.tolist()]
+    return RawDataset(source, modalities, checked_label, split, class_names)

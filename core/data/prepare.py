@@ -1,0 +1,167 @@
+"""From checked arrays to what the trainer uses: a split, masked labels, normalisation.
+
+Torch-free. Everything random here is seeded by ``dataset.split_seed`` (not the training seed),
+so every method and every training seed sees the same split and the same labelled subset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.data.arrays import RawDataset, load_raw
+from core.errors import DataError
+from core.spec import DatasetSpec, TaskKind
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-feature (vectors) or per-channel (sequences) mean and std from the training split."""
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+
+    def apply(self, name: str, values: np.ndarray) -> np.ndarray:
+        """Standardise one modality's array."""
+        return ((values - self.mean[name]) / self.std[name]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One split: normalised modality arrays and (possibly masked) labels."""
+
+    modalities: dict[str, np.ndarray]
+    label: np.ndarray | None
+    indices: np.ndarray  # row numbers in the original file
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The three splits plus what a model needs to know about the data."""
+
+    train: Part
+    val: Part
+    test: Part
+    normaliser: Normaliser
+    shapes: dict[str, tuple[int, ...]]  # per-sample shape of every modality
+    output_dim: int  # classes, labels or targets (0 for retrieval)
+    class_names: list[str] | None
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def is_labelled(label: np.ndarray) -> np.ndarray:
+    """Boolean mask of samples that carry a label (-1 or NaN mark the others)."""
+    if label.dtype.kind in "iu":
+        return label >= 0
+    return np.isfinite(label).reshape(len(label), -1).all(axis=1)
+
+
+def _strata(label: np.ndarray | None, task: TaskKind, n: int) -> np.ndarray:
+    if label is not None and task == "classification":
+        return label
+    return np.zeros(n, dtype=np.int64)
+
+
+def _seeded_split(
+    spec: DatasetSpec, label: np.ndarray | None, task: TaskKind, n: int
+) -> tuple[np.ndarray, str]:
+    """Stratified train/val/test split of the labelled samples; unlabelled ones go to train."""
+    rng = np.random.default_rng(spec.split_seed)
+    split = np.full(n, "train", dtype="<U5")
+    labelled = is_labelled(label) if label is not None else np.ones(n, dtype=bool)
+    strata = _strata(label, task, n)
+    for stratum in np.unique(strata[labelled]):
+        members = rng.permutation(np.flatnonzero(labelled & (strata == stratum)))
+        n_val = round(len(members) * spec.val_fraction)
+        n_test = round(len(members) * spec.test_fraction)
+        split[members[:n_val]] = "val"
+        split[members[n_val : n_val + n_test]] = "test"
+    return split, f"seeded stratified split (split_seed={spec.split_seed})"
+
+
+def _label_subset(spec: DatasetSpec, label: np.ndarray, task: TaskKind, train: np.ndarray) -> np.ndarray:
+    """Train rows that keep their label under ``label_fraction`` (stratified, >= 1 per class)."""
+    rng = np.random.default_rng(spec.split_seed + 1)
+    candidates = train[is_labelled(label[train])]
+    if spec.label_fraction >= 1.0:
+        return candidates
+    strata = _strata(label, task, len(label))[candidates]
+    kept = []
+    for stratum in np.unique(strata):
+        members = rng.permutation(candidates[strata == stratum])
+        kept.append(members[: max(1, round(len(members) * spec.label_fraction))])
+    return np.sort(np.concatenate(kept))
+
+
+def _masked(label: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    masked = label.copy()
+    drop = ~np.isin(np.arange(len(label)), keep)
+    if masked.dtype.kind in "iu":
+        masked[drop] = -1
+    else:
+        masked[drop] = np.nan
+    return masked
+
+
+def _normaliser(raw: RawDataset, train: np.ndarray) -> Normaliser:
+    mean, std = {}, {}
+    for name, values in raw.modalities.items():
+        axes = (0,) if values.ndim == 2 else (0, 2)
+        mu = values[train].mean(axis=axes, keepdims=True)[0]
+        sigma = values[train].std(axis=axes, keepdims=True)[0]
+        mean[name] = mu.astype(np.float32)
+        std[name] = np.where(sigma < 1e-6, 1.0, sigma).astype(np.float32)
+    return Normaliser(mean, std)
+
+
+def _output_dim(raw: RawDataset, task: TaskKind) -> int:
+    if raw.label is None or task == "retrieval":
+        return 0
+    if task == "classification":
+        n_classes = int(raw.label.max()) + 1
+        if raw.class_names is not None and len(raw.class_names) < n_classes:
+            raise DataError(raw.source, f"'class_names' has {len(raw.class_names)} names for {n_classes} classes")
+        return len(raw.class_names) if raw.class_names else n_classes
+    return 1 if raw.label.ndim == 1 else int(raw.label.shape[1])
+
+
+def prepare(spec: DatasetSpec, task: TaskKind) -> PreparedData:
+    """Load, split, mask labels to ``label_fraction`` and normalise with train statistics."""
+    raw = load_raw(spec, task)
+    n = len(next(iter(raw.modalities.values())))
+    if raw.split is not None:
+        split, how = raw.split, "split array in the file"
+    else:
+        split, how = _seeded_split(spec, raw.label, task, n)
+    train, val, test = (np.flatnonzero(split == name) for name in ("train", "val", "test"))
+    if raw.label is not None:
+        for name, rows in (("val", val), ("test", test)):
+            if not is_labelled(raw.label[rows]).all():
+                raise DataError(raw.source, f"every {name} sample needs a label; unlabelled ones belong in train")
+    label = raw.label
+    if label is not None:
+        kept = _label_subset(spec, label, task, train)
+        label = _masked(label, np.concatenate([kept, val, test]))
+        if not spec.keep_unlabelled:
+            train = train[is_labelled(label[train])]
+    normaliser = _normaliser(raw, train)
+
+    def part(rows: np.ndarray) -> Part:
+        arrays = {name: normaliser.apply(name, values[rows]) for name, values in raw.modalities.items()}
+        return Part(arrays, None if label is None else label[rows], rows)
+
+    n_labelled = int(is_labelled(label[train]).sum()) if label is not None else len(train)
+    info: dict[str, object] = {
+        "source": raw.source,
+        "split": how,
+        "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+        "train_labelled": n_labelled,
+    }
+    shapes = {name: tuple(values.shape[1:]) for name, values in raw.modalities.items()}
+    return PreparedData(
+        part(train), part(val), part(test), normaliser, shapes, _output_dim(raw, task), raw.class_names, info
+    )

@@ -1,0 +1,1 @@
+"""The training engine: trainer, evaluation, checkpoints and export."""

@@ -1,0 +1,74 @@
+"""Held-out metrics per task: what the trainer reports each epoch and once on the test split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, f1_score
+
+from core.spec import TaskKind
+
+PRIMARY_METRIC: dict[str, str] = {
+    "classification": "accuracy",
+    "multilabel": "mean_ap",
+    "regression": "mae",
+    "retrieval": "r@1",
+}
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1."""
+    predicted = logits.argmax(axis=1)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+    }
+
+
+def multilabel_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Mean average precision over labels that occur, and micro-F1 at threshold 0.5."""
+    present = labels.sum(axis=0) > 0
+    mean_ap = average_precision_score(labels[:, present], logits[:, present], average="macro")
+    predicted = (logits > 0).astype(int)
+    return {
+        "mean_ap": float(mean_ap),
+        "f1": float(f1_score(labels, predicted, average="micro", zero_division=0)),
+    }
+
+
+def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """Mean absolute error and Pearson r (averaged over target columns)."""
+    predictions = predictions.reshape(len(predictions), -1)
+    targets = targets.reshape(len(targets), -1)
+    rs = []
+    for column in range(targets.shape[1]):
+        p, t = predictions[:, column], targets[:, column]
+        rs.append(0.0 if p.std() == 0 or t.std() == 0 else float(np.corrcoef(p, t)[0, 1]))
+    return {"mae": float(np.abs(predictions - targets).mean()), "pearson_r": float(np.mean(rs))}
+
+
+def retrieval_metrics(queries: np.ndarray, gallery: np.ndarray) -> dict[str, float]:
+    """Query i should retrieve gallery item i: R@1/5/10 and median rank (1 = best), cosine scores."""
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True).clip(1e-12)
+    scores = q @ g.T
+    ranks = (scores > scores[np.arange(len(q)), np.arange(len(q))][:, None]).sum(axis=1) + 1
+    metrics = {f"r@{k}": float((ranks <= k).mean()) for k in (1, 5, 10)}
+    metrics["median_rank"] = float(np.median(ranks))
+    return metrics
+
+
+def compute_metrics(
+    task: TaskKind, outputs: torch.Tensor, labels: np.ndarray | None, targets: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Dispatch on the task. ``targets`` are the gallery embeddings for retrieval."""
+    out = outputs.detach().float().cpu().numpy()
+    if task == "retrieval":
+        assert targets is not None
+        return retrieval_metrics(out, targets.detach().float().cpu().numpy())
+    assert labels is not None
+    if task == "classification":
+        return classification_metrics(out, labels)
+    if task == "multilabel":
+        return multilabel_metrics(out, labels)
+    return regression_metrics(out, labels)

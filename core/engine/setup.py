@@ -1,0 +1,183 @@
+"""Building a run from a spec: seeds, device, networks, method, optimisers and schedule."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.data.prepare import PreparedData
+from core.engine import checkpoint as ckpt
+from core.models.network import Networks, build_networks
+from core.objectives import OBJECTIVES
+from core.objectives.base import Objective
+from core.spec import JobSpec
+
+
+@dataclass
+class RunState:
+    """Where the run is: the epoch in progress, batches done in it, optimisation steps done."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+
+
+class CosineWindow:
+    """LR factor: cosine from 1 to 0 over epochs [start, start + length), 1 before, 0 after.
+
+    A class, not a lambda, so the schedule is the same object type after a resume.
+    """
+
+    def __init__(self, start: int, length: int, enabled: bool) -> None:
+        self.start, self.length, self.enabled = start, length, enabled
+
+    def __call__(self, epoch: int) -> float:
+        if not self.enabled:
+            return 1.0
+        progress = min(max(epoch - self.start, 0), self.length) / self.length
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; ``state_dict`` is what a checkpoint stores."""
+
+    spec: JobSpec
+    data: PreparedData
+    device: torch.device
+    amp: bool
+    nets: Networks
+    objective: Objective
+    main_parameters: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    disc_optimizer: torch.optim.Optimizer | None
+    train_inputs: dict[str, torch.Tensor]
+    train_labels: torch.Tensor | None
+    state: RunState = field(default_factory=RunState)
+    resumed_from_step: int | None = None
+
+    @property
+    def n_train(self) -> int:
+        """Training samples."""
+        return len(self.data.train)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Models, optimisers, schedule, RNG and data position."""
+        return {
+            "spec_hash": self.spec.spec_hash(),
+            "nets": self.nets.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "disc_optimizer": None if self.disc_optimizer is None else self.disc_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.capture_rng(),
+            "epoch": self.state.epoch,
+            "batch_in_epoch": self.state.batch_in_epoch,
+            "step": self.state.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict``; the RNG last, so nothing after it draws numbers."""
+        self.nets.load_state_dict(state["nets"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.disc_optimizer is not None:
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = RunState(state["epoch"], state["batch_in_epoch"], state["step"])
+        self.resumed_from_step = state["step"]
+        ckpt.restore_rng(state["rng"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python's generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` takes CUDA when present; ``cuda`` without a GPU is an error that says so."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def make_optimizer(spec: JobSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimiser named in the spec over named parameter groups."""
+    train = spec.train
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=train.lr, momentum=0.9, weight_decay=train.weight_decay)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def parameter_groups(nets: Networks, objective: Objective) -> list[dict[str, Any]]:
+    """One group per network plus the method's modules (the discriminator excluded: own optimiser)."""
+    disc = {id(p) for p in objective.discriminator_parameters()}
+    groups = [{"name": name, "params": list(net.parameters())} for name, net in nets.named_networks().items()]
+    groups.append({"name": "method", "params": [p for p in objective.parameters() if id(p) not in disc]})
+    everything = [*nets.parameters(), *objective.parameters()]
+    grouped = [id(p) for group in groups for p in group["params"]] + list(disc)
+    assert sorted(grouped) == sorted(map(id, everything)), "every parameter must sit in exactly one group"
+    return [group for group in groups if group["params"]]
+
+
+def schedule_windows(objective: Objective, groups: list[dict[str, Any]]) -> list[CosineWindow]:
+    """Each group's cosine window: the epochs in which that group trains."""
+    enabled = objective.spec.train.scheduler == "cosine"
+    windows = []
+    for group in groups:
+        start, length = objective.window(group["name"])
+        windows.append(CosineWindow(start, length, enabled))
+    return windows
+
+
+def build_run(spec: JobSpec, data: PreparedData) -> Run:
+    """Seed, then build networks, method, optimisers and the device-resident training tensors."""
+    seed_everything(spec.train.seed)
+    device = pick_device(spec.train.device)
+    nets = build_networks(
+        data.shapes,
+        primary=list(spec.dataset.primary),
+        auxiliary=list(spec.dataset.auxiliary),
+        spec=spec.model,
+        output_dim=data.output_dim,
+        retrieval_target=spec.dataset.retrieval_target,
+    )
+    objective = OBJECTIVES.get(spec.method.name)(spec, repr_dim=spec.model.repr_dim, n_train=len(data.train))
+    nets.to(device)
+    objective.to(device)
+    groups = parameter_groups(nets, objective)
+    optimizer = make_optimizer(spec, groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_windows(objective, groups))
+    disc_parameters = objective.discriminator_parameters()
+    disc_optimizer = None
+    if disc_parameters:
+        disc_lr = getattr(spec.method, "disc_lr", None) or spec.train.lr
+        disc_optimizer = torch.optim.Adam(disc_parameters, lr=disc_lr, betas=(0.5, 0.999))
+    labels = data.train.label
+    return Run(
+        spec=spec,
+        data=data,
+        device=device,
+        amp=spec.train.amp and device.type == "cuda",
+        nets=nets,
+        objective=objective,
+        main_parameters=[p for group in groups for p in group["params"]],
+        optimizer=optimizer,
+        scheduler=scheduler,
+        disc_optimizer=disc_optimizer,
+        train_inputs={name: torch.from_numpy(v).to(device) for name, v in data.train.modalities.items()},
+        train_labels=None if labels is None else torch.from_numpy(labels).to(device),
+    )

@@ -1,0 +1,202 @@
+"""The trainer: one run of teacher, auxiliary model and student under one method. Read top to bottom.
+
+``train`` builds everything from the spec, resumes from the newest checkpoint when there is one,
+loops over epochs and steps, evaluates on the validation split, checkpoints, and ends with one
+test-split evaluation and the export of the student.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.data.prepare import PreparedData, prepare
+from core.engine import checkpoint as ckpt
+from core.engine.evaluation import compute_metrics
+from core.engine.export import export_student
+from core.engine.setup import Run, build_run
+from core.errors import MmkdError, NonFiniteLossError, TrainingCancelled
+from core.objectives.base import Batch, Forward, Role
+from core.spec import JobSpec
+from core.tracking import CheckpointStore, NullTracker, Tracker
+
+
+def epoch_batches(run: Run, epoch: int) -> list[torch.Tensor]:
+    """The batches of one epoch: a permutation seeded by (seed, epoch), so resuming can replay it."""
+    generator = torch.Generator().manual_seed(run.spec.train.seed * 1_000_003 + epoch)
+    order = torch.randperm(run.n_train, generator=generator)
+    batches = list(order.split(run.spec.train.batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:  # a 1-sample batch has no contrastive negatives
+        batches.pop()
+    return batches
+
+
+def make_batch(run: Run, rows: torch.Tensor) -> Batch:
+    """Slice the (device-resident) training tensors."""
+    rows = rows.to(run.device)
+    inputs = {name: values[rows] for name, values in run.train_inputs.items()}
+    labels = None if run.train_labels is None else run.train_labels[rows]
+    return Batch(inputs, labels, rows)
+
+
+def forward(run: Run, batch: Batch, roles: dict[str, Role]) -> Forward:
+    """Run the networks the method uses this epoch: trained ones with grad, frozen ones without."""
+    fwd = Forward(z={}, out={}, target={})
+    for name, net in run.nets.named_networks().items():
+        if roles[name] == "idle":
+            continue
+        net.train(roles[name] == "train")
+        with torch.set_grad_enabled(roles[name] == "train"):
+            fwd.z[name], fwd.out[name] = net(batch.inputs)
+            if net.target_encoder is not None:
+                fwd.target[name] = net.embed_target(batch.inputs)
+    return fwd
+
+
+def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
+    """One optimiser step on the summed, weighted loss terms; then the discriminator's own step."""
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        fwd = forward(run, batch, run.objective.roles(epoch))
+        terms = run.objective.losses(run.nets, batch, fwd, epoch)
+        stacked = torch.stack([value.float() for value in terms.values()])
+        total = stacked.sum()
+    # One device sync per step: all terms come back together.
+    values = dict(zip([*terms, "total"], torch.cat([stacked, total[None]]).detach().tolist(), strict=True))
+    if not all(map(math.isfinite, values.values())):
+        raise NonFiniteLossError(run.state.step + 1, values)
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if run.spec.train.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.main_parameters, run.spec.train.grad_clip)
+    run.optimizer.step()
+    if run.disc_optimizer is not None:
+        disc = run.objective.discriminator_step(fwd)["disc"]
+        run.disc_optimizer.zero_grad(set_to_none=True)
+        disc.backward()
+        run.disc_optimizer.step()
+        values["disc"] = float(disc.detach())
+    return values
+
+
+@torch.no_grad()
+def evaluate(run: Run, split: str) -> dict[str, float]:
+    """Metrics of all three networks on the val or test split, named ``{network}/{metric}``."""
+    part = run.data.val if split == "val" else run.data.test
+    inputs = {name: torch.from_numpy(values).to(run.device) for name, values in part.modalities.items()}
+    metrics: dict[str, float] = {}
+    for name, net in run.nets.named_networks().items():
+        net.eval()
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            output = net(inputs)[1]
+            target = net.embed_target(inputs) if net.target_encoder is not None else None
+        for metric, value in compute_metrics(run.spec.task, output, part.label, target).items():
+            metrics[f"{name}/{metric}"] = value
+    return metrics
+
+
+def save_checkpoint(run: Run, checkpoints: CheckpointStore | None, tracker: Tracker) -> None:
+    """Store the full training state at the current step boundary."""
+    if checkpoints is None:
+        return
+    key = checkpoints.save(run.state.step, ckpt.to_bytes(run.state_dict()))
+    tracker.on_checkpoint(epoch=run.state.epoch, step=run.state.step, key=key)
+
+
+def resume(run: Run, checkpoints: CheckpointStore | None) -> None:
+    """Load the newest checkpoint into ``run`` if there is one."""
+    latest = None if checkpoints is None else checkpoints.load_latest()
+    if latest is None:
+        return
+    step, payload = latest
+    state = ckpt.from_bytes(payload)
+    if state["spec_hash"] != run.spec.spec_hash():
+        raise MmkdError(f"checkpoint at step {step} was written for another spec; refusing to resume")
+    run.load_state_dict(state)
+
+
+def run_epoch(run: Run, epoch: int, tracker: Tracker, checkpoints: CheckpointStore | None) -> None:
+    """The steps of one epoch, from wherever a resumed run left it."""
+    every_steps = run.spec.checkpoint.every_steps
+    for rows in epoch_batches(run, epoch)[run.state.batch_in_epoch :]:
+        if tracker.should_stop():
+            raise TrainingCancelled(run.state.step)
+        losses = train_step(run, make_batch(run, rows), epoch)
+        run.state.step += 1
+        run.state.batch_in_epoch += 1
+        tracker.on_step(epoch=epoch, step=run.state.step, losses=losses)
+        if every_steps and run.state.step % every_steps == 0:
+            save_checkpoint(run, checkpoints, tracker)
+
+
+def finish(run: Run, workdir: Path, started: float) -> dict[str, Any]:
+    """Test-split evaluation once, the student export, and ``summary.json``."""
+    test = evaluate(run, "test")
+    by_network = {
+        name: {key.split("/", 1)[1]: value for key, value in test.items() if key.startswith(f"{name}/")}
+        for name in ("student", "teacher", "auxiliary")
+    }
+    export_student(
+        workdir / "student",
+        spec=run.spec,
+        student=run.nets.student,
+        normaliser=run.data.normaliser,
+        shapes=run.data.shapes,
+        class_names=run.data.class_names,
+        metrics=by_network["student"],
+    )
+    summary: dict[str, Any] = {
+        "name": run.spec.name,
+        "method": run.spec.method.name,
+        "dataset": run.spec.dataset.name or run.spec.dataset.uri,
+        "task": run.spec.task,
+        "seed": run.spec.train.seed,
+        "spec_hash": run.spec.spec_hash(),
+        **by_network,
+        "data": run.data.info,
+        "epochs": run.objective.total_epochs,
+        "steps": run.state.step,
+        "resumed_from_step": run.resumed_from_step,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train(
+    spec: JobSpec,
+    *,
+    workdir: Path,
+    tracker: Tracker | None = None,
+    checkpoints: CheckpointStore | None = None,
+    data: PreparedData | None = None,
+) -> dict[str, Any]:
+    """Train under ``spec``; write ``workdir/summary.json`` and ``workdir/student/``; return the summary."""
+    started = time.monotonic()
+    tracker = tracker or NullTracker()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = build_run(spec, data if data is not None else prepare(spec.dataset, spec.task))
+    resume(run, checkpoints)
+    tracker.on_start(
+        total_epochs=run.objective.total_epochs,
+        steps_per_epoch=len(epoch_batches(run, 0)),
+        start_step=run.state.step,
+    )
+    for epoch in range(run.state.epoch, run.objective.total_epochs):
+        run.state.epoch = epoch
+        run_epoch(run, epoch, tracker, checkpoints)
+        run.scheduler.step()
+        run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
+        last = epoch + 1 == run.objective.total_epochs
+        if last or (epoch + 1) % spec.train.eval_every_epochs == 0:
+            tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=evaluate(run, "val"))
+        every = spec.checkpoint.every_epochs
+        if every and ((epoch + 1) % every == 0 or last):
+            save_checkpoint(run, checkpoints, tracker)
+    summary = finish(run, workdir, started)
+    tracker.on_finish(summary=summary)
+    return summary

@@ -1,0 +1,1 @@
+"""Networks: per-modality encoders, fusion, representation and task head."""

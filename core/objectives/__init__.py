@@ -1,0 +1,28 @@
+"""The methods, one file each, all registered in ``OBJECTIVES`` under their spec key."""
+
+from core.objectives import (
+    crd,
+    feature_kd,
+    logit_kd,
+    mi_joint,
+    mi_joint_aux,
+    paper,
+    student_only,
+    teacher_only,
+)
+from core.objectives.base import OBJECTIVES, Batch, Forward, Objective
+
+__all__ = [
+    "OBJECTIVES",
+    "Batch",
+    "Forward",
+    "Objective",
+    "crd",
+    "feature_kd",
+    "logit_kd",
+    "mi_joint",
+    "mi_joint_aux",
+    "paper",
+    "student_only",
+    "teacher_only",
+]

@@ -1,0 +1,71 @@
+"""Loss primitives shared by the methods. Each docstring names its source and formula."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.spec import TaskKind
+
+
+def labelled_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Samples that carry a label: class id >= 0, or all targets finite."""
+    if labels.dtype in (torch.int64, torch.int32):
+        return labels >= 0
+    return torch.isfinite(labels.reshape(len(labels), -1)).all(dim=1)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE (van den Oord et al. 2018; CLIP's form).
+
+    With L2-normalised rows, s_ij = <a_i, b_j> / tau and positives on the diagonal:
+    L = (CE(s, diag) + CE(s^T, diag)) / 2. It is a lower bound on I(A;B) up to log N.
+    """
+    a = F.normalize(a, dim=1)
+    b = F.normalize(b, dim=1)
+    logits = a @ b.t() / temperature
+    targets = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+def task_loss(task: TaskKind, output: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """The supervised loss on labelled samples only (zero when the batch has none).
+
+    classification: cross-entropy; multilabel: BCE with logits; regression: L1.
+    """
+    assert labels is not None, "task_loss needs labels"
+    mask = labelled_mask(labels)
+    if not bool(mask.any()):
+        return output.sum() * 0.0
+    output, labels = output[mask], labels[mask]
+    if task == "classification":
+        return F.cross_entropy(output, labels)
+    if task == "multilabel":
+        return F.binary_cross_entropy_with_logits(output, labels)
+    return F.l1_loss(output, labels.reshape(output.shape))
+
+
+def hinton_kd(task: TaskKind, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logit distillation (Hinton, Vinyals, Dean 2015).
+
+    classification: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean;
+    multilabel: T^2 * BCE(sigmoid(s/T), sigmoid(t/T)); regression: MSE(s, t).
+    ``teacher`` is treated as a fixed target (detached).
+    """
+    teacher = teacher.detach()
+    t2 = temperature * temperature
+    if task == "classification":
+        log_p_student = F.log_softmax(student / temperature, dim=1)
+        p_teacher = F.softmax(teacher / temperature, dim=1)
+        return t2 * F.kl_div(log_p_student, p_teacher, reduction="batchmean")
+    if task == "multilabel":
+        return t2 * F.binary_cross_entropy_with_logits(student / temperature, torch.sigmoid(teacher / temperature))
+    return F.mse_loss(student, teacher)
+
+
+def projection_head(in_dim: int, out_dim: int, layers: int) -> nn.Module:
+    """The small head that maps a representation into the contrastive space (linear or 2-layer MLP)."""
+    if layers == 1:
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
