@@ -35,8 +35,9 @@ def problem(
     title: str | None = None,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """A problem+json response."""
+    """A problem+json response; ``extra`` adds members (RFC 9457 extensions)."""
     phrase = HTTPStatus(status).phrase
     body: dict[str, Any] = {
         "type": f"urn:mmkd:problem:{phrase.lower().replace(' ', '-')}",
@@ -47,6 +48,7 @@ def problem(
     }
     if errors is not None:
         body["errors"] = errors
+    body.update(extra or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

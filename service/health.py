@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from service.deps import SessionDep, SettingsDep
 from service.enqueue import check_broker
+from service.errors import problem
 
 router = APIRouter(tags=["health"])
 
@@ -40,5 +41,9 @@ def readyz(request: Request, session: SessionDep, settings: SettingsDep) -> JSON
         ),
         "storage": _probe(request.app.state.links.check),
     }
-    ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
+    if all(value == "ok" for value in checks.values()):
+        return JSONResponse({"status": "ok", "checks": checks})
+    failing = ", ".join(name for name, value in checks.items() if value != "ok")
+    return problem(
+        status=503, detail=f"not ready: {failing}", instance=request.url.path, extra={"checks": checks}
+    )

@@ -111,3 +111,69 @@ def moto_server() -> Iterator[MotoServer]:
         yield server
     finally:
         server.stop()
+
+
+class ApiServer:
+    """The mmkd API under uvicorn in a subprocess, on PostgreSQL and Redis, with a local store."""
+
+    def __init__(self, database_url: str, broker_url: str, home: Path) -> None:
+        self.database_url = database_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.storage_root = home / "artifacts"
+        self.env = {
+            **os.environ,
+            "MMKD_HOME": str(home),
+            "MMKD_DATABASE_URL": database_url,
+            "MMKD_BROKER_URL": broker_url,
+            "MMKD_STORAGE_URL": self.storage_root.as_uri(),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Migrate the database, start uvicorn and wait for the port."""
+        from service.migrate import upgrade
+
+        upgrade(self.database_url)
+        uvicorn = Path(sys.executable).with_name("uvicorn")
+        command = [str(uvicorn), "service.main:create_app", "--factory", "--host", "127.0.0.1"]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def new_key(self, owner: str | None = None) -> str:
+        """Issue an API key (for a fresh owner by default) straight in the database."""
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import Session
+
+        from service.keys.service import create_key
+
+        engine = create_engine(self.database_url)
+        with Session(engine) as session:
+            _, token = create_key(session, owner_name=owner or f"owner-{uuid.uuid4().hex[:8]}")
+        engine.dispose()
+        return token
+
+    def stop(self) -> None:
+        """Stop uvicorn."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    """A live API server (uvicorn, one worker) on a free loopback port for SDK and HTTP tests."""
+    server = ApiServer(postgres_url, redis_url, tmp_path_factory.mktemp("api-home"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

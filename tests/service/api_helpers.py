@@ -1,0 +1,56 @@
+"""Helpers shared by the API tests (a plain module: test files cannot import conftest)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.keys import service as keys_service
+
+SPEC: dict[str, Any] = {
+    "name": "mfeat-paper",
+    "dataset": {"name": "mfeat", "primary": ["fou", "zer", "mor"], "auxiliary": ["fac", "pix", "kar"]},
+    "method": {"name": "paper"},
+    "train": {"epochs": 2, "seed": 7},
+}
+
+
+@dataclass
+class Api:
+    """A test client plus a way to arrange rows in the same database."""
+
+    client: TestClient
+    app: FastAPI
+    session: Session
+
+    def new_key(self, owner: str | None = None) -> str:
+        """Issue a key for ``owner`` (a fresh unique owner by default); returns the token."""
+        _, token = keys_service.create_key(self.session, owner_name=owner or f"owner-{uuid.uuid4().hex[:8]}")
+        return token
+
+    def auth(self, token: str) -> dict[str, str]:
+        """Headers carrying ``token``."""
+        return {"Authorization": f"Bearer {token}"}
+
+    def submit(self, token: str, spec: dict[str, Any] | None = None, **headers: str) -> Any:
+        """POST a spec; returns the response."""
+        return self.client.post("/v1/jobs", json=spec or SPEC, headers={**self.auth(token), **headers})
+
+
+def make_settings(database_url: str, broker_url: str, storage_root: Path, **overrides: Any) -> Settings:
+    """Settings for a test app (nothing read from the environment that matters)."""
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "broker_url": broker_url,
+        "storage_url": storage_root.as_uri(),
+        "home": storage_root.parent,
+        **overrides,
+    }
+    return Settings(**values)

@@ -1,0 +1,43 @@
+"""Enqueue after commit: the message lands on Redis's ``gpu`` list; a dead broker leaves the job
+queued with an event saying why."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from api_helpers import SPEC, Api, make_settings
+from fastapi.testclient import TestClient
+
+from service.keys.service import create_key
+from service.main import create_app
+from service.queues import TRAIN_TASK, Queue
+
+
+def test_message_lands_on_gpu_queue(api: Api, redis_url: str) -> None:
+    import redis
+
+    job_id = api.submit(api.new_key()).json()["id"]
+    messages = [json.loads(raw) for raw in redis.Redis.from_url(redis_url).lrange(Queue.GPU.value, 0, -1)]
+    mine = [m for m in messages if json.loads(base64.b64decode(m["body"]))[0] == [job_id]]
+    assert len(mine) == 1
+    assert mine[0]["headers"]["task"] == TRAIN_TASK
+    assert mine[0]["properties"]["delivery_info"]["routing_key"] == "gpu"
+
+
+def test_unreachable_broker_keeps_job_queued_with_event(pg_database: str, tmp_path: Path) -> None:
+    settings = make_settings(
+        pg_database, "redis://127.0.0.1:1/0", tmp_path / "artifacts", enqueue_timeout_seconds=0.5
+    )
+    app = create_app(settings)
+    with app.state.session_factory() as session:
+        _, token = create_key(session, owner_name="broker-down")
+    with TestClient(app) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        response = client.post("/v1/jobs", json=SPEC, headers=headers)
+        assert response.status_code == 201
+        assert response.json()["status"] == "queued"
+        events = client.get(f"/v1/jobs/{response.json()['id']}/events", headers=headers).json()["items"]
+    assert [e["kind"] for e in events] == ["created", "enqueue_failed"]
+    assert events[1]["reason"]
