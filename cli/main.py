@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import typer
 
-from cli import local
+from cli import local, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="mmkd: cross-modal distillation.")
 local.register(app)
+worker.register(app)

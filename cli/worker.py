@@ -1,0 +1,195 @@
+"""``mmkd worker`` (a real Celery worker, optionally with the reaper) and ``mmkd up`` (the embedded
+stack: API, one worker and the reaper on SQLite and a local folder, no external server).
+
+The reaper runs as a thread of this command's process, never inside the Celery worker (whose pool
+forks children). Child processes get their own session so Ctrl-C reaches only this process, which
+then stops them in order and kills each one's whole process group: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger("mmkd")
+STOP_GRACE_SECONDS = 10.0
+DEFAULT_HOME = Path(".mmkd")
+
+
+def celery_worker_command(queues: str, concurrency: int, loglevel: str = "info") -> list[str]:
+    """The command line of one Celery worker process for ``queues``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "worker.celery_app:app",
+        "worker",
+        "--queues",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        f"mmkd-{uuid.uuid4().hex[:6]}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def start_reaper(stop: threading.Event) -> threading.Thread:
+    """Run the reaper loop in a daemon thread until ``stop`` is set."""
+    from service.db import engine_for, session_factory
+    from worker.celery_app import enqueue_training
+    from worker.config import get_worker_settings
+    from worker.reaper import run_reaper
+
+    settings = get_worker_settings()
+    sessions = session_factory(engine_for(settings.resolved_database_url, 2))
+    thread = threading.Thread(
+        target=run_reaper,
+        args=(sessions,),
+        kwargs={
+            "enqueue": enqueue_training,
+            "interval_seconds": settings.reaper_interval_seconds,
+            "requeue_after_seconds": settings.requeue_after_seconds,
+            "stop": stop,
+        },
+        name="reaper",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (own process group) so signals reach it only through us."""
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def stop_children(children: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM each child's process group, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    for child in children:
+        if child.poll() is None:
+            _signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %s did not stop in %ss; killing it", child.pid, grace)
+        _signal_group(child, signal.SIGKILL)  # also reaps grandchildren (Celery's pool)
+        child.wait()
+
+
+def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signum)
+
+
+def supervise(children: list[subprocess.Popen[bytes]], stop: threading.Event) -> int:
+    """Wait for SIGINT/SIGTERM or a child's exit, then stop everything; 1 when a child died first."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    died = None
+    while not stop.is_set() and died is None:
+        died = next((child for child in children if child.poll() is not None), None)
+        stop.wait(0.5)
+    stop.set()
+    if died is not None:
+        log.error("pid %s exited with code %s; stopping the others", died.pid, died.returncode)
+    stop_children(children)
+    return 1 if died is not None else 0
+
+
+def worker_command(
+    queues: str = typer.Option("gpu", help="Comma-separated queues to consume (one per GPU class)."),
+    concurrency: int = typer.Option(1, min=1, help="Jobs at once; use one process per GPU."),
+    beat: bool = typer.Option(False, "--beat", help="Also run the reaper loop in this process."),
+    loglevel: str = typer.Option("info", help="Celery log level."),
+) -> None:
+    """Start a Celery worker that trains jobs (and, with --beat, the reaper)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    if beat:
+        start_reaper(stop)
+    code = supervise([spawn(celery_worker_command(queues, concurrency, loglevel))], stop)
+    raise typer.Exit(code)
+
+
+def embedded_environment(home: Path, host: str) -> dict[str, str]:
+    """``MMKD_*`` variables for the embedded stack; explicit settings in the environment win."""
+    env = {"MMKD_HOME": str(home.resolve()), "MMKD_HOST": host}
+    loopback = host in ("127.0.0.1", "::1", "localhost")
+    if loopback:
+        env["MMKD_AUTH"] = "false"
+    return {**env, **{k: v for k, v in os.environ.items() if k.startswith("MMKD_") and k != "MMKD_HOST"}}
+
+
+def api_command(host: str, port: int) -> list[str]:
+    """uvicorn serving the API factory."""
+    server = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory"]
+    return [*server, "--host", host, "--port", str(port), "--log-level", "warning"]
+
+
+def _wait_until_up(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            raise RuntimeError("a child process exited during start-up")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the API did not answer at {url} within {timeout}s")
+
+
+def up_command(
+    host: str = typer.Option("127.0.0.1", help="API address; auth is off only on loopback."),
+    port: int = typer.Option(8000, help="API port."),
+    home: Annotated[Path, typer.Option(envvar="MMKD_HOME", help="Database, broker and artifacts.")] = DEFAULT_HOME,
+) -> None:
+    """Start the embedded stack (API, one worker, reaper) until Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.update(embedded_environment(home, host))
+    from service.config import get_settings
+    from service.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.resolved_database_url)
+    children = [spawn(api_command(host, port)), spawn(celery_worker_command("gpu", 1, "warning"))]
+    stop = threading.Event()
+    url = f"http://{host}:{port}"
+    try:
+        _wait_until_up(url, children)
+    except (RuntimeError, TimeoutError) as error:
+        stop_children(children)
+        raise typer.Exit(f"mmkd up failed: {error}") from error
+    start_reaper(stop)
+    auth = "OFF (loopback only: every local client acts as owner 'local')" if not settings.auth else "on"
+    typer.echo(f"mmkd is up: API {url} (docs {url}/docs), one worker, reaper")
+    typer.echo(f"  home {settings.home.resolve()}: database, broker and artifacts; authentication {auth}")
+    typer.echo("  Ctrl-C stops everything")
+    raise typer.Exit(supervise(children, stop))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``worker`` and ``up`` to ``app``."""
+    app.command("worker")(worker_command)
+    app.command("up")(up_command)
