@@ -1,9 +1,124 @@
-"""Local commands: train, predict, datasets (placeholder until the trainer lands)."""
+"""Local commands: ``mmkd train``, ``mmkd predict``, ``mmkd datasets``. torch loads inside them only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print a one-line reason to stderr; the caller raises the returned Exit(2)."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _load_spec(path: Path):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from core.spec import describe_validation_error, load_spec
+
+    try:
+        return load_spec(path)
+    except FileNotFoundError:
+        raise fail(f"{path}: no such file") from None
+    except ValidationError as exc:
+        raise fail(f"{path}: invalid spec: " + "; ".join(describe_validation_error(exc))) from None
+    except (ValueError, OSError) as exc:  # YAML syntax errors are ValueErrors
+        raise fail(f"{path}: {exc}") from None
+
+
+def result_table(summary: dict) -> Table:  # type: ignore[type-arg]
+    """Test metrics of the three networks, one row each."""
+    table = Table(title=f"{summary['method']} on {summary['dataset']} (test split)")
+    metrics = list(summary["student"])
+    table.add_column("network")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    for network in ("student", "teacher", "auxiliary"):
+        table.add_row(network, *(f"{summary[network][m]:.4f}" for m in metrics))
+    return table
+
+
+def train_command(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Job spec (YAML or JSON).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints, metrics, export.")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+) -> None:
+    """Train locally; writes summary.json, metrics.jsonl, checkpoints/ and student/ under --out."""
+    spec = _load_spec(spec_path)
+    from core.engine.checkpoint import LocalCheckpointStore
+    from core.engine.evaluation import PRIMARY_METRIC
+    from core.engine.trainer import train
+    from core.engine.tracking_local import FanOutTracker, JsonlTracker, RichProgressTracker
+    from core.errors import MmkdError
+
+    store = LocalCheckpointStore(out / "checkpoints", keep_last=spec.checkpoint.keep_last)
+    if not resume and (store.load_latest() is not None or (out / "summary.json").exists()):
+        raise fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    metrics_file = out / "metrics.jsonl"
+    if not resume:
+        metrics_file.unlink(missing_ok=True)
+    tracker = FanOutTracker(JsonlTracker(metrics_file), RichProgressTracker(PRIMARY_METRIC[spec.task]))
+    try:
+        summary = train(spec, workdir=out, tracker=tracker, checkpoints=store)
+    except MmkdError as exc:
+        raise fail(str(exc)) from None
+    except RuntimeError as exc:
+        raise fail(f"training failed: {exc}") from None
+    console.print(result_table(summary))
+    console.print(f"student exported to {out / 'student'}")
+
+
+def predict_command(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="An exported student folder.")],
+    data: Annotated[Path, typer.Argument(metavar="DATA.npz", help="Primary modalities, one array each.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write prediction (and scores).")],
+) -> None:
+    """Predict with an exported student from primary modalities only."""
+    if not (model_dir / "model.json").is_file():
+        raise fail(f"{model_dir}: not an exported student (no model.json)")
+    if not data.is_file():
+        raise fail(f"{data}: no such file")
+    import numpy as np
+
+    from core.engine.export import predict_file
+    from core.errors import MmkdError
+
+    try:
+        result = predict_file(model_dir, data)
+    except MmkdError as exc:
+        raise fail(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **result)
+    console.print(f"{len(result['prediction'])} predictions written to {out}")
+
+
+def datasets_command() -> None:
+    """List the built-in datasets with their modalities and shapes."""
+    from core.data.arrays import _builtin_bytes, read_npz
+
+    table = Table(title="built-in datasets")
+    for column in ("name", "samples", "classes", "modalities (per-sample shape)", "split"):
+        table.add_column(column)
+    for name in ("mfeat", "basic_motions"):
+        arrays = read_npz(*_builtin_bytes(name))
+        modalities = [key for key in arrays if key not in ("label", "split", "class_names")]
+        shapes = ", ".join(f"{key} {tuple(arrays[key].shape[1:])}" for key in modalities)
+        split = "shipped" if "split" in arrays else "seeded stratified"
+        table.add_row(name, str(len(arrays["label"])), str(len(arrays["class_names"])), shapes, split)
+    console.print(table)
+    console.print("Sources and licences: core/data/builtin/README.md")
 
 
 def register(app: typer.Typer) -> None:
     """Add the local commands to ``app``."""
+    app.command("train")(train_command)
+    app.command("predict")(predict_command)
+    app.command("datasets")(datasets_command)

@@ -66,9 +66,7 @@ def _strata(label: np.ndarray | None, task: TaskKind, n: int) -> np.ndarray:
     return np.zeros(n, dtype=np.int64)
 
 
-def _seeded_split(
-    spec: DatasetSpec, label: np.ndarray | None, task: TaskKind, n: int
-) -> tuple[np.ndarray, str]:
+def _seeded_split(spec: DatasetSpec, label: np.ndarray | None, task: TaskKind, n: int) -> tuple[np.ndarray, str]:
     """Stratified train/val/test split of the labelled samples; unlabelled ones go to train."""
     rng = np.random.default_rng(spec.split_seed)
     split = np.full(n, "train", dtype="<U5")

@@ -99,10 +99,15 @@ def predict_file(model_dir: Path, data_path: Path, *, batch_size: int = 4096) ->
     inputs = []
     for name, shape in meta["modalities"].items():
         if name not in arrays:
-            raise DataError(str(data_path), f"primary modality {name!r} is missing; the student needs {list(meta['modalities'])}")
+            raise DataError(
+                str(data_path), f"primary modality {name!r} is missing; the student needs {list(meta['modalities'])}"
+            )
         values = arrays[name]
         if values.dtype.kind not in "biuf" or tuple(values.shape[1:]) != tuple(shape):
-            raise DataError(str(data_path), f"modality {name!r} must be numeric with per-sample shape {tuple(shape)}, got {values.shape} {values.dtype}")
+            raise DataError(
+                str(data_path),
+                f"modality {name!r} must be numeric with per-sample shape {tuple(shape)}, got {values.shape} {values.dtype}",
+            )
         if not np.isfinite(values).all():
             raise DataError(str(data_path), f"modality {name!r} has non-finite values")
         inputs.append(torch.from_numpy(values.astype(np.float32)))

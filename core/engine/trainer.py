@@ -135,11 +135,14 @@ def run_epoch(run: Run, epoch: int, tracker: Tracker, checkpoints: CheckpointSto
 
 def finish(run: Run, workdir: Path, started: float) -> dict[str, Any]:
     """Test-split evaluation once, the student export, and ``summary.json``."""
-    test = evaluate(run, "test")
-    by_network = {
-        name: {key.split("/", 1)[1]: value for key, value in test.items() if key.startswith(f"{name}/")}
-        for name in ("student", "teacher", "auxiliary")
-    }
+
+    def by_network(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+        return {
+            name: {key.split("/", 1)[1]: value for key, value in metrics.items() if key.startswith(f"{name}/")}
+            for name in ("student", "teacher", "auxiliary")
+        }
+
+    test = by_network(evaluate(run, "test"))
     export_student(
         workdir / "student",
         spec=run.spec,
@@ -147,7 +150,7 @@ def finish(run: Run, workdir: Path, started: float) -> dict[str, Any]:
         normaliser=run.data.normaliser,
         shapes=run.data.shapes,
         class_names=run.data.class_names,
-        metrics=by_network["student"],
+        metrics=test["student"],
     )
     summary: dict[str, Any] = {
         "name": run.spec.name,
@@ -156,7 +159,8 @@ def finish(run: Run, workdir: Path, started: float) -> dict[str, Any]:
         "task": run.spec.task,
         "seed": run.spec.train.seed,
         "spec_hash": run.spec.spec_hash(),
-        **by_network,
+        **test,
+        "validation": by_network(evaluate(run, "val")),
         "data": run.data.info,
         "epochs": run.objective.total_epochs,
         "steps": run.state.step,

@@ -83,9 +83,7 @@ class MultimodalNet(nn.Module):
         self.target_name = None if target is None else target[0]
         self.target_encoder = None
         if target is not None:
-            self.target_encoder = nn.Sequential(
-                make_encoder(target[1], spec), nn.Linear(spec.hidden_dim, output_dim)
-            )
+            self.target_encoder = nn.Sequential(make_encoder(target[1], spec), nn.Linear(spec.hidden_dim, output_dim))
         self.encoders = nn.ModuleDict({name: make_encoder(shape, spec) for name, shape in shapes.items()})
         self.fusion = spec.fusion
         if spec.fusion == "concat":

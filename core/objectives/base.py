@@ -79,9 +79,7 @@ class Objective(nn.Module):
             return info_nce(fwd.out[name], fwd.target[name], temperature=0.1)
         return task_loss(self.task, fwd.out[name], batch.labels)
 
-    def distill_terms(
-        self, nets: Networks, batch: Batch, fwd: Forward, epoch: int
-    ) -> dict[str, torch.Tensor]:
+    def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """The method's own terms; none in the base class."""
         return {}
 

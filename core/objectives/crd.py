@@ -66,9 +66,7 @@ class CRDObjective(FrozenTeacherObjective):
         self._update_banks(rows, e_s, e_t)
         return loss
 
-    def distill_terms(
-        self, nets: Networks, batch: Batch, fwd: Forward, epoch: int
-    ) -> dict[str, torch.Tensor]:
+    def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """alpha * CRD (+ kd_weight * Hinton KD), in phase 2 only."""
         if not self.distilling(epoch):
             return {}
@@ -77,5 +75,3 @@ class CRDObjective(FrozenTeacherObjective):
             kd = hinton_kd(self.task, fwd.out["student"], fwd.out["teacher"], self.method.kd_temperature)
             terms["kd"] = self.method.kd_weight * kd
         return terms
-
-

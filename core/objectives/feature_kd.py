@@ -22,9 +22,7 @@ class FeatureKDObjective(FrozenTeacherObjective):
         super().__init__(spec, repr_dim=repr_dim, n_train=n_train)
         self.regressor = nn.Linear(repr_dim, repr_dim)
 
-    def distill_terms(
-        self, nets: Networks, batch: Batch, fwd: Forward, epoch: int
-    ) -> dict[str, torch.Tensor]:
+    def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """The hint loss, in phase 2 only."""
         if not self.distilling(epoch):
             return {}

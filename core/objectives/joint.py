@@ -40,17 +40,13 @@ class JointObjective(Objective):
             return 1.0
         return min(1.0, (after + 1) / self.method.ramp_epochs)
 
-    def distill_terms(
-        self, nets: Networks, batch: Batch, fwd: Forward, epoch: int
-    ) -> dict[str, torch.Tensor]:
+    def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """alpha * InfoNCE(T, S) (gradients into both networks) and the optional logit KD."""
         scale = self.ramp(epoch)
         z_t, z_s = fwd.z["teacher"], fwd.z["student"]
         tau = self.method.temperature
         terms = {
-            "mi_ts": scale
-            * self.method.alpha
-            * info_nce(self.proj_ts_teacher(z_t), self.proj_ts_student(z_s), tau)
+            "mi_ts": scale * self.method.alpha * info_nce(self.proj_ts_teacher(z_t), self.proj_ts_student(z_s), tau)
         }
         if self.method.kd_weight > 0:
             kd = hinton_kd(self.task, fwd.out["student"], fwd.out["teacher"], self.method.kd_temperature)

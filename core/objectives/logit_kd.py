@@ -17,9 +17,7 @@ class LogitKDObjective(FrozenTeacherObjective):
 
     method: LogitKD
 
-    def distill_terms(
-        self, nets: Networks, batch: Batch, fwd: Forward, epoch: int
-    ) -> dict[str, torch.Tensor]:
+    def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """The KD term, in phase 2 only."""
         if not self.distilling(epoch):
             return {}

@@ -22,9 +22,7 @@ class MIJointAuxObjective(JointObjective):
         self.proj_ta_teacher = self.projection()
         self.proj_ta_auxiliary = self.projection()
 
-    def distill_terms(
-        self, nets: Networks, batch: Batch, fwd: Forward, epoch: int
-    ) -> dict[str, torch.Tensor]:
+    def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """The mi_joint terms plus beta * InfoNCE(T, A) (gradients into T and A)."""
         terms = super().distill_terms(nets, batch, fwd, epoch)
         assert isinstance(self.method, MIJointAux | Paper)

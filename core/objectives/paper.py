@@ -47,9 +47,7 @@ class PaperObjective(MIJointAuxObjective):
         """D(z_S, t): the logit that (z_S, t) is a real student-teacher pair."""
         return self.discriminator(torch.cat([z_s, z_t], dim=1)).squeeze(1)
 
-    def distill_terms(
-        self, nets: Networks, batch: Batch, fwd: Forward, epoch: int
-    ) -> dict[str, torch.Tensor]:
+    def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """The mi_joint_aux terms plus gamma * L_adv for the student and G."""
         terms = super().distill_terms(nets, batch, fwd, epoch)
         z_s, z_t = fwd.z["student"], fwd.z["teacher"].detach()
