@@ -1,0 +1,202 @@
+"""``Client``: submit, inspect, wait for and download mmkd jobs over HTTP.
+
+Connection errors and 502/503/504 answers are retried with exponential backoff. Every submit
+carries an ``Idempotency-Key`` (generated when the caller gives none), so a retried submit returns
+the job the first attempt created instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from mmkd_client.errors import ConnectionFailed, JobCancelled, JobFailed, NotFound, WaitTimeout, error_for
+from mmkd_client.models import Artifact, Event, Job, JobSummary, MetricPoint
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+SpecLike = Mapping[str, Any] | BaseModel | str | Path
+
+
+class Client:
+    """A connection to one mmkd server, acting for the owner of ``api_key``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.retries, self.backoff = retries, backoff
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ConnectionFailed(f"cannot reach {self.base_url}: {exc}") from exc
+            else:
+                if response.status_code not in RETRY_STATUSES or last:
+                    break
+            time.sleep(self.backoff * 2**attempt)
+        if response.is_error:
+            raise error_for(response.status_code, _body(response))
+        return response
+
+    def submit(self, spec: SpecLike, idempotency_key: str | None = None) -> Job:
+        """Submit a spec (a mapping, a pydantic model, or a YAML/JSON file path); returns the queued job."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        response = self._request("POST", "/v1/jobs", json=_spec_dict(spec), headers=headers)
+        return Job.model_validate(response.json())
+
+    def get(self, job_id: int) -> Job:
+        """One job."""
+        return Job.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list(self, status: str | list[str] | None = None, page_size: int = 100) -> Iterator[JobSummary]:
+        """Every job of this owner, newest first, following the cursor page by page."""
+        params: dict[str, Any] = {"limit": page_size}
+        if status:
+            params["status"] = [status] if isinstance(status, str) else status
+        while True:
+            page = self._request("GET", "/v1/jobs", params=params).json()
+            yield from (JobSummary.model_validate(item) for item in page["items"])
+            if not page["next_cursor"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel: a queued job at once, a running one once its worker stops (status ``cancelling``)."""
+        return Job.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def events(self, job_id: int) -> list[Event]:
+        """State transitions and notable moments, oldest first."""
+        items = self._request("GET", f"/v1/jobs/{job_id}/events").json()["items"]
+        return [Event.model_validate(item) for item in items]
+
+    def metrics(self, job_id: int, names: list[str] | None = None, since_step: int | None = None) -> list[MetricPoint]:
+        """Metric points ordered by step, optionally some series only and from a step on."""
+        params: dict[str, Any] = {}
+        if names:
+            params["names"] = names
+        if since_step is not None:
+            params["since_step"] = since_step
+        items = self._request("GET", f"/v1/jobs/{job_id}/metrics", params=params).json()["items"]
+        return [MetricPoint.model_validate(item) for item in items]
+
+    def artifacts(self, job_id: int) -> list[Artifact]:
+        """The job's artifacts with their download URLs."""
+        items = self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()["items"]
+        return [Artifact.model_validate(item) for item in items]
+
+    def wait(
+        self,
+        job_id: int,
+        timeout: float | None = None,
+        *,
+        poll_interval: float = 1.0,
+        max_interval: float = 15.0,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll (backing off to ``max_interval``) until the job ends; return it if it succeeded.
+
+        Raises :class:`JobFailed` or :class:`JobCancelled` with the reason, or :class:`WaitTimeout`.
+        ``on_update`` sees every polled state; by default nothing is shown.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll_interval
+        while True:
+            job = self.get(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.status == "succeeded":
+                return job
+            if job.status == "failed":
+                raise JobFailed(job)
+            if job.status == "cancelled":
+                raise JobCancelled(job)
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise WaitTimeout(f"job {job_id} still {job.status} after {timeout}s")
+            time.sleep(interval)
+            interval = min(interval * 1.5, max_interval)
+
+    def download(self, job_id: int, artifact: Artifact | int | str, dest: str | Path) -> Path:
+        """Download an artifact (object, id or key) to ``dest`` (a file, or a folder to put it in)."""
+        chosen = artifact if isinstance(artifact, Artifact) else self._find_artifact(job_id, artifact)
+        target = Path(dest)
+        if target.is_dir():
+            target = target / chosen.filename
+        partial = target.with_name(target.name + ".part")
+        # Our own URLs need the key; presigned storage URLs must not carry it.
+        ours = chosen.url.startswith(self.base_url)
+        http = self._http if ours else httpx.Client(timeout=self._http.timeout, follow_redirects=True)
+        try:
+            with http.stream("GET", chosen.url, follow_redirects=True) as response:
+                if response.is_error:
+                    response.read()
+                    raise error_for(response.status_code, _body(response))
+                with partial.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+        finally:
+            if not ours:
+                http.close()
+        partial.replace(target)
+        return target
+
+    def _find_artifact(self, job_id: int, ref: int | str) -> Artifact:
+        for item in self.artifacts(job_id):
+            if ref in (item.id, item.key):
+                return item
+        raise NotFound(404, f"job {job_id} has no artifact {ref!r}")
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _spec_dict(spec: SpecLike) -> dict[str, Any]:
+    if isinstance(spec, BaseModel):
+        return spec.model_dump(mode="json")
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    text = Path(spec).read_text()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            import yaml  # optional: only needed for YAML spec files
+        except ImportError as exc:
+            raise ValueError(f"{spec} is not JSON; install PyYAML to submit YAML specs") from exc
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{spec}: a job spec must be a mapping, got {type(data).__name__}")
+    return data

@@ -1,0 +1,95 @@
+"""Typed views of the API's responses. Unknown fields are ignored so newer servers stay readable."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Progress(_Model):
+    """How far a running job is."""
+
+    epoch: int | None = None
+    step: int | None = None
+    total_epochs: int | None = None
+    total_steps: int | None = None
+    eta_seconds: float | None = None
+
+
+class JobSummary(_Model):
+    """A job as listed."""
+
+    id: int
+    name: str
+    status: str
+    status_reason: str | None = None
+    owner: str
+    spec_hash: str
+    seed: int
+    attempts: int
+    max_attempts: int
+    progress: Progress = Field(default_factory=Progress)
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the job reached a final status."""
+        return self.status in TERMINAL
+
+
+class Job(JobSummary):
+    """A job with its spec, latest metrics, result and error."""
+
+    spec: dict[str, Any]
+    latest_metrics: dict[str, float] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    queued_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    last_checkpoint_key: str | None = None
+
+
+class Event(_Model):
+    """A state transition or notable moment."""
+
+    id: int
+    at: dt.datetime
+    kind: str
+    reason: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class MetricPoint(_Model):
+    """One value of a named series."""
+
+    step: int
+    epoch: int | None = None
+    name: str
+    value: float
+
+
+class Artifact(_Model):
+    """A file the job produced and where to download it."""
+
+    id: int
+    key: str
+    kind: str
+    size_bytes: int | None = None
+    checksum: str | None = None
+    created_at: dt.datetime
+    url: str
+
+    @property
+    def filename(self) -> str:
+        """The last part of the key."""
+        return self.key.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,201 @@
+"""The SDK against a live uvicorn server (PostgreSQL, Redis, local artifact store)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mmkd_client import (
+    AuthError,
+    Client,
+    Conflict,
+    JobCancelled,
+    JobFailed,
+    NotFound,
+    ValidationFailed,
+    WaitTimeout,
+)
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from core.spec import load_spec
+from service.jobs import service as jobs_service
+from service.jobs.models import Job
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC: dict[str, Any] = {
+    "name": "sdk-test",
+    "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["pix"]},
+    "method": {"name": "logit_kd"},
+}
+
+
+@pytest.fixture
+def client(api_server: Any) -> Iterator[Client]:
+    """A client for a fresh owner."""
+    with Client(api_server.url, api_server.new_key(), backoff=0.01) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+def db(api_server: Any) -> Iterator[Session]:
+    """A session on the server's database, to play the worker's part."""
+    engine = create_engine(api_server.database_url)
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+    engine.dispose()
+
+
+def _advance(db: Session, job_id: int, *statuses: str, **fields: Any) -> None:
+    job = db.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    for name, value in fields.items():
+        setattr(job, name, value)
+    for status in statuses:
+        jobs_service.transition(db, job=job, to_status=status, reason=f"test: {status}")
+    db.commit()
+
+
+def test_submit_in_three_shapes_get_and_list(client: Client) -> None:
+    from_dict = client.submit(SPEC)
+    from_file = client.submit(ROOT / "examples" / "mfeat-paper.yaml")
+    from_model = client.submit(load_spec(ROOT / "examples" / "mfeat-paper.yaml"))
+    assert from_dict.status == "queued" and from_dict.spec["method"]["kd_weight"] == 1.0
+    assert from_file.spec_hash == from_model.spec_hash
+    assert client.get(from_file.id).name == "mfeat-paper"
+    listed = [job.id for job in client.list(page_size=2)]
+    assert listed == [from_model.id, from_file.id, from_dict.id]
+    assert [job.id for job in client.list(status="cancelled")] == []
+
+
+def test_errors_map_to_exceptions(client: Client, api_server: Any) -> None:
+    with pytest.raises(ValidationFailed) as invalid:
+        client.submit({**SPEC, "dataset": {**SPEC["dataset"], "primary": []}})
+    assert invalid.value.paths == ["dataset.primary"]
+    with pytest.raises(NotFound):
+        client.get(10**9)
+    client.submit(SPEC, idempotency_key="k")
+    with pytest.raises(Conflict):
+        client.submit({**SPEC, "name": "other"}, idempotency_key="k")
+    with Client(api_server.url, "mmkd_bad_key") as stranger, pytest.raises(AuthError):
+        stranger.get(1)
+
+
+def test_wait_returns_result_and_raises_on_failure_or_cancel(client: Client, db: Session) -> None:
+    job = client.submit(SPEC)
+
+    def finish() -> None:
+        time.sleep(0.3)
+        _advance(db, job.id, "running", "succeeded", result={"student": {"accuracy": 0.93}})
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    done = client.wait(job.id, timeout=20, poll_interval=0.1)
+    worker.join()
+    assert done.status == "succeeded" and done.result == {"student": {"accuracy": 0.93}}
+
+    failing = client.submit(SPEC)
+    _advance(db, failing.id, "running", "failed", error="non-finite loss at step 7")
+    with pytest.raises(JobFailed, match="non-finite loss at step 7"):
+        client.wait(failing.id, timeout=5)
+
+    cancelled = client.cancel(client.submit(SPEC).id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(JobCancelled):
+        client.wait(cancelled.id, timeout=5)
+    with pytest.raises(WaitTimeout):
+        client.wait(client.submit(SPEC).id, timeout=0.3, poll_interval=0.1)
+
+
+def test_events_metrics_artifacts_download(client: Client, db: Session, api_server: Any, tmp_path: Path) -> None:
+    job = client.submit(SPEC)
+    row = db.get(Job, job.id)
+    assert row is not None
+    jobs_service.transition(db, job=row, to_status="running")
+    jobs_service.record_metrics(db, job=row, step=1, epoch=0, values={"train/loss": 2.0, "val/acc": 0.4})
+    jobs_service.record_metrics(db, job=row, step=2, epoch=1, values={"train/loss": 1.0, "val/acc": 0.6})
+    key = f"jobs/{job.id}/student/model.bin"
+    stored = api_server.storage_root / key
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"weights" * 1000)
+    jobs_service.record_artifact(db, job_id=job.id, key=key, kind="student", size_bytes=7000, checksum=None)
+    db.commit()
+    assert [e.kind for e in client.events(job.id)] == ["created", "enqueued", "started"]
+    assert [(p.step, p.value) for p in client.metrics(job.id, names=["val/acc"], since_step=2)] == [(2, 0.6)]
+    assert len(client.metrics(job.id)) == 4
+    artifacts = client.artifacts(job.id)
+    assert [a.key for a in artifacts] == [key]
+    path = client.download(job.id, key, tmp_path)
+    assert path == tmp_path / "model.bin" and path.read_bytes() == b"weights" * 1000
+    assert client.download(job.id, artifacts[0].id, tmp_path / "copy.bin").stat().st_size == 7000
+
+
+class LostResponses(httpx.BaseTransport):
+    """Forwards every request to the server, but answers the first ``lose`` with a 502 (a proxy that
+    lost the response after the server acted)."""
+
+    def __init__(self, lose: int) -> None:
+        self.real = httpx.HTTPTransport()
+        self.lose = lose
+        self.calls = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        response = self.real.handle_request(request)
+        if self.calls <= self.lose:
+            response.read()
+            return httpx.Response(502, text="bad gateway")
+        return response
+
+
+def test_retried_submit_never_creates_a_second_job(api_server: Any) -> None:
+    transport = LostResponses(lose=2)
+    with Client(api_server.url, api_server.new_key(), transport=transport, backoff=0.01) as sdk:
+        job = sdk.submit(SPEC)
+        assert transport.calls == 3
+        assert [j.id for j in sdk.list()] == [job.id]
+
+
+def test_connection_errors_are_retried_then_raised() -> None:
+    calls = 0
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"items": [], "next_cursor": None})
+
+    with Client("http://mmkd.invalid", "k", transport=httpx.MockTransport(refuse), backoff=0.01) as sdk:
+        assert list(sdk.list()) == []
+    assert calls == 3
+
+
+def test_sdk_imports_without_torch_or_server_stack() -> None:
+    check = (
+        "import sys, mmkd_client; "
+        "bad = {'torch', 'fastapi', 'sqlalchemy', 'celery', 'numpy'} & {m.split('.')[0] for m in sys.modules}; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd="/", timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_unique_owner_sees_only_own_jobs(api_server: Any) -> None:
+    owner = f"iso-{uuid.uuid4().hex[:6]}"
+    with (
+        Client(api_server.url, api_server.new_key(owner)) as mine,
+        Client(api_server.url, api_server.new_key()) as other,
+    ):
+        job = mine.submit(SPEC)
+        with pytest.raises(NotFound):
+            other.get(job.id)
+        assert job.owner == owner
