@@ -32,12 +32,8 @@ class WorkerSettings(Settings):
     heartbeat_seconds: float = Field(
         default=0.0, ge=0.0, description="Lease renewal period; 0 means a quarter of lease_seconds."
     )
-    cancel_poll_seconds: float = Field(
-        default=1.0, gt=0.0, description="How often training reads the status."
-    )
-    metrics_flush_seconds: float = Field(
-        default=2.0, gt=0.0, description="Metric points are written in batches."
-    )
+    cancel_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often training reads the status.")
+    metrics_flush_seconds: float = Field(default=2.0, gt=0.0, description="Metric points are written in batches.")
     visibility_timeout_seconds: int = Field(default=7200, ge=60, description="Redis redelivery timeout.")
     max_tasks_per_child: int = Field(
         default=1, ge=0, description="Jobs per worker child process (1 frees all GPU memory); 0 = no limit."
@@ -49,9 +45,7 @@ class WorkerSettings(Settings):
     retry_delay_seconds: float = Field(default=10.0, ge=0.0, description="Delay before retrying a job.")
     storage_max_attempts: int = Field(default=5, ge=1, le=20, description="boto3 attempts per S3 request.")
     storage_timeout_seconds: float = Field(default=10.0, gt=0.0, description="S3 connect/read timeout.")
-    work_dir: Path | None = Field(
-        default=None, description="Scratch space for running jobs; default home/work."
-    )
+    work_dir: Path | None = Field(default=None, description="Scratch space for running jobs; default home/work.")
 
     @property
     def resolved_heartbeat_seconds(self) -> float:

@@ -103,9 +103,7 @@ class Heartbeat:
     enough to survive a few missed beats.
     """
 
-    def __init__(
-        self, sessions: sessionmaker[Session], lease: Lease, *, lease_seconds: float, interval: float
-    ) -> None:
+    def __init__(self, sessions: sessionmaker[Session], lease: Lease, *, lease_seconds: float, interval: float) -> None:
         self.sessions = sessions
         self.lease = lease
         self.lease_seconds = lease_seconds

@@ -41,9 +41,7 @@ def classify(error: BaseException, *, attempt: int, max_attempts: int) -> Outcom
         reason = f"storage unreachable after retries ({attempt} attempts): {error}"
         return Outcome("failed", error.kind, reason)
     if isinstance(error, ValidationError):
-        return Outcome(
-            "failed", "invalid_spec", "invalid spec: " + "; ".join(describe_validation_error(error))
-        )
+        return Outcome("failed", "invalid_spec", "invalid spec: " + "; ".join(describe_validation_error(error)))
     if isinstance(error, MmkdError):
         return Outcome("failed", error.kind, str(error))
     if _is_out_of_memory(error):

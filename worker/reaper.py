@@ -84,9 +84,7 @@ def _republish_stale(session: Session, job_id: int, cutoff: dt.datetime, result:
     return True
 
 
-def reap_once(
-    sessions: sessionmaker[Session], *, enqueue: Enqueue, requeue_after_seconds: float
-) -> ReapResult:
+def reap_once(sessions: sessionmaker[Session], *, enqueue: Enqueue, requeue_after_seconds: float) -> ReapResult:
     """One pass over expired leases and stale queued jobs; publishes after each commit."""
     result = ReapResult()
     now = utcnow()

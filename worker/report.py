@@ -11,6 +11,7 @@ from typing import Any
 
 NETWORKS = ("student", "teacher", "auxiliary")
 Series = dict[str, list[tuple[int, float]]]
+_NOT_SERIES = frozenset({"kind", "time", "step", "epoch"})
 
 
 def result_table(summary: Mapping[str, Any]) -> str:
@@ -28,23 +29,19 @@ def result_table(summary: Mapping[str, Any]) -> str:
 
 
 def read_series(path: Path) -> Series:
-    """Numeric series by name from a metrics.jsonl file: each line has a ``step`` and values,
-    possibly nested one level (``{"step": 3, "losses": {"total": 0.4}}`` gives ``losses/total``)."""
+    """Series by name from the trainer's metrics.jsonl: ``train/{term}`` from ``train`` lines and
+    ``val/{network}/{metric}`` from ``val`` lines, each as ``(step, value)`` points."""
     series: Series = defaultdict(list)
     if not path.exists():
         return series
     for line in path.read_text().splitlines():
         record = json.loads(line) if line.strip() else {}
-        step = record.get("step")
-        if not isinstance(step, int):
+        kind = record.get("kind")
+        if kind not in ("train", "val"):
             continue
-        for key, value in record.items():
-            if isinstance(value, Mapping):
-                for sub, inner in value.items():
-                    if isinstance(inner, int | float):
-                        series[f"{key}/{sub}"].append((step, float(inner)))
-            elif isinstance(value, float) and key not in ("step", "epoch"):
-                series[key].append((step, value))
+        for name, value in record.items():
+            if name not in _NOT_SERIES and isinstance(value, int | float):
+                series[f"{kind}/{name}"].append((int(record["step"]), float(value)))
     return series
 
 
@@ -57,7 +54,7 @@ def plot_curves(series: Series, out: Path, *, title: str) -> None:
 
     figure, (losses, metrics) = plt.subplots(1, 2, figsize=(11, 4))
     for name, points in sorted(series.items()):
-        axis = metrics if "/" in name and name.split("/", 1)[0].lower() in ("metrics", "val") else losses
+        axis = metrics if name.startswith("val/") else losses
         steps, values = zip(*points, strict=True)
         axis.plot(steps, values, label=name.split("/", 1)[-1], marker="." if axis is metrics else None)
     for axis, label in ((losses, "training losses"), (metrics, "validation metrics")):

@@ -4,17 +4,19 @@ holding the lease, so a worker that lost its job never overwrites the new owner'
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
 from service.db import engine_for, session_factory
-from service.jobs.models import Job
+from service.jobs.models import Job, MetricPoint
 from service.jobs.service import record_artifact, transition
 from worker import outcomes
 from worker.checkpoints import StorageCheckpointStore
@@ -22,7 +24,7 @@ from worker.config import WorkerSettings, get_worker_settings
 from worker.leases import Heartbeat, Lease, claim, load_owned, new_lease_owner
 from worker.report import write_report
 from worker.storage import ArtifactStore, StoredObject, open_store
-from worker.tracking import DatabaseTracker, FanOutTracker
+from worker.tracking import DatabaseTracker
 
 log = logging.getLogger(__name__)
 
@@ -82,34 +84,45 @@ def _publish_retry(job_id: int, *, delay: float) -> None:
 def _train_and_publish(
     settings: WorkerSettings, sessions: sessionmaker[Session], lease: Lease, beat: Heartbeat, workdir: Path
 ) -> str:
+    from core.engine.tracking_local import FanOutTracker, JsonlTracker
     from core.engine.trainer import train  # torch loads here
 
     with sessions() as session:
         spec = JobSpec.model_validate(session.get(Job, lease.job_id).spec)  # type: ignore[union-attr]
     store = store_from_settings(settings)
-    trackers: list[Any] = [
-        DatabaseTracker(
-            sessions,
-            job_id=lease.job_id,
-            lease_owner=lease.owner,
-            lease_lost=beat.lost,
-            flush_seconds=settings.metrics_flush_seconds,
-            poll_seconds=settings.cancel_poll_seconds,
-        ),
-        _jsonl_tracker(workdir / "metrics.jsonl"),
-    ]
+    database = DatabaseTracker(
+        sessions,
+        job_id=lease.job_id,
+        lease_owner=lease.owner,
+        lease_lost=beat.lost,
+        flush_seconds=settings.metrics_flush_seconds,
+        poll_seconds=settings.cancel_poll_seconds,
+    )
     checkpoints = StorageCheckpointStore(store, lease.job_id, keep_last=spec.checkpoint.keep_last)
     workdir.mkdir(parents=True, exist_ok=True)
-    summary = train(spec, workdir=workdir, tracker=FanOutTracker(trackers), checkpoints=checkpoints)
+    tracker = FanOutTracker(database, JsonlTracker(workdir / "metrics.jsonl"))
+    summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints)
+    if summary.get("resumed_from_step"):
+        prepend_history(sessions, lease.job_id, workdir / "metrics.jsonl", upto_step=summary["resumed_from_step"])
     write_report(workdir, summary, job_id=lease.job_id)
     stored = upload_results(store, lease.job_id, workdir)
     return _record_success(sessions, lease, summary, stored)
 
 
-def _jsonl_tracker(path: Path) -> Any:
-    from core.engine.tracking_local import JsonlTracker
-
-    return JsonlTracker(path)
+def prepend_history(sessions: sessionmaker[Session], job_id: int, path: Path, *, upto_step: int) -> None:
+    """Complete a resumed attempt's metrics.jsonl with the earlier attempts' points (from the database)."""
+    with sessions() as session:
+        rows = session.execute(
+            select(MetricPoint.step, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
+            .where(MetricPoint.job_id == job_id, MetricPoint.step <= upto_step)
+            .order_by(MetricPoint.step, MetricPoint.id)
+        ).all()
+    records: dict[tuple[int, str], dict[str, Any]] = {}
+    for step, epoch, name, value in rows:
+        kind, metric = name.split("/", 1)
+        records.setdefault((step, kind), {"kind": kind, "epoch": epoch, "step": step})[metric] = value
+    earlier = "".join(json.dumps(record) + "\n" for record in records.values())
+    path.write_text(earlier + (path.read_text() if path.exists() else ""))
 
 
 def upload_results(store: ArtifactStore, job_id: int, workdir: Path) -> list[tuple[str, StoredObject]]:

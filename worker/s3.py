@@ -72,9 +72,7 @@ class S3Store:
 
     def put_bytes(self, key: str, data: bytes) -> StoredObject:
         """One PUT; S3 makes the object visible only when complete."""
-        self._call(
-            "put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
-        )
+        self._call("put", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data))
         return StoredObject(key, len(data), hashlib.sha256(data).hexdigest())
 
     def put_file(self, key: str, path: Path) -> StoredObject:
@@ -127,9 +125,7 @@ class S3Store:
         self._call(
             "delete",
             keys[0],
-            lambda: self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
-            ),
+            lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}),
         )
 
     def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:

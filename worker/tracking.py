@@ -1,17 +1,15 @@
-"""Trackers the worker hands to the trainer: one that writes progress and metrics to the database,
-and one that fans every call out to several trackers (database + metrics.jsonl)."""
+"""The tracker through which the trainer reports a job's progress and metrics to the database."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.tracking import Tracker
 from service.jobs.models import Job, MetricPoint
 from service.jobs.service import record_event
 from service.orm import utcnow
@@ -60,9 +58,7 @@ class DatabaseTracker:
         with self.sessions() as session:
             if start_step > 0:
                 session.execute(
-                    delete(MetricPoint).where(
-                        MetricPoint.job_id == self.job_id, MetricPoint.step > start_step
-                    )
+                    delete(MetricPoint).where(MetricPoint.job_id == self.job_id, MetricPoint.step > start_step)
                 )
                 record_event(
                     session,
@@ -148,41 +144,3 @@ class DatabaseTracker:
             return None
         per_step = (time.monotonic() - self._timer_start) / done
         return max(self._total_steps - step, 0) * per_step
-
-
-class FanOutTracker:
-    """Forwards every call to each tracker; stops when any of them asks to."""
-
-    def __init__(self, trackers: Sequence[Tracker]) -> None:
-        self.trackers = list(trackers)
-
-    def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
-        """Forward."""
-        for tracker in self.trackers:
-            tracker.on_start(
-                total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, start_step=start_step
-            )
-
-    def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
-        """Forward."""
-        for tracker in self.trackers:
-            tracker.on_step(epoch=epoch, step=step, losses=losses)
-
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
-        """Forward."""
-        for tracker in self.trackers:
-            tracker.on_epoch(epoch=epoch, step=step, metrics=metrics)
-
-    def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
-        """Forward."""
-        for tracker in self.trackers:
-            tracker.on_checkpoint(epoch=epoch, step=step, key=key)
-
-    def should_stop(self) -> bool:
-        """Any tracker may stop training."""
-        return any(tracker.should_stop() for tracker in self.trackers)
-
-    def on_finish(self, *, summary: Mapping[str, Any]) -> None:
-        """Forward."""
-        for tracker in self.trackers:
-            tracker.on_finish(summary=summary)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from service.models import Job, JobEvent, MetricPoint
 from worker.leases import Heartbeat, claim, load_owned, renew
-from worker.tracking import DatabaseTracker, FanOutTracker
+from worker.tracking import DatabaseTracker
 
 
 def _job(sessions, job_id: int) -> Job:
@@ -94,9 +94,7 @@ def test_heartbeat_renews_and_reports_loss(sessions, make_job) -> None:
 
 
 def _tracker(sessions, job_id: int, lost: threading.Event | None = None, **kw) -> DatabaseTracker:
-    return DatabaseTracker(
-        sessions, job_id=job_id, lease_owner="w1", lease_lost=lost or threading.Event(), **kw
-    )
+    return DatabaseTracker(sessions, job_id=job_id, lease_owner="w1", lease_lost=lost or threading.Event(), **kw)
 
 
 def test_tracker_writes_progress_metrics_in_batches(sessions, make_job) -> None:
@@ -138,7 +136,7 @@ def test_should_stop_on_cancelling_and_lost_lease(sessions, make_job) -> None:
     job_id = make_job()
     with sessions() as session:
         claim(session, job_id=job_id, owner="w1", lease_seconds=30)
-    tracker = FanOutTracker([_tracker(sessions, job_id, poll_seconds=0.01)])
+    tracker = _tracker(sessions, job_id, poll_seconds=0.01)
     assert not tracker.should_stop()
     with sessions() as session:
         session.get(Job, job_id).status = "cancelling"

@@ -67,9 +67,7 @@ def test_record_failure_and_retry(sessions, make_job) -> None:
     with sessions() as session:
         fail_lease = claim(session, job_id=failing, owner="w1", lease_seconds=30)
         retry_lease = claim(session, job_id=retrying, owner="w1", lease_seconds=30)
-    assert (
-        outcomes.record(sessions, fail_lease, _classify(NonFiniteLossError(3, {"total": 1e40}))) == "failed"
-    )
+    assert outcomes.record(sessions, fail_lease, _classify(NonFiniteLossError(3, {"total": 1e40}))) == "failed"
     assert outcomes.record(sessions, retry_lease, _classify(StorageError("S3 down"))) == "queued"
     with sessions() as session:
         failed, queued = session.get(Job, failing), session.get(Job, retrying)
@@ -98,15 +96,14 @@ def test_report_table_and_curves(tmp_path: Path) -> None:
     assert table[0] == "| network | accuracy | macro_f1 |"
     assert table[2] == "| student | 0.9000 | 0.8800 |"
     assert table[4] == "| auxiliary | 0.8000 |  |"
-    lines = [
-        {"step": s, "epoch": s // 10, "losses": {"total": 1.0 / s, "task": 0.5 / s}} for s in range(1, 41)
-    ]
-    lines += [
-        {"step": s, "epoch": s // 10, "metrics": {"student/accuracy": s / 50}} for s in (10, 20, 30, 40)
-    ]
+    lines: list[dict] = [{"kind": "start", "step": 0, "total_epochs": 4, "steps_per_epoch": 10}]
+    lines += [{"kind": "train", "step": s, "epoch": s // 10, "total": 1 / s, "task": 0.5 / s} for s in range(1, 41)]
+    lines += [{"kind": "val", "step": s, "epoch": s // 10, "student/accuracy": s / 50} for s in (10, 20, 30, 40)]
+    lines += [{"kind": "checkpoint", "step": 40, "epoch": 4, "key": "k"}, {"kind": "test", "student": {}}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     series = read_series(tmp_path / "metrics.jsonl")
-    assert set(series) == {"losses/total", "losses/task", "metrics/student/accuracy"}
+    assert set(series) == {"train/total", "train/task", "val/student/accuracy"}
+    assert series["val/student/accuracy"][-1] == (40, 0.8)
     folder = write_report(tmp_path, SUMMARY, job_id=7)
     assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (folder / "report.md").read_text()
