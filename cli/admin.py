@@ -1,0 +1,118 @@
+"""Admin commands that act on the database directly: ``mmkd keys``, ``mmkd db``, ``mmkd serve``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cli.jobs import fail
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+keys_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke API keys.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``mmkd keys ...``, ``mmkd db ...`` and ``mmkd serve`` to ``app``."""
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(db_app, name="db")
+    app.command()(serve)
+
+
+@contextmanager
+def database_session() -> Iterator[Session]:
+    """A session on ``MMKD_DATABASE_URL``; database problems become one-line errors."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from service.config import get_settings
+    from service.db import engine_for, session_factory
+    from service.exceptions import ServiceError
+
+    url = get_settings().resolved_database_url
+    try:
+        with session_factory(engine_for(url))() as session:
+            yield session
+    except ServiceError as exc:
+        fail(exc.detail)
+    except (OperationalError, ProgrammingError) as exc:
+        fail(f"database {url.split('@')[-1]}: {str(exc.orig).strip().splitlines()[0]} (run `mmkd db upgrade`?)")
+
+
+@keys_app.command("create")
+def create_key(owner: Annotated[str, typer.Option(help="Owner the key acts for (created if new).")]) -> None:
+    """Issue a key; it is printed once and only its hash is stored."""
+    from service.keys.service import create_key as issue
+
+    with database_session() as session:
+        key, token = issue(session, owner_name=owner)
+    typer.echo(token)
+    typer.echo(f"key {key.id} ({key.prefix}) for owner {owner!r}; store it now, it is not shown again", err=True)
+
+
+@keys_app.command("list")
+def list_keys(owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None) -> None:
+    """List keys (prefix, owner, times); never the secrets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from service.keys.service import list_keys as rows
+
+    table = Table("id", "prefix", "owner", "created", "last used", "revoked")
+    with database_session() as session:
+        for key, key_owner in rows(session, owner_name=owner):
+            times = [key.created_at, key.last_used_at, key.revoked_at]
+            table.add_row(str(key.id), key.prefix, key_owner.name, *(f"{t:%Y-%m-%d %H:%M}" if t else "" for t in times))
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def revoke_key(key: Annotated[str, typer.Argument(help="Key id or prefix (mmkd_xxxxxxxx).")]) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from service.keys.service import revoke_key as revoke
+
+    with database_session() as session:
+        revoked = revoke(session, key_ref=key)
+    typer.echo(f"key {revoked.id} ({revoked.prefix}) revoked at {revoked.revoked_at:%Y-%m-%d %H:%M:%S}")
+
+
+@db_app.command("upgrade")
+def upgrade(revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
+    """Run the migrations on ``MMKD_DATABASE_URL`` (PostgreSQL or SQLite)."""
+    from sqlalchemy.exc import OperationalError
+
+    from service.config import get_settings
+    from service.migrate import upgrade as migrate
+
+    url = get_settings().resolved_database_url
+    try:
+        migrate(url, revision)
+    except OperationalError as exc:
+        fail(f"database {url.split('@')[-1]}: {str(exc.orig).strip().splitlines()[0]}")
+    typer.echo(f"database at {revision}: {url.split('@')[-1]}")
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+    migrate: Annotated[bool, typer.Option(help="Run `db upgrade` first.")] = True,
+) -> None:
+    """Run the API with uvicorn."""
+    import uvicorn
+
+    os.environ["MMKD_HOST"] = host  # workers re-read settings; create_app checks auth vs. loopback
+    from service.config import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    if not settings.auth and not settings.bound_to_loopback:
+        fail(f"MMKD_AUTH=off is allowed only on loopback, not on {host}")
+    if migrate:
+        upgrade(revision="head")
+    uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)
