@@ -1,0 +1,304 @@
+"""API load: mmkd's ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` against an MLflow tracking server's
+``runs/create`` and ``runs/get``, at 1, 16 and 64 concurrent clients on loopback.
+
+Both servers run as a user would run them in production (mmkd: ``mmkd serve --workers N``, uvicorn;
+MLflow: ``mlflow server --workers N``), each on a fresh database of the same PostgreSQL server.
+Every phase sends a fixed number of requests (bounded), after a short warm-up.
+
+    .venv/bin/python -m bench.api_load --workers 2 --requests 1600 --write-doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PG = os.environ.get("MMKD_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS = os.environ.get("MMKD_BENCH_REDIS", "redis://127.0.0.1:6379/15")
+BIN = Path(sys.executable).parent
+SPEC = {
+    "name": "bench",
+    "dataset": {"name": "mfeat", "primary": ["fou", "zer", "mor"], "auxiliary": ["fac", "pix", "kar"]},
+    "method": {"name": "paper"},
+}
+Call = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
+
+
+@dataclass
+class Phase:
+    """The numbers of one (server, operation, concurrency) run."""
+
+    server: str
+    operation: str
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        """Requests per second."""
+        return self.requests / self.seconds
+
+
+@contextlib.contextmanager
+def database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def server(command: list[str], env: dict[str, str], url: str, ready_path: str, log: Path) -> Iterator[None]:
+    """Run ``command`` in its own process group until ``url + ready_path`` answers (at most 180 s)."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited with {process.returncode}; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + ready_path, timeout=2).status_code < 500:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{command[0]} not ready after 180 s; see {log}")
+            time.sleep(0.5)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+async def run_phase(url: str, headers: dict[str, str], call: Call, *, clients: int, requests: int) -> Phase:
+    """``clients`` concurrent loops share ``requests`` calls; latency per call, throughput overall."""
+    per_client = -(-requests // clients)
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
+        for i in range(min(clients, 8)):  # warm-up: open connections, fill caches
+            await call(http, i)
+
+        async def loop(index: int) -> None:
+            nonlocal errors
+            for i in range(per_client):
+                start = time.perf_counter()
+                response = await call(http, index * per_client + i)
+                latencies.append(time.perf_counter() - start)
+                errors += response.status_code >= 400
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop(index) for index in range(clients)))
+        seconds = time.perf_counter() - start
+    quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Phase("", "", clients, len(latencies), errors, seconds, quantiles[49] * 1e3, quantiles[98] * 1e3)
+
+
+async def bench_target(
+    name: str, url: str, headers: dict[str, str], ops: list[tuple[str, Call]], args: argparse.Namespace
+) -> list[Phase]:
+    """Every operation at every concurrency, in order (creates before reads)."""
+    phases = []
+    for operation, call in ops:
+        for clients in args.clients:
+            phase = await run_phase(url, headers, call, clients=clients, requests=args.requests)
+            phase.server, phase.operation = name, operation
+            print(
+                f"{name:6} {operation:26} c={clients:<3} {phase.throughput:8.0f}/s "
+                f"p50 {phase.p50_ms:6.1f} ms  p99 {phase.p99_ms:6.1f} ms  errors {phase.errors}",
+                flush=True,
+            )
+            phases.append(phase)
+    return phases
+
+
+def mmkd_ops() -> list[tuple[str, Call]]:
+    """Submit jobs (each with its own Idempotency-Key, as the SDK does), then read them back."""
+    created: list[int] = []
+
+    async def submit(http: httpx.AsyncClient, _: int) -> httpx.Response:
+        response = await http.post("/v1/jobs", json=SPEC, headers={"Idempotency-Key": uuid.uuid4().hex})
+        if response.status_code == 201:
+            created.append(response.json()["id"])
+        return response
+
+    async def get(http: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await http.get(f"/v1/jobs/{created[i % len(created)]}")
+
+    return [("POST /v1/jobs", submit), ("GET /v1/jobs/{id}", get)]
+
+
+def mlflow_ops(experiment_id: str) -> list[tuple[str, Call]]:
+    """Create runs in one experiment, then read them back."""
+    created: list[str] = []
+
+    async def create(http: httpx.AsyncClient, _: int) -> httpx.Response:
+        body = {"experiment_id": experiment_id, "start_time": int(time.time() * 1000), "run_name": "bench"}
+        response = await http.post("/api/2.0/mlflow/runs/create", json=body)
+        if response.status_code == 200:
+            created.append(response.json()["run"]["info"]["run_id"])
+        return response
+
+    async def get(http: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await http.get("/api/2.0/mlflow/runs/get", params={"run_id": created[i % len(created)]})
+
+    return [("POST runs/create", create), ("GET runs/get", get)]
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_mmkd(args: argparse.Namespace, home: Path) -> list[Phase]:
+    """``mmkd serve`` on a fresh PostgreSQL database and Redis; returns its phases."""
+    with database("mmkd_bench") as db_url:
+        env = {**os.environ, "MMKD_DATABASE_URL": db_url, "MMKD_BROKER_URL": REDIS, "MMKD_HOME": str(home)}
+        subprocess.run([str(BIN / "mmkd"), "db", "upgrade"], env=env, check=True, capture_output=True)
+        created = subprocess.run(
+            [str(BIN / "mmkd"), "keys", "create", "--owner", "bench"], env=env, check=True, capture_output=True
+        )
+        headers = {"Authorization": f"Bearer {created.stdout.decode().strip()}"}
+        port = free_port()
+        command = [str(BIN / "mmkd"), "serve", "--port", str(port), "--workers", str(args.workers), "--no-migrate"]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with server(command, env, url, "/healthz", home / "mmkd.log"):
+                return asyncio.run(bench_target("mmkd", url, headers, mmkd_ops(), args))
+        finally:
+            import redis
+
+            redis.Redis.from_url(REDIS).delete("gpu")  # the bench's train messages: nobody consumes them
+
+
+def run_mlflow(args: argparse.Namespace, home: Path) -> list[Phase]:
+    """``mlflow server`` on a fresh PostgreSQL database; returns its phases."""
+    with database("mlflow_bench") as db_url:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [str(BIN / "mlflow"), "server", "--backend-store-uri", db_url, "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--workers", str(args.workers)]
+        command += ["--default-artifact-root", str(home / "mlflow-artifacts")]
+        with server(command, dict(os.environ), url, "/health", home / "mlflow.log"):
+            response = httpx.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "bench"}, timeout=30)
+            response.raise_for_status()
+            return asyncio.run(bench_target("mlflow", url, {}, mlflow_ops(response.json()["experiment_id"]), args))
+
+
+def report(mmkd: list[Phase], mlflow: list[Phase], mlflow_error: str | None, args: argparse.Namespace) -> str:
+    """The markdown section for docs/performance.md."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mlflow_version = version("mlflow")
+    except PackageNotFoundError:
+        mlflow_version = "(not installed)"
+    lines = [
+        "## API load",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: "
+        f"{os.cpu_count()} CPU cores shared by the servers, PostgreSQL and the load generator (one asyncio "
+        f"process, httpx, keep-alive connections), all on loopback. Each server ran {args.workers} worker "
+        f"processes; each phase sent {args.requests} requests after a warm-up. mmkd: `mmkd serve` (uvicorn), "
+        f"PostgreSQL + Redis broker (every submit is committed, then published). MLflow "
+        f"{mlflow_version}: `mlflow server`, same PostgreSQL server.",
+        "",
+        "Command: `.venv/bin/python -m bench.api_load " + " ".join(sys.argv[1:]) + "`",
+        "",
+        "| server | operation | clients | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in [*mmkd, *mlflow]:
+        lines.append(
+            f"| {p.server} | `{p.operation}` | {p.clients} | {p.throughput:.0f} | {p.p50_ms:.1f} "
+            f"| {p.p99_ms:.1f} | {p.errors} |"
+        )
+    lines.append("")
+    if mlflow_error:
+        lines.append(f"MLflow could not be measured: {mlflow_error}")
+    else:
+        lines += ["Throughput ratio mmkd / MLflow (create = submit vs runs/create, read = get vs runs/get):", ""]
+        lines += ["| clients | create | read |", "|---:|---:|---:|"]
+        half = len(args.clients)
+        for i, clients in enumerate(args.clients):
+            create = mmkd[i].throughput / mlflow[i].throughput
+            read = mmkd[half + i].throughput / mlflow[half + i].throughput
+            lines.append(f"| {clients} | {create:.2f}x | {read:.2f}x |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the ``## API load`` section of ``path`` (or append it), leaving other sections alone."""
+    text = path.read_text() if path.exists() else "# Performance\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "## API load"), None)
+    if start is None:
+        path.write_text(text.rstrip() + "\n\n" + section)
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    path.write_text("\n".join([*lines[:start], *section.rstrip().splitlines(), "", *lines[end:]]).rstrip() + "\n")
+
+
+def main() -> None:
+    """Run both servers' phases, print the table, optionally write it to docs/performance.md."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2, help="Server worker processes (both servers).")
+    parser.add_argument("--requests", type=int, default=1600, help="Requests per phase.")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--write-doc", action="store_true", help="Update docs/performance.md.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mmkd-bench-") as tmp:
+        mmkd = run_mmkd(args, Path(tmp))
+        mlflow: list[Phase] = []
+        mlflow_error = "skipped (--skip-mlflow)" if args.skip_mlflow else None
+        if not args.skip_mlflow:
+            try:
+                mlflow = run_mlflow(args, Path(tmp))
+            except Exception as exc:  # report our numbers alone, and say precisely why
+                mlflow_error = f"{type(exc).__name__}: {exc}"
+    section = report(mmkd, mlflow, mlflow_error, args)
+    print(section)
+    if args.write_doc:
+        write_section(Path(__file__).resolve().parents[1] / "docs" / "performance.md", section)
+
+
+if __name__ == "__main__":
+    main()
