@@ -17,13 +17,14 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".mmkd"), description="Folder for the embedded database, broker, files.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home.")
-    broker_url: str | None = Field(
-        default=None, description="Celery broker; default kombu SQLAlchemy/SQLite."
-    )
+    broker_url: str | None = Field(default=None, description="Celery broker; default kombu SQLAlchemy/SQLite.")
     storage_url: str | None = Field(default=None, description="s3://bucket/prefix or file:///path.")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto).")
     auth: bool = Field(default=True, description="Require API keys; off is allowed on loopback only.")
     host: str = Field(default="127.0.0.1", description="Address the API binds to (checked when auth is off).")
+    auth_cache_seconds: float = Field(
+        default=5.0, ge=0.0, description="Reuse a key check this long; a revoked key stops within it."
+    )
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="Request bodies above this are 413.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Deliveries of one job before it fails.")
     lease_seconds: int = Field(default=120, ge=5, description="How long a worker's claim on a job lasts.")

@@ -16,13 +16,13 @@ from service.exceptions import UnauthorizedError
 from service.jobs import service as jobs_service
 from service.jobs.models import Job
 from service.keys import service as keys_service
-from service.keys.models import Owner
+from service.keys.service import Principal
 
 LOCAL_OWNER = "local"
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mmkd keys create`.")
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
@@ -50,23 +50,23 @@ def get_current_owner(
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Owner:
+) -> Principal:
     """The owner of the bearer key; with auth off (loopback only) everyone is the ``local`` owner."""
     if not settings.auth:
         if not _is_loopback(request.client.host if request.client else None):
             raise UnauthorizedError("authentication is off, so only loopback clients are served")
-        owner = keys_service.get_or_create_owner(session, name=LOCAL_OWNER)
+        local = keys_service.get_or_create_owner(session, name=LOCAL_OWNER)
         session.commit()
-        return owner
+        return Principal(id=local.id, name=local.name)
     if credentials is None:
         raise UnauthorizedError("missing header 'Authorization: Bearer <api key>'")
-    owner = keys_service.authenticate(session, token=credentials.credentials)
+    owner = keys_service.authenticate(session, token=credentials.credentials, cache=request.app.state.auth_cache)
     if owner is None:
         raise UnauthorizedError("unknown or revoked API key")
     return owner
 
 
-CurrentOwner = Annotated[Owner, Depends(get_current_owner)]
+CurrentOwner = Annotated[Principal, Depends(get_current_owner)]
 
 
 def get_owned_job(

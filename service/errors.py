@@ -66,25 +66,19 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
-    return problem(
-        status=exc.status, title=exc.title, detail=exc.detail, instance=request.url.path, headers=headers
-    )
+    return problem(status=exc.status, title=exc.title, detail=exc.detail, instance=request.url.path, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = field_errors(exc.errors())
     detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-    return problem(
-        status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors
-    )
+    return problem(status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem(
-        status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers
-    )
+    return problem(status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

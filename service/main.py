@@ -16,6 +16,7 @@ from service.errors import BodySizeLimit, install_error_handlers
 from service.health import router as health_router
 from service.jobs.router import router as jobs_router
 from service.keys.router import router as keys_router
+from service.keys.service import AuthCache
 from service.storage import links_from_settings
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
-    app.state.session_factory = session_factory(
-        engine_for(settings.resolved_database_url, settings.db_pool_size)
-    )
+    app.state.session_factory = session_factory(engine_for(settings.resolved_database_url, settings.db_pool_size))
     app.state.enqueue = partial(
         enqueue_train, broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds
     )
     app.state.links = links_from_settings(settings)
+    app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     for router in (health_router, jobs_router, keys_router):

@@ -64,9 +64,7 @@ def submit_job(
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
-    ] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
 ) -> JobOut:
     """Validate the spec, store a queued job, then enqueue it (same key + same body: same job)."""
     job, created = jobs_service.submit_job(
@@ -107,8 +105,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job: JobDep, owner: CurrentOwner) -> JobOut:
+async def get_job(job: JobDep, owner: CurrentOwner) -> JobOut:
     """One job: status, progress, latest metrics, result, error and links."""
+    # async on purpose: nothing left to wait for (the dependencies did the I/O), so no thread hop
     return JobOut.of_job(job, owner=owner.name)
 
 
@@ -134,9 +133,7 @@ def get_job_metrics(
 ) -> MetricList:
     """Metric series points, ordered by step then name."""
     wanted = [name for item in names or [] for name in item.split(",") if name]
-    points = jobs_service.list_metrics(
-        session, job_id=job.id, names=wanted, since_step=since_step, limit=limit
-    )
+    points = jobs_service.list_metrics(session, job_id=job.id, names=wanted, since_step=since_step, limit=limit)
     return MetricList(items=[MetricPointOut.of(p) for p in points])
 
 

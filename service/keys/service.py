@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,6 +19,44 @@ from service.orm import utcnow
 KEY_PREFIX = "mmkd_"
 #: Refresh ``last_used_at`` at most this often, so authentication is not a write per request.
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The owner a request acts for."""
+
+    id: int
+    name: str
+
+
+class AuthCache:
+    """Keys authenticated in the last ``ttl_seconds``, so most requests skip the key lookup.
+
+    The price: a revoked key keeps working on a process that cached it for at most ``ttl_seconds``.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> Principal | None:
+        """The cached principal, if still fresh."""
+        entry = self._entries.get(key_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        """Remember a successful authentication."""
+        if self.ttl_seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key_hash] = (time.monotonic() + self.ttl_seconds, principal)
 
 
 def hash_key(token: str) -> str:
@@ -38,20 +79,22 @@ def create_key(session: Session, *, owner_name: str) -> tuple[ApiKey, str]:
     owner = get_or_create_owner(session, name=owner_name)
     public = secrets.token_hex(4)
     token = f"{KEY_PREFIX}{public}_{secrets.token_urlsafe(32)}"
-    key = ApiKey(
-        owner_id=owner.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(token), created_at=utcnow()
-    )
+    key = ApiKey(owner_id=owner.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(token), created_at=utcnow())
     session.add(key)
     session.commit()
     return key, token
 
 
-def authenticate(session: Session, *, token: str) -> Owner | None:
+def authenticate(session: Session, *, token: str, cache: AuthCache | None = None) -> Principal | None:
     """The owner of a valid, unrevoked key, or ``None``; touches ``last_used_at`` now and then."""
+    key_hash = hash_key(token)
+    cached = cache.get(key_hash) if cache is not None else None
+    if cached is not None:
+        return cached
     row = session.execute(
         select(ApiKey, Owner)
         .join(Owner, Owner.id == ApiKey.owner_id)
-        .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     ).one_or_none()
     if row is None:
         return None
@@ -60,7 +103,10 @@ def authenticate(session: Session, *, token: str) -> Owner | None:
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         key.last_used_at = now
         session.commit()
-    return owner
+    principal = Principal(id=owner.id, name=owner.name)
+    if cache is not None:
+        cache.put(key_hash, principal)
+    return principal
 
 
 def list_keys(session: Session, *, owner_name: str | None = None) -> list[tuple[ApiKey, Owner]]:

@@ -51,6 +51,7 @@ def make_settings(database_url: str, broker_url: str, storage_root: Path, **over
         "broker_url": broker_url,
         "storage_url": storage_root.as_uri(),
         "home": storage_root.parent,
+        "auth_cache_seconds": 0.0,  # every request checks its key (tests revoke keys)
         **overrides,
     }
     return Settings(**values)

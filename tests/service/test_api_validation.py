@@ -102,6 +102,26 @@ def test_revoked_key_is_401(api: Api) -> None:
     _problem(api.client.get("/v1/jobs", headers=api.auth(token)), 401)
 
 
+def test_auth_cache_keeps_a_key_for_its_ttl_only(api: Api) -> None:
+    import time
+
+    from service.keys.service import AuthCache, Principal
+
+    cache = AuthCache(ttl_seconds=0.2)
+    cache.put("h", Principal(id=1, name="a"))
+    assert cache.get("h") == Principal(id=1, name="a")
+    time.sleep(0.25)
+    assert cache.get("h") is None
+    token = api.new_key()
+    api.app.state.auth_cache = AuthCache(ttl_seconds=60)
+    assert api.client.get("/v1/jobs", headers=api.auth(token)).status_code == 200
+    keys_service.revoke_key(api.session, key_ref="_".join(token.split("_")[:2]))
+    # within the TTL this process still trusts the key it checked: the documented trade-off
+    assert api.client.get("/v1/jobs", headers=api.auth(token)).status_code == 200
+    api.app.state.auth_cache = AuthCache(ttl_seconds=0)
+    assert api.client.get("/v1/jobs", headers=api.auth(token)).status_code == 401
+
+
 def test_bad_query_parameters_are_422(api: Api) -> None:
     headers = api.auth(api.new_key())
     body = _problem(api.client.get("/v1/jobs", params={"limit": 0}, headers=headers), 422)
