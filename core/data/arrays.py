@@ -60,6 +60,8 @@ def _uri_bytes(uri: str) -> tuple[str, bytes]:
 
 def read_npz(source: str, payload: bytes) -> dict[str, np.ndarray]:
     """Open an .npz without pickles (object arrays are refused, never executed)."""
+    if not payload.startswith(b"PK"):
+        raise DataError(source, "not a valid .npz file (not a zip archive)")
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}

@@ -1,0 +1,167 @@
+"""Every method on the real datasets, tuned on validation, then >= 5 seeds on test.
+
+    python -m bench.accuracy [--processes 2] [--seeds 5] [--datasets mfeat basic_motions]
+
+Protocol (same for every method, same splits for all):
+1. Tuning: each method gets the same budget, a grid of 4 configurations, run once with a tuning
+   seed (100, not among the reported seeds); the one with the best *validation* metric of the
+   network the method is about is kept (the student; the teacher for teacher_only).
+2. Reporting: the chosen configuration with seeds 0..N-1; mean +- std of test metrics.
+Every run is cached under bench/out/runs/ by its spec hash, so an interrupted bench resumes.
+Raw results go to bench/results/accuracy.json; docs/results.md and docs/results.png are written
+from them by bench.report_accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+OUT = Path("bench/out/runs")
+RESULTS = Path("bench/results/accuracy.json")
+TUNING_SEED = 100
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "mfeat": {
+        "dataset": {"name": "mfeat", "primary": ["fou", "zer", "mor"], "auxiliary": ["fac", "pix", "kar"]},
+        "model": {"hidden_dim": 128, "repr_dim": 64, "dropout": 0.2},
+    },
+    "basic_motions": {
+        "dataset": {"name": "basic_motions", "primary": ["accelerometer"], "auxiliary": ["gyroscope"]},
+        "model": {"hidden_dim": 64, "repr_dim": 32, "dropout": 0.2, "sequence_encoder": "conv"},
+    },
+}
+
+# label setting -> dataset fields; (epochs, batch size) per dataset so every run takes a few hundred steps.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "full": {"label_fraction": 1.0, "keep_unlabelled": True},
+    "10%-drop": {"label_fraction": 0.1, "keep_unlabelled": False},
+    "10%-keep": {"label_fraction": 0.1, "keep_unlabelled": True},
+}
+SCHEDULE: dict[tuple[str, str], dict[str, Any]] = {
+    ("mfeat", "full"): {"epochs": 40, "batch_size": 128},
+    ("mfeat", "10%-drop"): {"epochs": 100, "batch_size": 32},
+    ("mfeat", "10%-keep"): {"epochs": 40, "batch_size": 128},
+    ("basic_motions", "full"): {"epochs": 100, "batch_size": 16},
+    ("basic_motions", "10%-drop"): {"epochs": 100, "batch_size": 4},
+    ("basic_motions", "10%-keep"): {"epochs": 100, "batch_size": 16},
+}
+
+
+def _grid(name: str, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": name, **config} for config in configs]
+
+
+# Four configurations per row: the same tuning budget for the baselines and for the paper's method.
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "student_only": _grid("student_only", [{}] * 4),  # its 4 trials vary model.dropout instead
+    "logit_kd": _grid("logit_kd", [{"kd_weight": w} for w in (0.5, 1.0, 2.0, 4.0)]),
+    "feature_kd": _grid("feature_kd", [{"feature_weight": w} for w in (0.1, 0.5, 1.0, 5.0)]),
+    "crd": _grid("crd", [{"alpha": a} for a in (0.1, 0.5, 1.0, 2.0)]),
+    "mi_joint": _grid("mi_joint", [{"alpha": a} for a in (0.1, 0.5, 1.0, 2.0)]),
+    "mi_joint_aux": _grid("mi_joint_aux", [{"alpha": a, "beta": a} for a in (0.1, 0.5, 1.0, 2.0)]),
+    "paper": _grid("paper", [{"alpha": a, "beta": a, "gamma": g} for a in (0.5, 2.0) for g in (0.1, 1.0)]),
+    "paper+kd": _grid(
+        "paper", [{"alpha": a, "beta": a, "gamma": g, "kd_weight": 1.0} for a in (0.5, 2.0) for g in (0.1, 1.0)]
+    ),
+}
+STUDENT_ONLY_DROPOUTS = (0.1, 0.2, 0.3, 0.5)
+ROWS = ["student_only", "teacher_only", "logit_kd", "feature_kd", "crd", "mi_joint", "mi_joint_aux", "paper", "paper+kd"]
+
+
+def make_spec(dataset: str, setting: str, row: str, trial: int, seed: int) -> dict[str, Any]:
+    """The job spec of one run, as plain data."""
+    base = DATASETS[dataset]
+    model = dict(base["model"])
+    if row == "student_only":
+        model["dropout"] = STUDENT_ONLY_DROPOUTS[trial]
+    return {
+        "name": f"bench-{dataset}-{row}".replace("+", "-"),
+        "dataset": {**base["dataset"], **SETTINGS[setting]},
+        "model": model,
+        "method": GRIDS[row][trial],
+        "train": {**SCHEDULE[(dataset, setting)], "seed": seed, "lr": 1e-3},
+        "checkpoint": {"every_epochs": None},
+    }
+
+
+def run_one(spec_data: dict[str, Any]) -> dict[str, Any]:
+    """Train one spec (or read its cached summary)."""
+    import torch
+
+    from core.engine.trainer import train
+    from core.spec import JobSpec
+
+    torch.set_num_threads(1)
+    spec = JobSpec.model_validate(spec_data)
+    cached = OUT / f"{spec.spec_hash()}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    with tempfile.TemporaryDirectory() as workdir:
+        summary = train(spec, workdir=Path(workdir))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(summary))
+    return summary
+
+
+def selection_network(row: str) -> str:
+    """The network whose validation accuracy picks the configuration."""
+    return "teacher" if row == "teacher_only" else "student"
+
+
+def tune(pool: Any, dataset: str, setting: str) -> dict[str, int]:
+    """Best trial per row by validation accuracy (teacher_only reuses the student_only runs)."""
+    jobs = {(row, trial): make_spec(dataset, setting, row, trial, TUNING_SEED) for row in GRIDS for trial in range(4)}
+    summaries = dict(zip(jobs, pool.map(run_one, jobs.values()), strict=True))
+    chosen = {}
+    for row in ROWS:
+        source = "student_only" if row == "teacher_only" else row
+        network = selection_network(row)
+        scores = [summaries[(source, trial)]["validation"][network]["accuracy"] for trial in range(4)]
+        chosen[row] = max(range(4), key=lambda trial: (scores[trial], -trial))
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Accuracy of every method on the real datasets.")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    args = parser.parse_args()
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    started = time.monotonic()
+    with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
+        for dataset in args.datasets:
+            for setting in args.settings:
+                chosen = tune(pool, dataset, setting)
+                runs = []
+                for row in ROWS:
+                    source = "student_only" if row == "teacher_only" else row
+                    for seed in range(args.seeds):
+                        runs.append((row, chosen[row], make_spec(dataset, setting, source, chosen[row], seed)))
+                summaries = pool.map(run_one, [spec for _, _, spec in runs])
+                cell: dict[str, Any] = {"chosen": {row: GRIDS["student_only" if row == "teacher_only" else row][t] | (
+                    {"dropout": STUDENT_ONLY_DROPOUTS[t]} if row in ("student_only", "teacher_only") else {}
+                ) for row, t in chosen.items()}, "runs": {}}
+                for (row, _, _), summary in zip(runs, summaries, strict=True):
+                    cell["runs"].setdefault(row, []).append(
+                        {k: summary[k] for k in ("seed", "student", "teacher", "auxiliary", "data", "seconds")}
+                    )
+                results.setdefault(dataset, {})[setting] = cell
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS.write_text(json.dumps(results, indent=1))
+                print(f"{dataset} {setting}: done at {time.monotonic() - started:.0f}s", flush=True)
+    from bench.report_accuracy import write_report
+
+    write_report(results)
+
+
+if __name__ == "__main__":
+    main()
