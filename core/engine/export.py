@@ -106,7 +106,8 @@ def predict_file(model_dir: Path, data_path: Path, *, batch_size: int = 4096) ->
         if values.dtype.kind not in "biuf" or tuple(values.shape[1:]) != tuple(shape):
             raise DataError(
                 str(data_path),
-                f"modality {name!r} must be numeric with per-sample shape {tuple(shape)}, got {values.shape} {values.dtype}",
+                f"modality {name!r} must be numeric with per-sample shape {tuple(shape)},"
+                f" got {values.shape} {values.dtype}",
             )
         if not np.isfinite(values).all():
             raise DataError(str(data_path), f"modality {name!r} has non-finite values")
