@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.models import Job
 from service.jobs.service import record_event
+from service.models import Job
 from service.orm import utcnow
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.models import Job
 from service.jobs.service import record_event, transition
+from service.models import Job
 from service.orm import utcnow
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
 from service.db import engine_for, session_factory
-from service.jobs.models import Job, MetricPoint
 from service.jobs.service import record_artifact, transition
+from service.models import Job, MetricPoint
 from worker import outcomes
 from worker.checkpoints import StorageCheckpointStore
 from worker.config import WorkerSettings, get_worker_settings

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.models import Job, MetricPoint
 from service.jobs.service import record_event
+from service.models import Job, MetricPoint
 from service.orm import utcnow
 from worker.leases import ACTIVE
 

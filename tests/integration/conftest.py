@@ -1,0 +1,203 @@
+"""The production-shaped stack for end-to-end tests: PostgreSQL (a database of its own), Redis (a
+database number of its own), moto's S3 server, the API under uvicorn and real ``celery worker``
+subprocesses, all configured through ``MMKD_*`` environment variables as in production.
+
+Leases, heartbeats and the reaper run on short clocks so crash recovery takes seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+MMKD = str(Path(sys.executable).with_name("mmkd"))
+FAST_CLOCKS = {
+    "MMKD_LEASE_SECONDS": "6",
+    "MMKD_HEARTBEAT_SECONDS": "1",
+    "MMKD_REAPER_INTERVAL_SECONDS": "1",
+    "MMKD_REQUEUE_AFTER_SECONDS": "30",
+    "MMKD_RETRY_DELAY_SECONDS": "1",
+    "MMKD_METRICS_FLUSH_SECONDS": "0.5",
+    "MMKD_CANCEL_POLL_SECONDS": "0.5",
+    "MMKD_STORAGE_MAX_ATTEMPTS": "2",
+    "MMKD_STORAGE_TIMEOUT_SECONDS": "2",
+    "MMKD_MAX_ATTEMPTS": "3",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_healthy(url: str, timeout: float = 60.0) -> None:
+    """Poll ``{url}/healthz`` until it answers 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+
+class Process:
+    """A child in its own process group, logging to a file; killed as a group."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._handle = log.open("ab")
+        self.popen = subprocess.Popen(
+            command, env=env, stdout=self._handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the whole group (Celery's pool children included)."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL the group if it lingers."""
+        self.signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+        self._handle.close()
+
+
+class Stack:
+    """Everything a test needs to drive jobs end to end."""
+
+    def __init__(self, home: Path, database_url: str, broker_url: str, moto: Any, bucket: str) -> None:
+        self.home, self.database_url, self.moto, self.bucket = home, database_url, moto, bucket
+        self.env = {
+            **os.environ,
+            **FAST_CLOCKS,
+            "MMKD_HOME": str(home),
+            "MMKD_DATABASE_URL": database_url,
+            "MMKD_BROKER_URL": broker_url,
+            "MMKD_STORAGE_URL": f"s3://{bucket}/mmkd",
+            "MMKD_S3_ENDPOINT_URL": moto.endpoint_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.engine = create_engine(database_url)
+        self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self.processes: list[Process] = []
+        self.api_url = ""
+        self.api_key = ""
+
+    def start_api(self) -> None:
+        """uvicorn on a free port, after migrating the database."""
+        from service.keys.service import create_key
+        from service.migrate import upgrade
+
+        upgrade(self.database_url)
+        with Session(self.engine) as session:
+            self.api_key = create_key(session, owner_name="integration")[1]
+        port = _free_port()
+        command = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory"]
+        self.spawn([*command, "--host", "127.0.0.1", "--port", str(port)], "api")
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(self.api_url)
+
+    def spawn(self, command: list[str], name: str, **env: str) -> Process:
+        """Start a child process with the stack's environment."""
+        process = Process(command, {**self.env, **env}, self.home / f"{name}.log")
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, name: str, *, beat: bool = False) -> Process:
+        """A real Celery worker on the ``gpu`` queue (through ``mmkd worker``)."""
+        command = [MMKD, "worker", "--queues", "gpu", "--concurrency", "1"]
+        return self.spawn([*command, *(["--beat"] if beat else [])], name)
+
+    def client(self) -> Any:
+        """An SDK client for the integration owner."""
+        from mmkd_client import Client
+
+        return Client(self.api_url, self.api_key)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
+        """Poll ``predicate`` until it returns something truthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {p.log.name}\n{p.log.read_text()[-3000:]}" for p in self.processes)
+        raise TimeoutError(f"{what} not reached within {timeout}s\n{logs}")
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket (again, after a moto restart lost it)."""
+        client = boto3.client("s3", endpoint_url=self.moto.endpoint_url)
+        if self.bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=self.bucket)
+
+    def close(self) -> None:
+        """Stop every child and release the database."""
+        for process in reversed(self.processes):
+            process.stop()
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def integration_database(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database of its own (the reaper must not see other tests' jobs)."""
+    name = f"mmkd_it_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def integration_broker(redis_url: str) -> Iterator[str]:
+    """A Redis database number next to the session's one, so API tests' messages never reach us."""
+    base, number = redis_url.rsplit("/", 1)
+    url = f"{base}/{int(number) % 15 + 1}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def stack(integration_database: str, integration_broker: str, moto_server: Any, tmp_path_factory) -> Iterator[Stack]:
+    """The API on PostgreSQL + Redis + S3; tests start their own workers."""
+    bucket = f"mmkd-it-{uuid.uuid4().hex[:8]}"
+    built = Stack(tmp_path_factory.mktemp("stack"), integration_database, integration_broker, moto_server, bucket)
+    built.ensure_bucket()
+    built.start_api()
+    try:
+        yield built
+    finally:
+        built.close()
