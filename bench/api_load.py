@@ -79,7 +79,9 @@ def database(prefix: str) -> Iterator[str]:
 def server(command: list[str], env: dict[str, str], url: str, ready_path: str, log: Path) -> Iterator[None]:
     """Run ``command`` in its own process group until ``url + ready_path`` answers (at most 180 s)."""
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -192,11 +194,22 @@ def run_mmkd(args: argparse.Namespace, home: Path) -> list[Phase]:
         env = {**os.environ, "MMKD_DATABASE_URL": db_url, "MMKD_BROKER_URL": REDIS, "MMKD_HOME": str(home)}
         subprocess.run([str(BIN / "mmkd"), "db", "upgrade"], env=env, check=True, capture_output=True)
         created = subprocess.run(
-            [str(BIN / "mmkd"), "keys", "create", "--owner", "bench"], env=env, check=True, capture_output=True
+            [str(BIN / "mmkd"), "keys", "create", "--owner", "bench"],
+            env=env,
+            check=True,
+            capture_output=True,
         )
         headers = {"Authorization": f"Bearer {created.stdout.decode().strip()}"}
         port = free_port()
-        command = [str(BIN / "mmkd"), "serve", "--port", str(port), "--workers", str(args.workers), "--no-migrate"]
+        command = [
+            str(BIN / "mmkd"),
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--no-migrate",
+        ]
         url = f"http://127.0.0.1:{port}"
         try:
             with server(command, env, url, "/healthz", home / "mmkd.log"):
@@ -216,9 +229,13 @@ def run_mlflow(args: argparse.Namespace, home: Path) -> list[Phase]:
         command += ["--port", str(port), "--workers", str(args.workers)]
         command += ["--default-artifact-root", str(home / "mlflow-artifacts")]
         with server(command, dict(os.environ), url, "/health", home / "mlflow.log"):
-            response = httpx.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "bench"}, timeout=30)
+            response = httpx.post(
+                f"{url}/api/2.0/mlflow/experiments/create", json={"name": "bench"}, timeout=30
+            )
             response.raise_for_status()
-            return asyncio.run(bench_target("mlflow", url, {}, mlflow_ops(response.json()["experiment_id"]), args))
+            return asyncio.run(
+                bench_target("mlflow", url, {}, mlflow_ops(response.json()["experiment_id"]), args)
+            )
 
 
 def report(mmkd: list[Phase], mlflow: list[Phase], mlflow_error: str | None, args: argparse.Namespace) -> str:
@@ -253,7 +270,10 @@ def report(mmkd: list[Phase], mlflow: list[Phase], mlflow_error: str | None, arg
     if mlflow_error:
         lines.append(f"MLflow could not be measured: {mlflow_error}")
     else:
-        lines += ["Throughput ratio mmkd / MLflow (create = submit vs runs/create, read = get vs runs/get):", ""]
+        lines += [
+            "Throughput ratio mmkd / MLflow (create = submit vs runs/create, read = get vs runs/get):",
+            "",
+        ]
         lines += ["| clients | create | read |", "|---:|---:|---:|"]
         half = len(args.clients)
         for i, clients in enumerate(args.clients):
@@ -273,12 +293,16 @@ def write_section(path: Path, section: str) -> None:
         path.write_text(text.rstrip() + "\n\n" + section)
         return
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    path.write_text("\n".join([*lines[:start], *section.rstrip().splitlines(), "", *lines[end:]]).rstrip() + "\n")
+    path.write_text(
+        "\n".join([*lines[:start], *section.rstrip().splitlines(), "", *lines[end:]]).rstrip() + "\n"
+    )
 
 
 def main() -> None:
     """Run both servers' phases, print the table, optionally write it to docs/performance.md."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=2, help="Server worker processes (both servers).")
     parser.add_argument("--requests", type=int, default=1600, help="Requests per phase.")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])

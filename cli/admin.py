@@ -41,7 +41,9 @@ def database_session() -> Iterator[Session]:
     except ServiceError as exc:
         fail(exc.detail)
     except (OperationalError, ProgrammingError) as exc:
-        fail(f"database {url.split('@')[-1]}: {str(exc.orig).strip().splitlines()[0]} (run `mmkd db upgrade`?)")
+        fail(
+            f"database {url.split('@')[-1]}: {str(exc.orig).strip().splitlines()[0]} (run `mmkd db upgrade`?)"
+        )
 
 
 @keys_app.command("create")
@@ -52,7 +54,9 @@ def create_key(owner: Annotated[str, typer.Option(help="Owner the key acts for (
     with database_session() as session:
         key, token = issue(session, owner_name=owner)
     typer.echo(token)
-    typer.echo(f"key {key.id} ({key.prefix}) for owner {owner!r}; store it now, it is not shown again", err=True)
+    typer.echo(
+        f"key {key.id} ({key.prefix}) for owner {owner!r}; store it now, it is not shown again", err=True
+    )
 
 
 @keys_app.command("list")
@@ -67,7 +71,9 @@ def list_keys(owner: Annotated[str | None, typer.Option(help="Only this owner's 
     with database_session() as session:
         for key, key_owner in rows(session, owner_name=owner):
             times = [key.created_at, key.last_used_at, key.revoked_at]
-            table.add_row(str(key.id), key.prefix, key_owner.name, *(f"{t:%Y-%m-%d %H:%M}" if t else "" for t in times))
+            table.add_row(
+                str(key.id), key.prefix, key_owner.name, *(f"{t:%Y-%m-%d %H:%M}" if t else "" for t in times)
+            )
     Console().print(table)
 
 

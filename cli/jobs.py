@@ -66,7 +66,9 @@ def submit(
 
 
 @jobs_app.command()
-def get(job_id: int, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+def get(
+    job_id: int, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None
+) -> None:
     """Show one job."""
     with connect(url, api_key) as client:
         job = client.get(job_id)
@@ -102,7 +104,9 @@ def list_jobs(
 
     table = Table("id", "name", "status", "progress", "created", "reason")
     for job in jobs:
-        progress = f"epoch {job.progress.epoch}/{job.progress.total_epochs}" if job.progress.total_epochs else ""
+        progress = (
+            f"epoch {job.progress.epoch}/{job.progress.total_epochs}" if job.progress.total_epochs else ""
+        )
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(str(job.id), job.name, job.status, progress, created, job.status_reason or "")
     Console().print(table)

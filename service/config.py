@@ -17,7 +17,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".mmkd"), description="Folder for the embedded database, broker, files.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home.")
-    broker_url: str | None = Field(default=None, description="Celery broker; default kombu SQLAlchemy/SQLite.")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker; default kombu SQLAlchemy/SQLite."
+    )
     storage_url: str | None = Field(default=None, description="s3://bucket/prefix or file:///path.")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto).")
     auth: bool = Field(default=True, description="Require API keys; off is allowed on loopback only.")

@@ -60,7 +60,9 @@ def get_current_owner(
         return Principal(id=local.id, name=local.name)
     if credentials is None:
         raise UnauthorizedError("missing header 'Authorization: Bearer <api key>'")
-    owner = keys_service.authenticate(session, token=credentials.credentials, cache=request.app.state.auth_cache)
+    owner = keys_service.authenticate(
+        session, token=credentials.credentials, cache=request.app.state.auth_cache
+    )
     if owner is None:
         raise UnauthorizedError("unknown or revoked API key")
     return owner

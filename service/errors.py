@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -34,7 +34,7 @@ def problem(
     instance: str,
     title: str | None = None,
     errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     """A problem+json response; ``extra`` adds members (RFC 9457 extensions)."""
@@ -66,19 +66,25 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
-    return problem(status=exc.status, title=exc.title, detail=exc.detail, instance=request.url.path, headers=headers)
+    return problem(
+        status=exc.status, title=exc.title, detail=exc.detail, instance=request.url.path, headers=headers
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = field_errors(exc.errors())
     detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-    return problem(status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors)
+    return problem(
+        status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem(status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers)
+    return problem(
+        status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

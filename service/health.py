@@ -35,11 +35,15 @@ def readyz(request: Request, session: SessionDep, settings: SettingsDep) -> JSON
     checks = {
         "database": _probe(lambda: session.execute(text("SELECT 1"))),
         "broker": _probe(
-            lambda: check_broker(broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds)
+            lambda: check_broker(
+                broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds
+            )
         ),
         "storage": _probe(request.app.state.links.check),
     }
     if all(value == "ok" for value in checks.values()):
         return JSONResponse({"status": "ok", "checks": checks})
     failing = ", ".join(name for name, value in checks.items() if value != "ok")
-    return problem(status=503, detail=f"not ready: {failing}", instance=request.url.path, extra={"checks": checks})
+    return problem(
+        status=503, detail=f"not ready: {failing}", instance=request.url.path, extra={"checks": checks}
+    )

@@ -39,7 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
-    app.state.session_factory = session_factory(engine_for(settings.resolved_database_url, settings.db_pool_size))
+    app.state.session_factory = session_factory(
+        engine_for(settings.resolved_database_url, settings.db_pool_size)
+    )
     app.state.enqueue = partial(
         enqueue_train, broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds
     )

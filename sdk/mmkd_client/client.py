@@ -7,6 +7,7 @@ the job the first attempt created instead of creating a second one.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
@@ -40,7 +41,9 @@ class Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff = retries, backoff
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -94,12 +97,14 @@ class Client:
         """Cancel: a queued job at once, a running one once its worker stops (status ``cancelling``)."""
         return Job.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
-    def events(self, job_id: int) -> list[Event]:
+    def events(self, job_id: int) -> builtins.list[Event]:
         """State transitions and notable moments, oldest first."""
         items = self._request("GET", f"/v1/jobs/{job_id}/events").json()["items"]
         return [Event.model_validate(item) for item in items]
 
-    def metrics(self, job_id: int, names: list[str] | None = None, since_step: int | None = None) -> list[MetricPoint]:
+    def metrics(
+        self, job_id: int, names: builtins.list[str] | None = None, since_step: int | None = None
+    ) -> builtins.list[MetricPoint]:
         """Metric points ordered by step, optionally some series only and from a step on."""
         params: dict[str, Any] = {}
         if names:
@@ -109,7 +114,7 @@ class Client:
         items = self._request("GET", f"/v1/jobs/{job_id}/metrics", params=params).json()["items"]
         return [MetricPoint.model_validate(item) for item in items]
 
-    def artifacts(self, job_id: int) -> list[Artifact]:
+    def artifacts(self, job_id: int) -> builtins.list[Artifact]:
         """The job's artifacts with their download URLs."""
         items = self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()["items"]
         return [Artifact.model_validate(item) for item in items]

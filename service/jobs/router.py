@@ -64,7 +64,9 @@ def submit_job(
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+    ] = None,
 ) -> JobOut:
     """Validate the spec, store a queued job, then enqueue it (same key + same body: same job)."""
     job, created = jobs_service.submit_job(
@@ -133,7 +135,9 @@ def get_job_metrics(
 ) -> MetricList:
     """Metric series points, ordered by step then name."""
     wanted = [name for item in names or [] for name in item.split(",") if name]
-    points = jobs_service.list_metrics(session, job_id=job.id, names=wanted, since_step=since_step, limit=limit)
+    points = jobs_service.list_metrics(
+        session, job_id=job.id, names=wanted, since_step=since_step, limit=limit
+    )
     return MetricList(items=[MetricPointOut.of(p) for p in points])
 
 

@@ -96,7 +96,9 @@ def update_progress(
     job.eta_seconds = eta_seconds
 
 
-def record_metrics(session: Session, *, job: Job, step: int, epoch: int | None, values: Mapping[str, float]) -> None:
+def record_metrics(
+    session: Session, *, job: Job, step: int, epoch: int | None, values: Mapping[str, float]
+) -> None:
     """Append one point per named value at ``step`` and refresh the job's latest metrics."""
     session.add_all(
         MetricPoint(job_id=job.id, step=step, epoch=epoch, name=name, value=float(value))
@@ -145,7 +147,9 @@ def submit_job(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        return _replay(session, owner_id=owner_id, idempotency_key=idempotency_key, request_hash=spec_hash), False
+        return _replay(
+            session, owner_id=owner_id, idempotency_key=idempotency_key, request_hash=spec_hash
+        ), False
     record_event(session, job_id=job.id, kind="created", data={"spec_hash": spec_hash})
     session.commit()
     return job, True
@@ -192,7 +196,9 @@ def cancel_job(session: Session, *, job: Job) -> Job:
     if locked.status in TERMINAL_STATUSES:
         raise ConflictError(f"job {locked.id} already {locked.status}; nothing to cancel")
     if locked.status == "queued":
-        transition(session, job=locked, to_status="cancelled", reason="cancelled by the owner before it started")
+        transition(
+            session, job=locked, to_status="cancelled", reason="cancelled by the owner before it started"
+        )
     else:
         transition(session, job=locked, to_status="cancelling", reason="cancel requested by the owner")
     session.commit()

@@ -79,7 +79,9 @@ def create_key(session: Session, *, owner_name: str) -> tuple[ApiKey, str]:
     owner = get_or_create_owner(session, name=owner_name)
     public = secrets.token_hex(4)
     token = f"{KEY_PREFIX}{public}_{secrets.token_urlsafe(32)}"
-    key = ApiKey(owner_id=owner.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(token), created_at=utcnow())
+    key = ApiKey(
+        owner_id=owner.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(token), created_at=utcnow()
+    )
     session.add(key)
     session.commit()
     return key, token

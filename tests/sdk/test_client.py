@@ -115,7 +115,9 @@ def test_wait_returns_result_and_raises_on_failure_or_cancel(client: Client, db:
         client.wait(client.submit(SPEC).id, timeout=0.3, poll_interval=0.1)
 
 
-def test_events_metrics_artifacts_download(client: Client, db: Session, api_server: Any, tmp_path: Path) -> None:
+def test_events_metrics_artifacts_download(
+    client: Client, db: Session, api_server: Any, tmp_path: Path
+) -> None:
     job = client.submit(SPEC)
     row = db.get(Job, job.id)
     assert row is not None
@@ -182,10 +184,13 @@ def test_connection_errors_are_retried_then_raised() -> None:
 def test_sdk_imports_without_torch_or_server_stack() -> None:
     check = (
         "import sys, mmkd_client; "
-        "bad = {'torch', 'fastapi', 'sqlalchemy', 'celery', 'numpy'} & {m.split('.')[0] for m in sys.modules}; "
+        "loaded = {m.split('.')[0] for m in sys.modules}; "
+        "bad = {'torch', 'fastapi', 'sqlalchemy', 'celery', 'numpy'} & loaded; "
         "assert not bad, bad"
     )
-    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd="/", timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, cwd="/", timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -45,7 +45,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def api(backend: str, pg_database: str, sqlite_template: Path, redis_url: str, tmp_path: Path) -> Iterator[Api]:
+def api(
+    backend: str, pg_database: str, sqlite_template: Path, redis_url: str, tmp_path: Path
+) -> Iterator[Api]:
     """A TestClient whose database changes vanish after the test."""
     if backend == "sqlite":
         db_file = tmp_path / "mmkd.db"

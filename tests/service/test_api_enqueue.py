@@ -27,7 +27,9 @@ def test_message_lands_on_gpu_queue(api: Api, redis_url: str) -> None:
 
 
 def test_unreachable_broker_keeps_job_queued_with_event(pg_database: str, tmp_path: Path) -> None:
-    settings = make_settings(pg_database, "redis://127.0.0.1:1/0", tmp_path / "artifacts", enqueue_timeout_seconds=0.5)
+    settings = make_settings(
+        pg_database, "redis://127.0.0.1:1/0", tmp_path / "artifacts", enqueue_timeout_seconds=0.5
+    )
     app = create_app(settings)
     with app.state.session_factory() as session:
         _, token = create_key(session, owner_name="broker-down")

@@ -19,7 +19,9 @@ def test_healthz_and_readyz(api: Api) -> None:
 
 
 def test_readyz_names_the_broken_dependency(pg_database: str, tmp_path: Path) -> None:
-    settings = make_settings(pg_database, "redis://127.0.0.1:1/0", tmp_path / "a", enqueue_timeout_seconds=0.5)
+    settings = make_settings(
+        pg_database, "redis://127.0.0.1:1/0", tmp_path / "a", enqueue_timeout_seconds=0.5
+    )
     with TestClient(create_app(settings)) as client:
         response = client.get("/readyz")
     assert response.status_code == 503
@@ -30,7 +32,9 @@ def test_readyz_names_the_broken_dependency(pg_database: str, tmp_path: Path) ->
 
 def test_operation_ids_are_stable(api: Api) -> None:
     ops = {
-        op["operationId"] for path in api.client.get("/openapi.json").json()["paths"].values() for op in path.values()
+        op["operationId"]
+        for path in api.client.get("/openapi.json").json()["paths"].values()
+        for op in path.values()
     }
     assert ops == {
         "submit_job",
@@ -54,7 +58,9 @@ def test_artifact_link_and_download(api: Api) -> None:
     path = api.app.state.links.local_path(key)
     path.parent.mkdir(parents=True)
     path.write_text("epoch,acc\n1,0.5\n")
-    jobs_service.record_artifact(api.session, job_id=job_id, key=key, kind="report", size_bytes=16, checksum="x")
+    jobs_service.record_artifact(
+        api.session, job_id=job_id, key=key, kind="report", size_bytes=16, checksum="x"
+    )
     api.session.commit()
     items = api.client.get(f"/v1/jobs/{job_id}/artifacts", headers=api.auth(token)).json()["items"]
     assert [(i["key"], i["kind"], i["size_bytes"]) for i in items] == [(key, "report", 16)]

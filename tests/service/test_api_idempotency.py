@@ -26,7 +26,11 @@ from service.keys.service import get_or_create_owner
 def _published_job_ids(redis_url: str) -> list[int]:
     client = redis.Redis.from_url(redis_url)
     messages = [json.loads(raw) for raw in client.lrange("gpu", 0, -1)]
-    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages if m["headers"]["task"] == "mmkd.train"]
+    return [
+        json.loads(base64.b64decode(m["body"]))[0][0]
+        for m in messages
+        if m["headers"]["task"] == "mmkd.train"
+    ]
 
 
 def test_replay_returns_same_job_without_second_enqueue(api: Api, redis_url: str) -> None:
@@ -73,7 +77,9 @@ def test_concurrent_submits_in_the_service_make_one_row(committed_pg: Session, p
     with pytest.raises(ConflictError):
         other = JobSpec.model_validate({**SPEC, "name": "other"})
         with factory() as session:
-            jobs_service.submit_job(session, owner_id=owner.id, spec=other, idempotency_key="same", max_attempts=3)
+            jobs_service.submit_job(
+                session, owner_id=owner.id, spec=other, idempotency_key="same", max_attempts=3
+            )
 
 
 def test_concurrent_http_retries_make_one_job(api_server: Any, redis_url: str) -> None:

@@ -51,13 +51,18 @@ def test_running_job_goes_to_cancelling_then_worker_finishes(api: Api) -> None:
     api.session.commit()
     response = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth(token))
     assert response.json()["status"] == "cancelling"
-    assert api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth(token)).json()["status"] == "cancelling"
+    assert (
+        api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth(token)).json()["status"] == "cancelling"
+    )
     job = _job(api, job_id)
     jobs_service.transition(api.session, job=job, to_status="cancelled", reason="stopped at step 12")
     api.session.commit()
     body = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(token)).json()
     assert body["status"] == "cancelled" and body["status_reason"] == "stopped at step 12"
-    kinds = [e["kind"] for e in api.client.get(f"/v1/jobs/{job_id}/events", headers=api.auth(token)).json()["items"]]
+    kinds = [
+        e["kind"]
+        for e in api.client.get(f"/v1/jobs/{job_id}/events", headers=api.auth(token)).json()["items"]
+    ]
     assert kinds == ["created", "enqueued", "started", "cancel_requested", "cancelled"]
 
 
@@ -66,7 +71,9 @@ def test_full_run_progress_metrics_result(api: Api) -> None:
     job_id = api.submit(token).json()["id"]
     job = _job(api, job_id)
     jobs_service.transition(api.session, job=job, to_status="running")
-    jobs_service.update_progress(api.session, job=job, epoch=1, step=10, total_epochs=2, total_steps=20, eta_seconds=5)
+    jobs_service.update_progress(
+        api.session, job=job, epoch=1, step=10, total_epochs=2, total_steps=20, eta_seconds=5
+    )
     for step in (5, 10):
         values = {"train/loss": 1.0 / step, "val/student_acc": step / 20}
         jobs_service.record_metrics(api.session, job=job, step=step, epoch=step // 10, values=values)

@@ -86,7 +86,9 @@ def test_streamed_body_too_large_is_413(api: Api) -> None:
     _problem(api.client.post("/v1/jobs", content=chunks(), headers=headers), 413)
 
 
-@pytest.mark.parametrize("header", [None, "Bearer nope", "Basic abc"], ids=["missing", "unknown", "wrong-scheme"])
+@pytest.mark.parametrize(
+    "header", [None, "Bearer nope", "Basic abc"], ids=["missing", "unknown", "wrong-scheme"]
+)
 def test_bad_key_is_401(api: Api, header: str | None) -> None:
     headers = {"Authorization": header} if header else {}
     response = api.client.get("/v1/jobs", headers=headers)

@@ -69,7 +69,9 @@ def test_jobs_commands_against_live_server(api_server: Any, tmp_path: Path) -> N
     assert "mfeat-paper" in listed.output
     cancelled = runner.invoke(app, ["jobs", "cancel", str(job_id)], env=env)
     assert cancelled.output.strip() == f"job {job_id}: cancelled"
-    assert "already cancelled" in _one_line_error(runner.invoke(app, ["jobs", "cancel", str(job_id)], env=env))
+    assert "already cancelled" in _one_line_error(
+        runner.invoke(app, ["jobs", "cancel", str(job_id)], env=env)
+    )
 
 
 def test_watch_shows_progress_then_result_table(api_server: Any) -> None:

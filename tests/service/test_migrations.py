@@ -42,7 +42,9 @@ def test_upgrade_matches_models_and_downgrade_empties(empty_database: str) -> No
     engine = create_engine(empty_database)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
             assert compare_metadata(context, Base.metadata) == []
             assert set(inspect(conn).get_table_names()) >= set(Base.metadata.tables)
         downgrade(empty_database)
