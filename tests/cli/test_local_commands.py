@@ -1,0 +1,81 @@
+"""`mmkd train`, `mmkd predict`, `mmkd datasets` as a user runs them: real processes, exit codes, files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+MMKD = str(Path(sys.executable).with_name("mmkd"))
+SPEC = """
+name: cli-test
+dataset: {name: basic_motions, primary: [accelerometer], auxiliary: [gyroscope]}
+model: {hidden_dim: 8, repr_dim: 8}
+method: {name: paper}
+train: {epochs: 2, batch_size: 16}
+checkpoint: {every_epochs: 1}
+"""
+
+
+def mmkd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MMKD, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_train_then_predict_from_primary_modalities_only(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    out = tmp_path / "run"
+    result = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "paper" and summary["dataset"] == "basic_motions"
+    assert set(summary) >= {"student", "teacher", "auxiliary"} and "accuracy" in summary["student"]
+    kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kinds[0] == "start" and kinds.count("val") == 2 and kinds[-1] == "test"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2.pt", "step-4.pt"]
+
+    raw = np.load(ROOT / "core/data/builtin/basic_motions.npz")
+    np.savez(tmp_path / "primary.npz", accelerometer=raw["accelerometer"][:5])
+    result = mmkd("predict", str(out / "student"), str(tmp_path / "primary.npz"), "--out", str(tmp_path / "p.npz"))
+    assert result.returncode == 0, result.stderr
+    predictions = np.load(tmp_path / "p.npz")
+    assert predictions["prediction"].shape == (5,) and predictions["scores"].shape == (5, 4)
+    assert set(predictions["class_name"]) <= {"Standing", "Running", "Walking", "Badminton"}
+
+    # A second train into the same folder is refused; --resume finds the run complete and finishes it again.
+    again = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out))
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    resumed = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 4
+
+
+def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(SPEC.replace("name: paper", "name: paper, gama: 1"))
+    cases = [
+        (["train", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")], "missing.yaml: no such file"),
+        (["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")], "method.paper.gama: Extra inputs"),
+        (["predict", str(tmp_path), str(tmp_path / "x.npz"), "--out", "p.npz"], "not an exported student"),
+    ]
+    for args, message in cases:
+        result = mmkd(*args)
+        assert result.returncode == 2, args
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_names_the_missing_modality(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("epochs: 2", "epochs: 1"))
+    assert mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run")).returncode == 0
+    np.savez(tmp_path / "wrong.npz", gyroscope=np.zeros((2, 3, 100), dtype=np.float32))
+    result = mmkd("predict", str(tmp_path / "run/student"), str(tmp_path / "wrong.npz"), "--out", "p.npz")
+    assert result.returncode == 2
+    assert "wrong.npz: primary modality 'accelerometer' is missing" in result.stderr
+
+
+def test_datasets_lists_the_builtins() -> None:
+    result = mmkd("datasets")
+    assert result.returncode == 0
+    assert "mfeat" in result.stdout and "basic_motions" in result.stdout and "accelerometer" in result.stdout
