@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from core.spec import JobSpec
 
 console = Console()
 err = Console(stderr=True)
@@ -19,7 +22,7 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _load_spec(path: Path):  # type: ignore[no-untyped-def]
+def _load_spec(path: Path) -> JobSpec:
     from pydantic import ValidationError
 
     from core.spec import describe_validation_error, load_spec
@@ -34,7 +37,7 @@ def _load_spec(path: Path):  # type: ignore[no-untyped-def]
         raise fail(f"{path}: {exc}") from None
 
 
-def result_table(summary: dict) -> Table:  # type: ignore[type-arg]
+def result_table(summary: dict[str, Any]) -> Table:
     """Test metrics of the three networks, one row each."""
     table = Table(title=f"{summary['method']} on {summary['dataset']} (test split)")
     metrics = list(summary["student"])
@@ -55,8 +58,8 @@ def train_command(
     spec = _load_spec(spec_path)
     from core.engine.checkpoint import LocalCheckpointStore
     from core.engine.evaluation import PRIMARY_METRIC
-    from core.engine.trainer import train
     from core.engine.tracking_local import FanOutTracker, JsonlTracker, RichProgressTracker
+    from core.engine.trainer import train
     from core.errors import MmkdError
 
     store = LocalCheckpointStore(out / "checkpoints", keep_last=spec.checkpoint.keep_last)
@@ -96,7 +99,7 @@ def predict_command(
     except MmkdError as exc:
         raise fail(str(exc)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **result)
+    np.savez(out, **result)  # type: ignore[arg-type]
     console.print(f"{len(result['prediction'])} predictions written to {out}")
 
 

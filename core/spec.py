@@ -250,7 +250,7 @@ class JobSpec(StrictModel):
             raise ValueError("dataset.retrieval_target is required for task 'retrieval' and only for it")
         if self.dataset.name is not None and self.task != "classification":
             raise ValueError(f"built-in dataset {self.dataset.name!r} is a classification task")
-        if self.task == "retrieval" and (self.method.name == "logit_kd" or getattr(self.method, "kd_weight", 0)):
+        if self.task == "retrieval" and (self.method.name == "logit_kd" or getattr(self.method, "kd_weight", 0.0) > 0):
             raise ValueError("logit KD (method logit_kd or method.kd_weight) needs logits; retrieval has none")
         return self
 

@@ -60,11 +60,9 @@ def export_student(
     program = torch.export.export(module, examples, dynamic_shapes={"arrays": dynamic})
     torch.export.save(program, out_dir / "student.pt2")
     torch.save(student.state_dict(), out_dir / "weights.pt")
-    np.savez(
-        out_dir / "normalization.npz",
-        **{f"{name}_mean": normaliser.mean[name] for name in module.modalities},
-        **{f"{name}_std": normaliser.std[name] for name in module.modalities},
-    )
+    stats = {f"{name}_mean": normaliser.mean[name] for name in module.modalities}
+    stats.update({f"{name}_std": normaliser.std[name] for name in module.modalities})
+    np.savez(out_dir / "normalization.npz", **stats)  # type: ignore[arg-type]
     meta = {
         "spec": spec.model_dump(mode="json"),
         "task": spec.task,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,10 +134,10 @@ def parameter_groups(nets: Networks, objective: Objective) -> list[dict[str, Any
     return [group for group in groups if group["params"]]
 
 
-def schedule_windows(objective: Objective, groups: list[dict[str, Any]]) -> list[CosineWindow]:
+def schedule_windows(objective: Objective, groups: list[dict[str, Any]]) -> list[Callable[[int], float]]:
     """Each group's cosine window: the epochs in which that group trains."""
     enabled = objective.spec.train.scheduler == "cosine"
-    windows = []
+    windows: list[Callable[[int], float]] = []
     for group in groups:
         start, length = objective.window(group["name"])
         windows.append(CosineWindow(start, length, enabled))

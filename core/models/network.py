@@ -86,6 +86,7 @@ class MultimodalNet(nn.Module):
             self.target_encoder = nn.Sequential(make_encoder(target[1], spec), nn.Linear(spec.hidden_dim, output_dim))
         self.encoders = nn.ModuleDict({name: make_encoder(shape, spec) for name, shape in shapes.items()})
         self.fusion = spec.fusion
+        self.fuse: nn.Module
         if spec.fusion == "concat":
             self.fuse = nn.Linear(spec.hidden_dim * len(shapes), spec.repr_dim)
         else:

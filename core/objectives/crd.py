@@ -36,6 +36,8 @@ class CRDObjective(FrozenTeacherObjective):
         k = self.method.proj_dim
         self.embed_student = projection_head(repr_dim, k, self.method.proj_layers)
         self.embed_teacher = projection_head(repr_dim, k, self.method.proj_layers)
+        self.bank_student: torch.Tensor
+        self.bank_teacher: torch.Tensor
         if self.method.n_neg > 0:
             self.register_buffer("bank_student", F.normalize(torch.randn(n_train, k), dim=1))
             self.register_buffer("bank_teacher", F.normalize(torch.randn(n_train, k), dim=1))
