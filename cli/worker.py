@@ -121,12 +121,13 @@ def worker_command(
     loglevel: str = typer.Option("info", help="Celery log level."),
 ) -> None:
     """Start a Celery worker that trains jobs (and, with --beat, the reaper)."""
+    command = celery_worker_command(queues, concurrency, loglevel)
+    if not beat:  # become the Celery worker: signals and exit codes are its own
+        os.execv(command[0], command)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
-    if beat:
-        start_reaper(stop)
-    code = supervise([spawn(celery_worker_command(queues, concurrency, loglevel))], stop)
-    raise typer.Exit(code)
+    start_reaper(stop)
+    raise typer.Exit(supervise([spawn(command)], stop))
 
 
 def embedded_environment(home: Path, host: str) -> dict[str, str]:

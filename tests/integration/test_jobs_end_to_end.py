@@ -6,49 +6,10 @@ import signal
 from pathlib import Path
 
 import pytest
+from integration_helpers import DIVERGING, LONG, TINY, events, job_row, publish_again, running_past
 from sqlalchemy import select
 
-from service.models import Artifact, Job, JobEvent
-from worker.celery_app import app as celery_app
-
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "basic_motions", "primary": ["accelerometer"], "auxiliary": ["gyroscope"]},
-    "model": {"hidden_dim": 16, "repr_dim": 8},
-    "method": {"name": "paper"},
-    "train": {"epochs": 2, "batch_size": 16, "device": "cpu"},
-}
-#: Long enough to interrupt: a few hundred small steps, a checkpoint every 10.
-LONG = {
-    "name": "long",
-    "dataset": {"name": "mfeat", "primary": ["fou", "zer"], "auxiliary": ["kar"]},
-    "model": {"hidden_dim": 16, "repr_dim": 8},
-    "method": {"name": "paper"},
-    "train": {"epochs": 16, "batch_size": 64, "device": "cpu"},
-    "checkpoint": {"every_epochs": None, "every_steps": 10, "keep_last": 2},
-}
-DIVERGING = {**TINY, "name": "diverging", "train": {**TINY["train"], "lr": 10.0, "optimizer": "sgd", "grad_clip": None}}
-
-
-def _job(stack, job_id: int) -> Job:
-    with stack.sessions() as session:
-        return session.get(Job, job_id)
-
-
-def _events(stack, job_id: int) -> list[JobEvent]:
-    with stack.sessions() as session:
-        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
-
-
-def _running_past(stack, job_id: int, step: int):
-    job = _job(stack, job_id)
-    return job.status == "running" and job.last_checkpoint_key and (job.step or 0) >= step and job
-
-
-def _publish_again(stack, job_id: int) -> None:
-    """Deliver the train task a second time, as a broker redelivery would."""
-    celery_app.conf.broker_url = stack.env["MMKD_BROKER_URL"]
-    celery_app.send_task("mmkd.train", args=[job_id], queue="gpu")
+from service.models import Artifact
 
 
 @pytest.fixture(scope="module")
@@ -76,25 +37,25 @@ def test_submit_succeeds_and_the_downloaded_student_predicts(stack, worker, tmp_
     data = Path(__file__).parents[2] / "core" / "data" / "builtin" / "basic_motions.npz"
     predictions = predict_file(student, data)
     assert predictions["prediction"].shape == (80,)
-    assert [e.kind for e in _events(stack, job.id)] == ["created", "enqueued", "started", "succeeded"]
+    assert [e.kind for e in events(stack, job.id)] == ["created", "enqueued", "started", "succeeded"]
 
 
 def test_non_finite_loss_fails_with_the_step_and_is_not_retried(stack, worker) -> None:
     with stack.client() as client:
         job_id = client.submit(DIVERGING).id
-    job = stack.wait_for(lambda: _job(stack, job_id).status == "failed" and _job(stack, job_id), what="failed")
+    job = stack.wait_for(lambda: job_row(stack, job_id).status == "failed" and job_row(stack, job_id), what="failed")
     assert (job.error, job.attempts) == ("non_finite_loss", 1)
     assert "non-finite loss at step" in job.status_reason
 
 
-def test_cancel_running_job(stack, worker) -> None:
+def test_cancel_runningjob_row(stack, worker) -> None:
     with stack.client() as client:
         job_id = client.submit(LONG).id
-        stack.wait_for(lambda: _running_past(stack, job_id, 12), what="training past a checkpoint")
+        stack.wait_for(lambda: running_past(stack, job_id, 12), what="training past a checkpoint")
         assert client.cancel(job_id).status == "cancelling"
-        job = stack.wait_for(lambda: _job(stack, job_id).status == "cancelled" and _job(stack, job_id))
+        job = stack.wait_for(lambda: job_row(stack, job_id).status == "cancelled" and job_row(stack, job_id))
     assert job.step < job.total_steps and job.last_checkpoint_key
-    assert [e.kind for e in _events(stack, job_id)][-2:] == ["cancel_requested", "cancelled"]
+    assert [e.kind for e in events(stack, job_id)][-2:] == ["cancel_requested", "cancelled"]
     with stack.sessions() as session:
         assert session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all() == []
 
@@ -107,7 +68,7 @@ def test_cancel_queued_job_never_trains(stack, worker) -> None:
             assert client.cancel(job_id).status == "cancelled"
     finally:
         worker.signal(signal.SIGCONT)
-    _publish_again(stack, job_id)  # even a late delivery must not train it
-    stack.wait_for(lambda: _job(stack, job_id).status == "cancelled", timeout=5)
-    job = _job(stack, job_id)
+    publish_again(stack, job_id)  # even a late delivery must not train it
+    stack.wait_for(lambda: job_row(stack, job_id).status == "cancelled", timeout=5)
+    job = job_row(stack, job_id)
     assert (job.status, job.attempts, job.started_at) == ("cancelled", 0, None)

@@ -1,0 +1,89 @@
+"""Crash resume, duplicate delivery and storage outages, with real Celery workers."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from integration_helpers import LONG, TINY, events, job_row, publish_again, running_past
+from sqlalchemy import select
+
+from service.models import Artifact
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def workers(stack, *names: str, beat: bool = False) -> Iterator[list]:
+    """Workers that are stopped when the block ends, and ready when it starts."""
+    started = [stack.start_worker(name, beat=beat) for name in names]
+    try:
+        stack.wait_for(lambda: all("ready." in p.log.read_text() for p in started), what="workers ready")
+        yield started
+    finally:
+        for process in started:
+            process.stop()
+
+
+def _artifact_keys(stack, job_id: int) -> list[str]:
+    with stack.sessions() as session:
+        rows = session.scalars(select(Artifact.key).where(Artifact.job_id == job_id))
+        return sorted(key.replace(f"jobs/{job_id}/", "jobs/ID/") for key in rows)
+
+
+def _succeeded(stack, job_id: int):
+    job = job_row(stack, job_id)
+    assert job.status not in ("failed", "cancelled"), job.status_reason
+    return job.status == "succeeded" and job
+
+
+def test_killed_worker_resumes_from_its_checkpoint(stack) -> None:
+    with stack.client() as client:
+        job_id = client.submit(LONG).id
+        with workers(stack, "doomed") as (doomed,):
+            killed = stack.wait_for(lambda: running_past(stack, job_id, 25), what="training past a checkpoint")
+            doomed.signal(signal.SIGKILL)
+        with workers(stack, "rescuer", beat=True):
+            job = stack.wait_for(lambda: _succeeded(stack, job_id), timeout=180, what="resumed job succeeded")
+            reference_id = client.submit(LONG).id
+            reference = stack.wait_for(lambda: _succeeded(stack, reference_id), timeout=180, what="reference")
+    assert (job.attempts, reference.attempts) == (2, 1)
+    kinds = [event.kind for event in events(stack, job_id)]
+    assert kinds.count("requeued") == 1 and kinds.count("started") == 2 and kinds[-1] == "succeeded"
+    resumed = [event for event in events(stack, job_id) if event.kind == "resumed"]
+    assert len(resumed) == 1 and 0 < resumed[0].data["step"] <= killed.step
+    assert job.result["resumed_from_step"] == resumed[0].data["step"]
+    for network in ("student", "teacher", "auxiliary"):
+        assert job.result[network] == pytest.approx(reference.result[network], abs=1e-6)
+    assert _artifact_keys(stack, job_id) == _artifact_keys(stack, reference_id)  # one final set
+
+
+def test_two_workers_and_a_duplicate_delivery_train_once(stack) -> None:
+    with workers(stack, "twin-a", "twin-b") as twins, stack.client() as client:
+        job_id = client.submit(TINY).id
+        publish_again(stack, job_id)
+        stack.wait_for(lambda: _succeeded(stack, job_id), timeout=120, what="job succeeded")
+        stack.wait_for(lambda: any(f"job {job_id} is not queued" in p.log.read_text() for p in twins))
+    kinds = [event.kind for event in events(stack, job_id)]
+    assert kinds.count("started") == 1 and job_row(stack, job_id).attempts == 1
+
+
+def test_storage_outage_fails_with_a_storage_reason(stack) -> None:
+    with workers(stack, "s3-victim"), stack.client() as client:
+        job_id = client.submit(LONG).id
+        before = stack.wait_for(lambda: running_past(stack, job_id, 12), what="training past a checkpoint")
+        stack.moto.stop()
+        try:
+            job = stack.wait_for(lambda: job_row(stack, job_id).status == "failed" and job_row(stack, job_id))
+        finally:
+            stack.moto.start()
+            stack.ensure_bucket()
+    assert (job.error, job.attempts, job.max_attempts) == ("storage_unreachable", 3, 3)
+    assert "storage unreachable after retries" in job.status_reason
+    kinds = [event.kind for event in events(stack, job_id)]
+    assert kinds.count("started") == 3 and kinds.count("requeued") == 2 and kinds[-1] == "failed"
+    assert _artifact_keys(stack, job_id) == []  # nothing recorded that was not stored
+    assert job.last_checkpoint_key.startswith(f"jobs/{job_id}/checkpoints/step-")
+    assert job.step >= before.step
