@@ -34,3 +34,11 @@ def engine_for(url: str, pool_size: int = 10) -> Engine:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded attributes after commit (responses are built after it)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def autocommit_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions on DBAPI autocommit: each statement commits alone, with no BEGIN/COMMIT round trips.
+
+    For reads and single-statement writes that need no transaction around them.
+    """
+    return sessionmaker(bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)

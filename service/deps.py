@@ -34,20 +34,27 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_autocommit_session(request: Request) -> Iterator[Session]:
+    """A session whose statements commit one by one: one round trip per read, no BEGIN/ROLLBACK."""
+    with request.app.state.autocommit_session_factory() as session:
+        yield session
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
+AutocommitSessionDep = Annotated[Session, Depends(get_autocommit_session)]
 
 
 def _is_loopback(host: str | None) -> bool:
     try:
         return host is not None and ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host in {"localhost", "testclient"}
+        return host == "localhost"
 
 
 def get_current_owner(
     request: Request,
-    session: SessionDep,
+    session: AutocommitSessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -72,9 +79,12 @@ CurrentOwner = Annotated[Principal, Depends(get_current_owner)]
 
 
 def get_owned_job(
-    job_id: Annotated[int, Path(ge=1, description="The job's id.")], session: SessionDep, owner: CurrentOwner
+    job_id: Annotated[int, Path(ge=1, description="The job's id.")],
+    session: AutocommitSessionDep,
+    owner: CurrentOwner,
 ) -> Job:
-    """The path's job if it belongs to the caller, else a 404."""
+    """The path's job if it belongs to the caller, else a 404 (read outside a transaction; writers
+    re-read it under a lock)."""
     return jobs_service.get_job(session, owner_id=owner.id, job_id=job_id)
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from service.deps import SessionDep, SettingsDep
+from service.deps import AutocommitSessionDep, SettingsDep
 from service.enqueue import check_broker
 from service.errors import problem
 
@@ -30,7 +30,7 @@ def _probe(check: Any) -> str:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unreachable."}})
-def readyz(request: Request, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+def readyz(request: Request, session: AutocommitSessionDep, settings: SettingsDep) -> JSONResponse:
     """Database, broker and artifact store are reachable; 503 with the failing check otherwise."""
     checks = {
         "database": _probe(lambda: session.execute(text("SELECT 1"))),

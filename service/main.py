@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from service.config import Settings, get_settings
-from service.db import engine_for, session_factory
+from service.db import autocommit_session_factory, engine_for, session_factory
 from service.enqueue import enqueue_train
 from service.errors import BodySizeLimit, install_error_handlers
 from service.health import router as health_router
@@ -39,9 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
-    app.state.session_factory = session_factory(
-        engine_for(settings.resolved_database_url, settings.db_pool_size)
-    )
+    engine = engine_for(settings.resolved_database_url, settings.db_pool_size)
+    app.state.session_factory = session_factory(engine)
+    app.state.autocommit_session_factory = autocommit_session_factory(engine)
     app.state.enqueue = partial(
         enqueue_train, broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds
     )

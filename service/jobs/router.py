@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 
 from core.spec import JobSpec
-from service.deps import CurrentOwner, JobDep, SessionDep, SettingsDep
+from service.deps import AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
 from service.exceptions import NotFoundError, ServiceError
 from service.jobs import service as jobs_service
 from service.jobs.schemas import (
@@ -62,6 +62,7 @@ def submit_job(
     request: Request,
     response: Response,
     session: SessionDep,
+    events: AutocommitSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     idempotency_key: Annotated[
@@ -77,7 +78,7 @@ def submit_job(
         max_attempts=settings.max_attempts,
     )
     if created:
-        jobs_service.enqueue_job(session, job=job, enqueue=request.app.state.enqueue)
+        jobs_service.enqueue_job(events, job=job, enqueue=request.app.state.enqueue)
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -86,7 +87,7 @@ def submit_job(
 
 @router.get("", response_model=JobPage)
 def list_jobs(
-    session: SessionDep,
+    session: AutocommitSessionDep,
     owner: CurrentOwner,
     status_filter: Annotated[list[StatusName] | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -120,7 +121,7 @@ def cancel_job(job: JobDep, session: SessionDep, owner: CurrentOwner) -> JobOut:
 
 
 @router.get("/{job_id}/events", response_model=EventList)
-def list_job_events(job: JobDep, session: SessionDep) -> EventList:
+def list_job_events(job: JobDep, session: AutocommitSessionDep) -> EventList:
     """State transitions and notable moments (enqueued, resumed...) with times and reasons."""
     return EventList(items=[EventOut.of(e) for e in jobs_service.list_events(session, job_id=job.id)])
 
@@ -128,7 +129,7 @@ def list_job_events(job: JobDep, session: SessionDep) -> EventList:
 @router.get("/{job_id}/metrics", response_model=MetricList)
 def get_job_metrics(
     job: JobDep,
-    session: SessionDep,
+    session: AutocommitSessionDep,
     names: Annotated[list[str] | None, Query(description="Series names; repeat or comma-separate.")] = None,
     since_step: Annotated[int | None, Query(ge=0, description="Only points at this step or later.")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
@@ -142,7 +143,7 @@ def get_job_metrics(
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList)
-def list_job_artifacts(job: JobDep, session: SessionDep, request: Request) -> ArtifactList:
+def list_job_artifacts(job: JobDep, session: AutocommitSessionDep, request: Request) -> ArtifactList:
     """Artifacts with a presigned URL (S3) or this API's download URL (local store)."""
     links = request.app.state.links
     items = []
@@ -159,7 +160,9 @@ def list_job_artifacts(job: JobDep, session: SessionDep, request: Request) -> Ar
     response_class=FileResponse,
     responses={307: {"description": "Redirect to a presigned URL (S3 store)."}},
 )
-def download_artifact(job: JobDep, artifact_id: int, session: SessionDep, request: Request) -> Response:
+def download_artifact(
+    job: JobDep, artifact_id: int, session: AutocommitSessionDep, request: Request
+) -> Response:
     """The artifact's bytes (local store) or a redirect to a presigned URL (S3 store)."""
     artifact = jobs_service.get_artifact(session, job_id=job.id, artifact_id=artifact_id)
     links = request.app.state.links

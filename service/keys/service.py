@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.exceptions import NotFoundError
@@ -65,12 +66,19 @@ def hash_key(token: str) -> str:
 
 
 def get_or_create_owner(session: Session, *, name: str) -> Owner:
-    """The owner called ``name``, created if new (not committed)."""
-    owner = session.scalars(select(Owner).where(Owner.name == name)).one_or_none()
-    if owner is None:
-        owner = Owner(name=name, created_at=utcnow())
-        session.add(owner)
+    """The owner called ``name``, created if new (not committed; losing a creation race rolls the
+    session back, so call it first in a transaction)."""
+    query = select(Owner).where(Owner.name == name)
+    owner = session.scalars(query).one_or_none()
+    if owner is not None:
+        return owner
+    owner = Owner(name=name, created_at=utcnow())
+    session.add(owner)
+    try:
         session.flush()
+    except IntegrityError:  # a concurrent request created it first
+        session.rollback()
+        return session.scalars(query).one()
     return owner
 
 

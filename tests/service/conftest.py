@@ -68,7 +68,11 @@ def api(
     def factory() -> Session:
         return Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
 
+    def outside_savepoints() -> Session:  # stands in for autocommit: statements join the outer transaction
+        return Session(bind=connection, join_transaction_mode="rollback_only", expire_on_commit=False)
+
     app.state.session_factory = factory
+    app.state.autocommit_session_factory = outside_savepoints
     session = factory()
     with TestClient(app) as client:
         yield Api(client=client, app=app, session=session)

@@ -145,3 +145,17 @@ def test_auth_off_refused_off_loopback(tmp_path: Any) -> None:
 
     with pytest.raises(RuntimeError, match="loopback"):
         create_app(Settings(auth=False, host="0.0.0.0", home=tmp_path))
+
+
+def test_auth_off_on_loopback_serves_the_local_owner(pg_database: str, redis_url: str, tmp_path: Any) -> None:
+    from api_helpers import make_settings
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    settings = make_settings(pg_database, redis_url, tmp_path / "artifacts", auth=False)
+    with TestClient(create_app(settings), client=("127.0.0.1", 5000)) as client:
+        assert client.get("/v1/whoami").json() == {"owner": "local", "auth": False}
+        assert client.post("/v1/jobs", json=SPEC).json()["owner"] == "local"
+    with TestClient(create_app(settings), client=("10.1.2.3", 5000)) as remote:
+        assert remote.get("/v1/whoami").status_code == 401
