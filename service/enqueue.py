@@ -16,7 +16,12 @@ def producer_app(broker_url: str, timeout: float) -> Celery:
     app.conf.update(
         broker_connection_timeout=timeout,
         broker_connection_retry_on_startup=False,
-        broker_transport_options={"socket_connect_timeout": timeout, "socket_timeout": timeout},
+        # Redis only: kombu's SQLAlchemy transport hands transport options to create_engine().
+        broker_transport_options=(
+            {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+            if broker_url.startswith(("redis://", "rediss://"))
+            else {}
+        ),
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
     )
     return app

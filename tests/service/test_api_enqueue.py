@@ -41,3 +41,24 @@ def test_unreachable_broker_keeps_job_queued_with_event(pg_database: str, tmp_pa
         events = client.get(f"/v1/jobs/{response.json()['id']}/events", headers=headers).json()["items"]
     assert [e["kind"] for e in events] == ["created", "enqueue_failed"]
     assert events[1]["reason"]
+
+
+def test_embedded_sqlite_broker_receives_the_message(pg_database: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    broker_file = tmp_path / "broker.db"
+    settings = make_settings(pg_database, f"sqla+sqlite:///{broker_file}", tmp_path / "artifacts")
+    app = create_app(settings)
+    with app.state.session_factory() as session:
+        _, token = create_key(session, owner_name="embedded")
+    with TestClient(app) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        job_id = client.post("/v1/jobs", json=SPEC, headers=headers).json()["id"]
+        events = client.get(f"/v1/jobs/{job_id}/events", headers=headers).json()["items"]
+        assert client.get("/readyz").json()["checks"]["broker"] == "ok"
+    assert [e["kind"] for e in events] == ["created", "enqueued"]
+    with sqlite3.connect(broker_file) as db:
+        query = "SELECT payload FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id WHERE q.name = ?"
+        rows = db.execute(query, ("gpu",)).fetchall()
+    payloads = [json.loads(row[0]) for row in rows]
+    assert [json.loads(base64.b64decode(p["body"]))[0] for p in payloads] == [[job_id]]
