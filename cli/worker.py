@@ -168,6 +168,8 @@ def up_command(
 ) -> None:
     """Start the embedded stack (API, one worker, reaper) until Ctrl-C."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.update(embedded_environment(home, host))
     from service.config import get_settings
     from service.migrate import upgrade

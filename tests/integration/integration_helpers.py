@@ -21,7 +21,7 @@ LONG: dict[str, Any] = {
     "dataset": {"name": "mfeat", "primary": ["fou", "zer"], "auxiliary": ["kar"]},
     "model": {"hidden_dim": 16, "repr_dim": 8},
     "method": {"name": "paper"},
-    "train": {"epochs": 16, "batch_size": 64, "device": "cpu"},
+    "train": {"epochs": 8, "batch_size": 64, "device": "cpu"},
     "checkpoint": {"every_epochs": None, "every_steps": 10, "keep_last": 2},
 }
 #: Plain SGD at lr 10 without clipping: the paper objective's loss overflows within a few steps.
