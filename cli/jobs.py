@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from mmkd_client import Client, Job
+    from mmkd_client import Client, Job, JobSummary
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Submit and follow jobs on an mmkd server.")
 UrlOption = Annotated[str, typer.Option("--url", envvar="MMKD_URL", help="Server URL.")]
@@ -104,9 +104,7 @@ def list_jobs(
 
     table = Table("id", "name", "status", "progress", "created", "reason")
     for job in jobs:
-        progress = (
-            f"epoch {job.progress.epoch}/{job.progress.total_epochs}" if job.progress.total_epochs else ""
-        )
+        progress = _progress_text(job)
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(str(job.id), job.name, job.status, progress, created, job.status_reason or "")
     Console().print(table)
@@ -191,7 +189,7 @@ def _job_table(job: Job) -> Any:
         "status": job.status + (f" ({job.status_reason})" if job.status_reason else ""),
         "owner": job.owner,
         "attempts": f"{job.attempts}/{job.max_attempts}",
-        "progress": f"epoch {job.progress.epoch}/{job.progress.total_epochs}, step {job.progress.step}",
+        "progress": _progress_text(job),
         "created": str(job.created_at),
         "started": str(job.started_at or ""),
         "finished": str(job.finished_at or ""),
@@ -201,6 +199,14 @@ def _job_table(job: Job) -> Any:
     for name, value in rows.items():
         table.add_row(name, value)
     return table
+
+
+def _progress_text(job: JobSummary) -> str:
+    progress = job.progress
+    if progress.epoch is None and progress.step is None:
+        return ""
+    epochs = f"epoch {progress.epoch or 0}/{progress.total_epochs or '?'}"
+    return f"{epochs}, step {progress.step or 0}/{progress.total_steps or '?'}"
 
 
 def _result_table(result: dict[str, Any]) -> Any:
