@@ -1,0 +1,73 @@
+"""docker-compose.yml and the Dockerfile stay consistent with the code (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.main import get_command
+
+from cli.main import app
+from worker.config import WorkerSettings
+
+ROOT = Path(__file__).parents[2]
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SETTING_NAMES = {f"MMKD_{name.upper()}" for name in WorkerSettings.model_fields}
+MMKD_SERVICES = ("migrate", "api", "worker")
+
+
+def _environment(service: str) -> dict[str, str]:
+    env = COMPOSE["services"][service].get("environment", {})
+    return dict(env) if isinstance(env, dict) else dict(item.split("=", 1) for item in env)
+
+
+@pytest.mark.parametrize("service", MMKD_SERVICES)
+def test_every_mmkd_variable_is_a_setting(service: str) -> None:
+    names = {name for name in _environment(service) if name.startswith("MMKD_")}
+    assert names, f"{service} sets no MMKD_* variable"
+    assert names <= SETTING_NAMES, f"{service}: unknown settings {sorted(names - SETTING_NAMES)}"
+
+
+def test_the_dockerfile_sets_only_known_settings() -> None:
+    names = set(re.findall(r"\b(MMKD_[A-Z0-9_]+)=", (ROOT / "Dockerfile").read_text()))
+    assert names <= SETTING_NAMES
+
+
+@pytest.mark.parametrize("service", MMKD_SERVICES)
+def test_commands_exist_in_the_cli(service: str) -> None:
+    command = COMPOSE["services"][service]["command"]
+    assert command[0] == "mmkd"
+    group: Any = get_command(app)
+    for word in command[1:]:
+        if word.startswith("-"):
+            break
+        assert word in group.commands, f"{service}: mmkd has no command {word!r}"
+        group = group.commands[word]
+    options = {opt for param in group.params for opt in getattr(param, "opts", [])}
+    assert {word for word in command if word.startswith("--")} <= options
+
+
+def test_services_and_images() -> None:
+    services = COMPOSE["services"]
+    assert {"postgres", "redis", "minio", "create-bucket", "migrate", "api", "worker"} <= set(services)
+    assert services["api"]["build"]["target"] == services["migrate"]["build"]["target"] == "api"
+    assert services["worker"]["build"]["target"] == "worker"
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    env = _environment("worker")
+    assert env["MMKD_BROKER_URL"].startswith("redis://") and env["MMKD_STORAGE_URL"].startswith("s3://")
+    bucket = env["MMKD_STORAGE_URL"].removeprefix("s3://").split("/")[0]
+    assert f"local/{bucket}" in services["create-bucket"]["command"][0]
+
+
+def test_api_image_has_no_torch_and_worker_pins_it() -> None:
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    dockerfile = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", dockerfile, flags=re.M | re.S))
+    assert "torch" not in stages["api"].replace('import torch"', "")
+    assert "[service]" in stages["api"] and "train" not in stages["api"]
+    assert "torch==2.13.0" in stages["worker"] and "[train,service]" in stages["worker"]
