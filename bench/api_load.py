@@ -51,6 +51,7 @@ class Phase:
     seconds: float
     p50_ms: float
     p99_ms: float
+    client_cpu_ms: float
 
     @property
     def throughput(self) -> float:
@@ -121,11 +122,12 @@ async def run_phase(url: str, headers: dict[str, str], call: Call, *, clients: i
                 latencies.append(time.perf_counter() - start)
                 errors += response.status_code >= 400
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(loop(index) for index in range(clients)))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Phase("", "", clients, len(latencies), errors, seconds, quantiles[49] * 1e3, quantiles[98] * 1e3)
+    p50, p99 = quantiles[49] * 1e3, quantiles[98] * 1e3
+    return Phase("", "", clients, len(latencies), errors, seconds, p50, p99, cpu / len(latencies) * 1e3)
 
 
 async def bench_target(
@@ -258,13 +260,13 @@ def report(mmkd: list[Phase], mlflow: list[Phase], mlflow_error: str | None, arg
         "",
         "Command: `.venv/bin/python -m bench.api_load " + " ".join(sys.argv[1:]) + "`",
         "",
-        "| server | operation | clients | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| server | operation | clients | req/s | p50 ms | p99 ms | errors | load-generator CPU ms/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for p in [*mmkd, *mlflow]:
         lines.append(
             f"| {p.server} | `{p.operation}` | {p.clients} | {p.throughput:.0f} | {p.p50_ms:.1f} "
-            f"| {p.p99_ms:.1f} | {p.errors} |"
+            f"| {p.p99_ms:.1f} | {p.errors} | {p.client_cpu_ms:.2f} |"
         )
     lines.append("")
     if mlflow_error:

@@ -1,0 +1,25 @@
+"""The load benchmark rewrites only its own section of docs/performance.md."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_FILE = Path(__file__).resolve().parents[2] / "bench" / "api_load.py"
+_SPEC = importlib.util.spec_from_file_location("api_load", _FILE)
+assert _SPEC is not None and _SPEC.loader is not None
+api_load = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(api_load)  # bench/ is a folder of scripts, not an installed package
+write_section = api_load.write_section
+
+
+def test_write_section_replaces_only_api_load(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\n## Training\n\nfast\n\n## API load\n\nold\n\n## Accuracy\n\ngood\n")
+    write_section(doc, "## API load\n\nnew numbers\n")
+    assert doc.read_text() == (
+        "# Performance\n\n## Training\n\nfast\n\n## API load\n\nnew numbers\n\n## Accuracy\n\ngood\n"
+    )
+    fresh = tmp_path / "fresh.md"
+    write_section(fresh, "## API load\n\nx\n")
+    assert fresh.read_text() == "# Performance\n\n## API load\n\nx\n"
