@@ -204,3 +204,30 @@ def test_unique_owner_sees_only_own_jobs(api_server: Any) -> None:
         with pytest.raises(NotFound):
             other.get(job.id)
         assert job.owner == owner
+
+
+def test_list_pages_stay_correct_while_another_client_submits(api_server: Any) -> None:
+    token = api_server.new_key()
+    with Client(api_server.url, token) as sdk, Client(api_server.url, token) as writer:
+        before = [sdk.submit(SPEC).id for _ in range(12)]
+        stop = threading.Event()
+        added: list[int] = []
+
+        def keep_submitting() -> None:
+            while not stop.is_set() and len(added) < 40:
+                added.append(writer.submit(SPEC).id)
+
+        thread = threading.Thread(target=keep_submitting)
+        thread.start()
+        try:
+            pages = []
+            for job in sdk.list(page_size=3):
+                pages.append(job.id)
+                time.sleep(0.01)  # give the writer time between pages
+        finally:
+            stop.set()
+            thread.join()
+    assert len(pages) == len(set(pages))  # no job twice
+    assert set(before) <= set(pages)  # every job that existed when listing began
+    assert pages == sorted(pages, reverse=True)  # newest first throughout
+    assert added  # the writer really ran concurrently
