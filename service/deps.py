@@ -4,10 +4,12 @@ job named by the path (resolved once; a missing or foreign job is a 404)."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -28,16 +30,30 @@ async def get_settings_dep(request: Request) -> Settings:
     return settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session for this request, closed afterwards (service functions commit explicitly)."""
-    with request.app.state.session_factory() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for this request (service functions commit explicitly).
+
+    Opening and closing run on the event loop: neither does I/O, except rolling back a transaction
+    an error left open, which goes to a worker thread. Queries run in the threaded handlers.
+    """
+    session = request.app.state.session_factory()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def get_autocommit_session(request: Request) -> Iterator[Session]:
-    """A session whose statements commit one by one: one round trip per read, no BEGIN/ROLLBACK."""
-    with request.app.state.autocommit_session_factory() as session:
+async def get_autocommit_session(request: Request) -> AsyncIterator[Session]:
+    """A session whose statements commit one by one: one round trip per read, no BEGIN/ROLLBACK,
+    and nothing to roll back when it closes."""
+    session = request.app.state.autocommit_session_factory()
+    try:
         yield session
+    finally:
+        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
@@ -52,27 +68,40 @@ def _is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
-def get_current_owner(
+async def get_current_owner(
     request: Request,
     session: AutocommitSessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The owner of the bearer key; with auth off (loopback only) everyone is the ``local`` owner."""
+    """The owner of the bearer key; with auth off (loopback only) everyone is the ``local`` owner.
+
+    A recently checked key is answered from the cache on the event loop; otherwise the lookup runs
+    in a worker thread.
+    """
+    cache: keys_service.AuthCache = request.app.state.auth_cache
     if not settings.auth:
         if not _is_loopback(request.client.host if request.client else None):
             raise UnauthorizedError("authentication is off, so only loopback clients are served")
-        local = keys_service.get_or_create_owner(session, name=LOCAL_OWNER)
-        session.commit()
-        return Principal(id=local.id, name=local.name)
+        local = cache.get(LOCAL_OWNER)
+        return local if local is not None else await run_in_threadpool(_local_owner, session, cache)
     if credentials is None:
         raise UnauthorizedError("missing header 'Authorization: Bearer <api key>'")
-    owner = keys_service.authenticate(
-        session, token=credentials.credentials, cache=request.app.state.auth_cache
+    token = credentials.credentials
+    owner = cache.get(keys_service.hash_key(token)) or await run_in_threadpool(
+        partial(keys_service.authenticate, session, token=token, cache=cache)
     )
     if owner is None:
         raise UnauthorizedError("unknown or revoked API key")
     return owner
+
+
+def _local_owner(session: Session, cache: keys_service.AuthCache) -> Principal:
+    local = keys_service.get_or_create_owner(session, name=LOCAL_OWNER)
+    session.commit()
+    principal = Principal(id=local.id, name=local.name)
+    cache.put(LOCAL_OWNER, principal)
+    return principal
 
 
 CurrentOwner = Annotated[Principal, Depends(get_current_owner)]

@@ -30,6 +30,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        """Store aware datetimes as UTC; refuse naive ones (their zone is a guess)."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -37,6 +38,7 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.UTC)
 
     def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        """Read back as aware UTC, whatever the backend kept."""
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
