@@ -183,7 +183,8 @@ def up_command(
         _wait_until_up(url, children)
     except (RuntimeError, TimeoutError) as error:
         stop_children(children)
-        raise typer.Exit(f"mmkd up failed: {error}") from error
+        typer.echo(f"mmkd up failed: {error}", err=True)
+        raise typer.Exit(1) from error
     start_reaper(stop)
     auth = "OFF (loopback only: every local client acts as owner 'local')" if not settings.auth else "on"
     typer.echo(f"mmkd is up: API {url} (docs {url}/docs), one worker, reaper")

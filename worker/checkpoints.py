@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from uuid import UUID
 
 from worker.storage import ArtifactStore
 
 _STEP_KEY = re.compile(r"/step-(\d+)\.pt$")
 
 
-def checkpoint_prefix(job_id: UUID | str) -> str:
+def checkpoint_prefix(job_id: int | str) -> str:
     """The key prefix under which a job's checkpoints live."""
     return f"jobs/{job_id}/checkpoints/"
 
@@ -18,7 +17,7 @@ def checkpoint_prefix(job_id: UUID | str) -> str:
 class StorageCheckpointStore:
     """Saves checkpoints by step and keeps only the newest ``keep_last`` of them."""
 
-    def __init__(self, store: ArtifactStore, job_id: UUID | str, *, keep_last: int = 2) -> None:
+    def __init__(self, store: ArtifactStore, job_id: int | str, *, keep_last: int = 2) -> None:
         if keep_last < 1:
             raise ValueError("keep_last must be at least 1")
         self.store = store

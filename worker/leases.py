@@ -13,8 +13,9 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.service import record_event
@@ -51,7 +52,7 @@ def claim(session: Session, *, job_id: int, owner: str, lease_seconds: float) ->
         session.rollback()
         return None
     now = utcnow()
-    claimed = session.execute(
+    claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(Job.id == job_id, Job.status == "queued", Job.attempts == job.attempts)
         .values(
@@ -77,7 +78,7 @@ def claim(session: Session, *, job_id: int, owner: str, lease_seconds: float) ->
 def renew(session: Session, *, lease: Lease, lease_seconds: float) -> bool:
     """Push the lease's expiry forward; False when the lease is no longer ours."""
     now = utcnow()
-    result = session.execute(
+    result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
         .where(Job.id == lease.job_id, Job.lease_owner == lease.owner, Job.status.in_(ACTIVE))
         .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds), updated_at=now)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import CursorResult, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.service import record_event
@@ -115,7 +115,7 @@ class DatabaseTracker:
         if self._latest:
             current = session.scalar(select(Job.latest_metrics).where(Job.id == self.job_id))
             values["latest_metrics"] = {**(current or {}), **self._latest}
-        owned = session.execute(
+        owned: CursorResult[Any] = session.execute(  # type: ignore[assignment]
             update(Job)
             .where(Job.id == self.job_id, Job.lease_owner == self.lease_owner, Job.status.in_(ACTIVE))
             .values(**values)
