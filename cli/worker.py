@@ -9,6 +9,7 @@ then stops them in order and kills each one's whole process group: nothing is le
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ import typer
 log = logging.getLogger("mmkd")
 STOP_GRACE_SECONDS = 10.0
 DEFAULT_HOME = Path(".mmkd")
+PR_SET_PDEATHSIG = 1
 
 
 def celery_worker_command(queues: str, concurrency: int, loglevel: str = "info") -> list[str]:
@@ -74,9 +76,18 @@ def start_reaper(stop: threading.Event) -> threading.Thread:
     return thread
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGTERM if this process dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a child in its own session (own process group) so signals reach it only through us."""
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    """Start a child in its own session (own process group) so signals reach it only through us.
+
+    Call it from the main thread before starting other threads (``preexec_fn`` runs after fork).
+    """
+    on_linux = sys.platform == "linux"
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent if on_linux else None)
 
 
 def stop_children(children: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_SECONDS) -> None:
@@ -101,13 +112,14 @@ def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
 
 def supervise(children: list[subprocess.Popen[bytes]], stop: threading.Event) -> int:
     """Wait for SIGINT/SIGTERM or a child's exit, then stop everything; 1 when a child died first."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     died = None
     while not stop.is_set() and died is None:
         died = next((child for child in children if child.poll() is not None), None)
         stop.wait(0.5)
     stop.set()
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
     if died is not None:
         log.error("pid %s exited with code %s; stopping the others", died.pid, died.returncode)
     stop_children(children)
@@ -125,9 +137,10 @@ def worker_command(
     if not beat:  # become the Celery worker: signals and exit codes are its own
         os.execv(command[0], command)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    children = [spawn(command)]
     stop = threading.Event()
     start_reaper(stop)
-    raise typer.Exit(supervise([spawn(command)], stop))
+    raise typer.Exit(supervise(children, stop))
 
 
 def embedded_environment(home: Path, host: str) -> dict[str, str]:

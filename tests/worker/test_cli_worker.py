@@ -1,0 +1,77 @@
+"""Process supervision of ``mmkd worker --beat`` and ``mmkd up`` (no Celery needed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.worker import celery_worker_command, embedded_environment, spawn, stop_children, supervise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead for our purpose
+        return stat.read().split(") ")[1][0] != "Z"
+
+
+def test_stop_children_kills_whole_groups() -> None:
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    child = spawn([sys.executable, "-c", script])
+    time.sleep(0.5)
+    grandchildren = [int(p) for p in subprocess.check_output(["pgrep", "-P", str(child.pid)]).split()]
+    stop_children([child], grace=2)
+    time.sleep(0.2)
+    assert child.returncode is not None
+    assert not any(_alive(pid) for pid in grandchildren)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
+def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = (
+        "import sys, time; from cli.worker import spawn; "
+        f"child = spawn(['sleep', '60']); open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
+    supervisor = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    sleeper = int(pid_file.read_text())
+    supervisor.send_signal(signal.SIGKILL)
+    supervisor.wait()
+    deadline = time.monotonic() + 5
+    while _alive(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(sleeper)
+
+
+def test_supervise_stops_everything_when_one_child_dies() -> None:
+    children = [spawn(["sleep", "60"]), spawn([sys.executable, "-c", "raise SystemExit(3)"])]
+    assert supervise(children, threading.Event()) == 1
+    assert all(child.returncode is not None for child in children)
+
+
+def test_embedded_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MMKD_LEASE_SECONDS", "30")
+    env = embedded_environment(tmp_path, "127.0.0.1")
+    assert env["MMKD_AUTH"] == "false" and env["MMKD_HOME"] == str(tmp_path.resolve())
+    assert env["MMKD_LEASE_SECONDS"] == "30"
+    assert "MMKD_AUTH" not in embedded_environment(tmp_path, "0.0.0.0")
+
+
+def test_celery_command() -> None:
+    command = celery_worker_command("gpu,gpu-a100", 2)
+    assert command[1:6] == ["-m", "celery", "--app", "worker.celery_app:app", "worker"]
+    assert command[command.index("--queues") + 1] == "gpu,gpu-a100"
+    assert command[command.index("--concurrency") + 1] == "2"
