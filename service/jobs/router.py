@@ -62,7 +62,6 @@ def submit_job(
     request: Request,
     response: Response,
     session: SessionDep,
-    events: AutocommitSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     idempotency_key: Annotated[
@@ -78,7 +77,7 @@ def submit_job(
         max_attempts=settings.max_attempts,
     )
     if created:
-        jobs_service.enqueue_job(events, job=job, enqueue=request.app.state.enqueue)
+        jobs_service.enqueue_job(session, job=job, enqueue=request.app.state.enqueue)
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"
