@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,10 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     "failed": frozenset(),
     "cancelled": frozenset(),
 }
+# Core statements on the tables, built once: compiled once, cached, no per-call construction.
+_JOBS, _EVENTS = cast(Table, Job.__table__), cast(Table, JobEvent.__table__)
+_INSERT_JOB = insert(_JOBS).returning(_JOBS.c.id)
+_INSERT_EVENT = insert(_EVENTS)
 _EVENT_FOR_STATUS = {
     "queued": "requeued",
     "running": "started",
@@ -143,7 +147,7 @@ def submit_job(
         "request_hash": spec_hash if idempotency_key else None,
     }
     try:  # a plain INSERT ... RETURNING: the hot path skips the unit of work
-        job_id = session.execute(insert(Job).values(values).returning(Job.id)).scalar_one()
+        job_id = session.execute(_INSERT_JOB, values).scalar_one()
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -158,7 +162,8 @@ def submit_job(
 def _insert_event(
     session: Session, *, job_id: int, kind: str, reason: str | None = None, data: dict[str, Any] | None = None
 ) -> None:
-    session.execute(insert(JobEvent).values(job_id=job_id, kind=kind, reason=reason, data=data, at=utcnow()))
+    params = {"job_id": job_id, "kind": kind, "reason": reason, "data": data, "at": utcnow()}
+    session.execute(_INSERT_EVENT, params)
 
 
 def _replay(session: Session, *, owner_id: int, idempotency_key: str, request_hash: str) -> Job:
