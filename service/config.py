@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="Request bodies above this are 413.")
     max_attempts: int = Field(default=3, ge=1, le=100, description="Deliveries of one job before it fails.")
     lease_seconds: int = Field(default=120, ge=5, description="How long a worker's claim on a job lasts.")
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections kept per process.")
+    threads: int = Field(default=16, ge=1, le=1000, description="Worker threads per process for handlers.")
     enqueue_timeout_seconds: float = Field(default=2.0, gt=0.0, description="Give up publishing after this.")
 
     @property

@@ -4,8 +4,11 @@ built at import time, and nothing here imports torch."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -27,6 +30,16 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _lifespan(threads: int) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Handlers that query the database run in this many threads; more only fight over the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+
+    return lifespan
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
@@ -37,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="Training service for multimodal knowledge distillation.",
         generate_unique_id_function=operation_id,
+        lifespan=_lifespan(settings.threads),
     )
     app.state.settings = settings
     engine = engine_for(settings.resolved_database_url, settings.db_pool_size)
