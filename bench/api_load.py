@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -23,10 +22,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from bench.api_load_report import Phase, report, write_section
 
 PG = os.environ.get("MMKD_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("MMKD_BENCH_REDIS", "redis://127.0.0.1:6379/15")
@@ -37,26 +37,6 @@ SPEC = {
     "method": {"name": "paper"},
 }
 Call = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
-
-
-@dataclass
-class Phase:
-    """The numbers of one (server, operation, concurrency) run."""
-
-    server: str
-    operation: str
-    clients: int
-    requests: int
-    errors: int
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    client_cpu_ms: float
-
-    @property
-    def throughput(self) -> float:
-        """Requests per second."""
-        return self.requests / self.seconds
 
 
 @contextlib.contextmanager
@@ -238,66 +218,6 @@ def run_mlflow(args: argparse.Namespace, home: Path) -> list[Phase]:
             return asyncio.run(
                 bench_target("mlflow", url, {}, mlflow_ops(response.json()["experiment_id"]), args)
             )
-
-
-def report(mmkd: list[Phase], mlflow: list[Phase], mlflow_error: str | None, args: argparse.Namespace) -> str:
-    """The markdown section for docs/performance.md."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        mlflow_version = version("mlflow")
-    except PackageNotFoundError:
-        mlflow_version = "(not installed)"
-    lines = [
-        "## API load",
-        "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()}: "
-        f"{os.cpu_count()} CPU cores shared by the servers, PostgreSQL and the load generator (one asyncio "
-        f"process, httpx, keep-alive connections), all on loopback. Each server ran {args.workers} worker "
-        f"processes; each phase sent {args.requests} requests after a warm-up. mmkd: `mmkd serve` (uvicorn), "
-        f"PostgreSQL + Redis broker (every submit is committed, then published). MLflow "
-        f"{mlflow_version}: `mlflow server`, same PostgreSQL server.",
-        "",
-        "Command: `.venv/bin/python -m bench.api_load " + " ".join(sys.argv[1:]) + "`",
-        "",
-        "| server | operation | clients | req/s | p50 ms | p99 ms | errors | load-generator CPU ms/req |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for p in [*mmkd, *mlflow]:
-        lines.append(
-            f"| {p.server} | `{p.operation}` | {p.clients} | {p.throughput:.0f} | {p.p50_ms:.1f} "
-            f"| {p.p99_ms:.1f} | {p.errors} | {p.client_cpu_ms:.2f} |"
-        )
-    lines.append("")
-    if mlflow_error:
-        lines.append(f"MLflow could not be measured: {mlflow_error}")
-    else:
-        lines += [
-            "Throughput ratio mmkd / MLflow (create = submit vs runs/create, read = get vs runs/get):",
-            "",
-        ]
-        lines += ["| clients | create | read |", "|---:|---:|---:|"]
-        half = len(args.clients)
-        for i, clients in enumerate(args.clients):
-            create = mmkd[i].throughput / mlflow[i].throughput
-            read = mmkd[half + i].throughput / mlflow[half + i].throughput
-            lines.append(f"| {clients} | {create:.2f}x | {read:.2f}x |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## API load`` section of ``path`` (or append it), leaving other sections alone."""
-    text = path.read_text() if path.exists() else "# Performance\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## API load"), None)
-    if start is None:
-        path.write_text(text.rstrip() + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    path.write_text(
-        "\n".join([*lines[:start], *section.rstrip().splitlines(), "", *lines[end:]]).rstrip() + "\n"
-    )
 
 
 def main() -> None:

@@ -6,11 +6,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
-_FILE = Path(__file__).resolve().parents[2] / "bench" / "api_load.py"
-_SPEC = importlib.util.spec_from_file_location("api_load", _FILE)
+_FILE = Path(__file__).resolve().parents[2] / "bench" / "api_load_report.py"
+_SPEC = importlib.util.spec_from_file_location("api_load_report", _FILE)
 assert _SPEC is not None and _SPEC.loader is not None
 api_load = importlib.util.module_from_spec(_SPEC)
-sys.modules["api_load"] = api_load  # dataclasses look their module up there
+sys.modules["api_load_report"] = api_load  # dataclasses look their module up there
 _SPEC.loader.exec_module(api_load)  # bench/ is a folder of scripts, not an installed package
 write_section = api_load.write_section
 
