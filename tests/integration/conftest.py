@@ -22,6 +22,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
+from integration_helpers import wait_until_healthy
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,21 +45,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until_healthy(url: str, timeout: float = 60.0) -> None:
-    """Poll ``{url}/healthz`` until it answers 200."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")
 
 
 class Process:

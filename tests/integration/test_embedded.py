@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_until_healthy
-from integration_helpers import TINY
+from integration_helpers import TINY, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
