@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import boto3
 import pytest
 from integration_helpers import LONG, TINY, events, job_row, publish_again, running_past
 from sqlalchemy import select
@@ -58,6 +60,10 @@ def test_killed_worker_resumes_from_its_checkpoint(stack) -> None:
     for network in ("student", "teacher", "auxiliary"):
         assert job.result[network] == pytest.approx(reference.result[network], abs=1e-6)
     assert _artifact_keys(stack, job_id) == _artifact_keys(stack, reference_id)  # one final set
+    s3 = boto3.client("s3", endpoint_url=stack.moto.endpoint_url)
+    body = s3.get_object(Bucket=stack.bucket, Key=f"mmkd/jobs/{job_id}/metrics.jsonl")["Body"].read()
+    steps = [record["step"] for record in map(json.loads, body.splitlines()) if record["kind"] == "train"]
+    assert steps[0] == 1 and steps[-1] == job.total_steps and steps == sorted(set(steps))  # whole history
 
 
 def test_two_workers_and_a_duplicate_delivery_train_once(stack) -> None:
