@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.jobs.service import record_event
@@ -44,24 +44,21 @@ class Lease:
 def claim(session: Session, *, job_id: int, owner: str, lease_seconds: float) -> Lease | None:
     """Move the job queued -> running with a lease, or return None when another delivery has it.
 
-    The WHERE clause is the compare-and-set: it matches only while the job is still queued with the
-    attempt count read a moment ago, so of two concurrent claims exactly one updates the row.
+    One UPDATE is the compare-and-set: it matches only while the job is queued with attempts left,
+    so of concurrent claims exactly one changes the row (no read before the write, which also
+    lets SQLite take its write lock at once instead of upgrading a read lock).
     """
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None or job.status != "queued" or job.attempts >= job.max_attempts:
-        session.rollback()
-        return None
     now = utcnow()
     claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.attempts == job.attempts)
+        .where(Job.id == job_id, Job.status == "queued", Job.attempts < Job.max_attempts)
         .values(
             status="running",
             status_reason=None,
             attempts=Job.attempts + 1,
             lease_owner=owner,
             lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-            started_at=job.started_at or now,
+            started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
@@ -69,10 +66,10 @@ def claim(session: Session, *, job_id: int, owner: str, lease_seconds: float) ->
     if claimed.rowcount != 1:
         session.rollback()
         return None
-    attempt = job.attempts + 1
+    attempt, max_attempts = session.execute(select(Job.attempts, Job.max_attempts).where(Job.id == job_id)).one()
     record_event(session, job_id=job_id, kind="started", reason=f"attempt {attempt} by {owner}")
     session.commit()
-    return Lease(job_id=job_id, owner=owner, attempt=attempt, max_attempts=job.max_attempts)
+    return Lease(job_id=job_id, owner=owner, attempt=attempt, max_attempts=max_attempts)
 
 
 def renew(session: Session, *, lease: Lease, lease_seconds: float) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import engine_for
 from service.models import Base, Job, Owner
 from service.orm import utcnow
 
@@ -39,7 +40,7 @@ def _postgres_engine(url: str) -> Iterator[Engine]:
 def sessions(request, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     """A sessionmaker on an empty schema built from the ORM models."""
     if request.param == "sqlite":
-        engines = contextlib.nullcontext(create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+        engines = contextlib.nullcontext(engine_for(f"sqlite:///{tmp_path / 'db.sqlite'}"))
     else:
         engines = _postgres_engine(request.getfixturevalue("postgres_url"))
     with engines as engine:
