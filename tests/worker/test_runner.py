@@ -79,3 +79,17 @@ def test_non_finite_loss_fails_with_step(embedded: sessionmaker[Session]) -> Non
         job = session.get(Job, job_id)
     assert (job.status, job.error, job.attempts) == ("failed", "non_finite_loss", 1)
     assert "non-finite loss at step" in job.status_reason
+
+
+def test_invalid_data_fails_naming_the_file_and_is_not_retried(embedded: sessionmaker[Session], tmp_path: Path) -> None:
+    import numpy as np
+
+    data = tmp_path / "broken.npz"
+    np.savez(data, cheap=np.zeros((20, 3), np.float32), rich=np.zeros((20, 5), np.float32))  # no labels
+    spec = {**TINY, "dataset": {"uri": str(data), "primary": ["cheap"], "auxiliary": ["rich"]}}
+    job_id = _submit(embedded, spec)
+    assert runner.run_job(job_id) == "failed"
+    with embedded() as session:
+        job = session.get(Job, job_id)
+    assert (job.status, job.error, job.attempts) == ("failed", "invalid_data", 1)
+    assert str(data) in job.status_reason
