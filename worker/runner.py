@@ -56,13 +56,14 @@ def run_job(job_id: int) -> str:
     beat = Heartbeat(
         sessions, lease, lease_seconds=settings.lease_seconds, interval=settings.resolved_heartbeat_seconds
     )
-    workdir = settings.resolved_work_dir / f"job-{job_id}" / f"attempt-{lease.attempt}"
+    workdir = settings.resolved_work_dir / f"job-{job_id}-attempt-{lease.attempt}"
     with beat:
         try:
             outcome = _train_and_publish(settings, sessions, lease, beat, workdir)
         except Exception as error:
-            log.warning("job %s attempt %s ended: %s", job_id, lease.attempt, error, exc_info=True)
             ending = outcomes.classify(error, attempt=lease.attempt, max_attempts=lease.max_attempts)
+            unexpected = ending.kind == "internal"
+            log.warning("job %s attempt %s: %s", job_id, lease.attempt, ending.reason, exc_info=unexpected)
             outcome = outcomes.record(sessions, lease, ending)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
