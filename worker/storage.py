@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from core.errors import StorageError
 
@@ -172,7 +172,7 @@ def open_store(
             timeout_s=timeout_s,
         )
     if parsed.scheme == "file":
-        return LocalStore(Path(parsed.path))
+        return LocalStore(Path(unquote(parsed.path)))
     if parsed.scheme:
         raise ValueError(f"storage URL {url!r}: use s3://bucket/prefix, file:///path or a path")
     return LocalStore(Path(url).expanduser())

@@ -115,7 +115,8 @@ def test_outage_raises_storage_error_after_retries(moto_server, bucket: str) -> 
 
 def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(open_store(str(tmp_path)), LocalStore)
-    assert open_store(tmp_path.as_uri()).root == tmp_path.resolve()  # type: ignore[attr-defined]
+    spaced = tmp_path / "with space"
+    assert open_store(spaced.as_uri()).root == spaced.resolve()  # type: ignore[attr-defined]
     with pytest.raises(ValueError):
         open_store("s3:///no-bucket")
     with pytest.raises(ValueError):
