@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -151,11 +152,13 @@ class Client:
             interval = min(interval * 1.5, max_interval)
 
     def download(self, job_id: int, artifact: Artifact | int | str, dest: str | Path) -> Path:
-        """Download an artifact (object, id or key) to ``dest`` (a file, or a folder to put it in)."""
+        """Download an artifact (object, id or key) to ``dest``: a file path, or a folder (existing, or
+        ending in ``/``) to put it in under its own name. Returns the file written."""
         chosen = artifact if isinstance(artifact, Artifact) else self._find_artifact(job_id, artifact)
         target = Path(dest)
-        if target.is_dir():
+        if target.is_dir() or str(dest).endswith(("/", os.sep)):
             target = target / chosen.filename
+        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
         # Our own URLs need the key; presigned storage URLs must not carry it.
         ours = chosen.url.startswith(self.base_url)

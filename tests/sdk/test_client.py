@@ -138,6 +138,7 @@ def test_events_metrics_artifacts_download(
     path = client.download(job.id, key, tmp_path)
     assert path == tmp_path / "model.bin" and path.read_bytes() == b"weights" * 1000
     assert client.download(job.id, artifacts[0].id, tmp_path / "copy.bin").stat().st_size == 7000
+    assert client.download(job.id, artifacts[0], f"{tmp_path}/new/") == tmp_path / "new" / "model.bin"
 
 
 class LostResponses(httpx.BaseTransport):
