@@ -11,13 +11,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -90,6 +92,60 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(status=500, detail="internal error; see the server log", instance=request.url.path)
+
+
+class FieldProblem(BaseModel):
+    """One invalid field."""
+
+    path: str
+    message: str
+
+
+class Problem(BaseModel):
+    """The body of every error response (RFC 9457 problem details)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[FieldProblem] | None = Field(default=None, description="Validation problems only.")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": text,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for status, text in {
+        401: "Missing, unknown or revoked API key.",
+        404: "No such job (or another owner's).",
+        409: "Conflicts with the current state (reused Idempotency-Key, finished job).",
+        413: "Request body too large.",
+        422: "Invalid request; `errors` lists the field paths.",
+    }.items()
+}
+
+
+def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """An ``app.openapi`` that documents errors as :class:`Problem` instead of FastAPI's default."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            schemas.update(Problem.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"])
+            schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas["Problem"].pop("$defs", None)
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                if "422" in operation.get("responses", {}):
+                    operation["responses"]["422"] = ERROR_RESPONSES[422]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def install_error_handlers(app: FastAPI) -> None:

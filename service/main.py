@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from service.config import Settings, get_settings
 from service.db import autocommit_session_factory, engine_for, session_factory
 from service.enqueue import enqueue_train
-from service.errors import BodySizeLimit, install_error_handlers
+from service.errors import BodySizeLimit, install_error_handlers, problem_openapi
 from service.health import router as health_router
 from service.jobs.router import router as jobs_router
 from service.keys.router import router as keys_router
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
+    app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     for router in (health_router, jobs_router, keys_router):
         app.include_router(router)
     if not settings.auth:

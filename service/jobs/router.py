@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from core.spec import JobSpec
 from service.deps import AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
+from service.errors import ERROR_RESPONSES
 from service.exceptions import NotFoundError, ServiceError
 from service.jobs import service as jobs_service
 from service.jobs.schemas import (
@@ -25,7 +26,9 @@ from service.jobs.schemas import (
     MetricPointOut,
 )
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]}
+)
 StatusName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
@@ -55,7 +58,11 @@ def _decode_cursor(cursor: str) -> int:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobOut,
-    responses={200: {"description": "Replay of an earlier submit with the same Idempotency-Key."}},
+    responses={
+        200: {"model": JobOut, "description": "Replay of an earlier submit with the same Idempotency-Key."},
+        409: ERROR_RESPONSES[409],
+        413: ERROR_RESPONSES[413],
+    },
 )
 def submit_job(
     spec: JobSpec,
@@ -113,7 +120,7 @@ async def get_job(job: JobDep, owner: CurrentOwner) -> JobOut:
     return JobOut.of_job(job, owner=owner.name)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={409: ERROR_RESPONSES[409]})
 def cancel_job(job: JobDep, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Queued: cancelled now. Running: cancelling until the worker stops. Finished: 409."""
     return JobOut.of_job(jobs_service.cancel_job(session, job=job), owner=owner.name)

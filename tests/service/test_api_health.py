@@ -51,6 +51,21 @@ def test_operation_ids_are_stable(api: Api) -> None:
     }
 
 
+def test_openapi_documents_problem_json(api: Api) -> None:
+    schema = api.client.get("/openapi.json").json()
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    submit = schema["paths"]["/v1/jobs"]["post"]["responses"]
+    for status in ("401", "409", "413", "422"):
+        assert submit[status]["content"]["application/problem+json"]["schema"] == problem_ref
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert set(schema["components"]["schemas"]["Problem"]["required"]) >= {
+        "type",
+        "title",
+        "status",
+        "detail",
+    }
+
+
 def test_artifact_link_and_download(api: Api) -> None:
     token = api.new_key()
     job_id = api.submit(token).json()["id"]
