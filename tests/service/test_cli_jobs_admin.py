@@ -131,3 +131,42 @@ def test_unreachable_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(mmkd_client.client.time, "sleep", lambda _: None)  # skip the retry backoff
     env = {"MMKD_URL": "http://127.0.0.1:9", "MMKD_API_KEY": "k"}
     assert "cannot reach" in _one_line_error(runner.invoke(app, ["jobs", "list"], env=env))
+
+
+def test_serve_migrates_sqlite_and_answers(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    mmkd = str(Path(sys.executable).with_name("mmkd"))
+    env = {**os.environ, "MMKD_HOME": str(tmp_path), "MMKD_BROKER_URL": f"sqla+sqlite:///{tmp_path}/b.db"}
+    env.pop("MMKD_DATABASE_URL", None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [mmkd, "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # serve migrates first, then uvicorn binds
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        token = subprocess.run(
+            [mmkd, "keys", "create", "--owner", "eve"], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        whoami = httpx.get(f"http://127.0.0.1:{port}/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+        assert whoami.json() == {"owner": "eve", "auth": True}
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
