@@ -39,9 +39,12 @@ class Api:
         """Headers carrying ``token``."""
         return {"Authorization": f"Bearer {token}"}
 
-    def submit(self, token: str, spec: dict[str, Any] | None = None, **headers: str) -> Any:
-        """POST a spec; returns the response."""
-        return self.client.post("/v1/jobs", json=spec or SPEC, headers={**self.auth(token), **headers})
+    def submit(
+        self, token: str, spec: dict[str, Any] | None = None, idempotency_key: str | None = None
+    ) -> Any:
+        """POST a spec (with an Idempotency-Key when given); returns the response."""
+        headers = self.auth(token) | ({"Idempotency-Key": idempotency_key} if idempotency_key else {})
+        return self.client.post("/v1/jobs", json=spec or SPEC, headers=headers)
 
 
 def make_settings(database_url: str, broker_url: str, storage_root: Path, **overrides: Any) -> Settings:

@@ -35,9 +35,9 @@ def _published_job_ids(redis_url: str) -> list[int]:
 
 def test_replay_returns_same_job_without_second_enqueue(api: Api, redis_url: str) -> None:
     token = api.new_key()
-    key = {"Idempotency-Key": str(uuid.uuid4())}
-    first = api.submit(token, **key)
-    second = api.submit(token, **key)
+    key = str(uuid.uuid4())
+    first = api.submit(token, idempotency_key=key)
+    second = api.submit(token, idempotency_key=key)
     assert (first.status_code, second.status_code) == (201, 200)
     assert first.json()["id"] == second.json()["id"]
     assert _published_job_ids(redis_url).count(first.json()["id"]) == 1
@@ -45,10 +45,10 @@ def test_replay_returns_same_job_without_second_enqueue(api: Api, redis_url: str
 
 def test_same_key_other_body_is_409(api: Api) -> None:
     token = api.new_key()
-    key = {"Idempotency-Key": "reused"}
-    assert api.submit(token, **key).status_code == 201
+    key = "reused"
+    assert api.submit(token, idempotency_key=key).status_code == 201
     other = {**SPEC, "name": "another"}
-    response = api.submit(token, other, **key)
+    response = api.submit(token, other, idempotency_key=key)
     assert response.status_code == 409
     assert "Idempotency-Key 'reused'" in response.json()["detail"]
 

@@ -53,8 +53,8 @@ def test_listing_shows_only_own_jobs(api: Api) -> None:
 
 def test_same_idempotency_key_is_per_owner(api: Api) -> None:
     alice, bob = api.new_key("alice"), api.new_key("bob")
-    first = api.submit(alice, **{"Idempotency-Key": "k1"})
-    second = api.submit(bob, **{"Idempotency-Key": "k1"})
+    first = api.submit(alice, idempotency_key="k1")
+    second = api.submit(bob, idempotency_key="k1")
     assert first.status_code == second.status_code == 201
     assert first.json()["id"] != second.json()["id"]
     assert second.json()["owner"] == "bob"
