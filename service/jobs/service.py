@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core.spec import JobSpec
@@ -184,18 +184,22 @@ def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -
     A failed publish leaves the job queued with an ``enqueue_failed`` event; the reaper re-enqueues
     queued jobs whose message was lost, so the client still gets its job.
     """
+    kind, reason = "enqueued", None
     try:
         enqueue(job.id)
     except Exception as exc:  # any broker error: the job is safe in the database
         log.warning("enqueue of job %s failed: %s", job.id, exc)
-        _insert_event(session, job_id=job.id, kind="enqueue_failed", reason=f"{type(exc).__name__}: {exc}")
-    else:
-        _insert_event(session, job_id=job.id, kind="enqueued")
-    if session.get_bind().dialect.name == "postgresql":
-        # Only this informational event rides on the commit: skip the WAL flush wait (a crash may
-        # lose the event, never the job, which was committed durably before the publish).
-        session.execute(text("SET LOCAL synchronous_commit = off"))
-    session.commit()
+        kind, reason = "enqueue_failed", f"{type(exc).__name__}: {exc}"
+    try:
+        _insert_event(session, job_id=job.id, kind=kind, reason=reason)
+        if session.get_bind().dialect.name == "postgresql":
+            # Only this informational event rides on the commit: skip the WAL flush wait (a crash
+            # may lose the event, never the job, which was committed durably before the publish).
+            session.execute(text("SET LOCAL synchronous_commit = off"))
+        session.commit()
+    except SQLAlchemyError as exc:  # the job exists (and was published): don't fail the request
+        log.warning("could not record the enqueue outcome of job %s: %s", job.id, exc)
+        session.rollback()
 
 
 def cancel_job(session: Session, *, job: Job) -> Job:
