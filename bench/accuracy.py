@@ -72,7 +72,17 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     ),
 }
 STUDENT_ONLY_DROPOUTS = (0.1, 0.2, 0.3, 0.5)
-ROWS = ["student_only", "teacher_only", "logit_kd", "feature_kd", "crd", "mi_joint", "mi_joint_aux", "paper", "paper+kd"]
+ROWS = [
+    "student_only",
+    "teacher_only",
+    "logit_kd",
+    "feature_kd",
+    "crd",
+    "mi_joint",
+    "mi_joint_aux",
+    "paper",
+    "paper+kd",
+]
 
 
 def make_spec(dataset: str, setting: str, row: str, trial: int, seed: int) -> dict[str, Any]:
@@ -108,6 +118,13 @@ def run_one(spec_data: dict[str, Any]) -> dict[str, Any]:
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(summary))
     return summary
+
+
+def describe(row: str, trial: int) -> dict[str, Any]:
+    """The chosen configuration of a row, as reported."""
+    if row in ("student_only", "teacher_only"):
+        return {"name": row, "dropout": STUDENT_ONLY_DROPOUTS[trial]}
+    return GRIDS[row][trial]
 
 
 def selection_network(row: str) -> str:
@@ -147,9 +164,7 @@ def main() -> None:
                     for seed in range(args.seeds):
                         runs.append((row, chosen[row], make_spec(dataset, setting, source, chosen[row], seed)))
                 summaries = pool.map(run_one, [spec for _, _, spec in runs])
-                cell: dict[str, Any] = {"chosen": {row: GRIDS["student_only" if row == "teacher_only" else row][t] | (
-                    {"dropout": STUDENT_ONLY_DROPOUTS[t]} if row in ("student_only", "teacher_only") else {}
-                ) for row, t in chosen.items()}, "runs": {}}
+                cell: dict[str, Any] = {"chosen": {row: describe(row, t) for row, t in chosen.items()}, "runs": {}}
                 for (row, _, _), summary in zip(runs, summaries, strict=True):
                     cell["runs"].setdefault(row, []).append(
                         {k: summary[k] for k in ("seed", "student", "teacher", "auxiliary", "data", "seconds")}
