@@ -231,6 +231,24 @@ def run_mlflow(args: argparse.Namespace, home: Path) -> list[Phase]:
             )
 
 
+def run_rounds(
+    args: argparse.Namespace, home: Path
+) -> tuple[list[list[Phase]], list[list[Phase]], str | None]:
+    """``args.rounds`` times: mmkd's phases, then MLflow's (fresh servers and databases each time)."""
+    mmkd_rounds: list[list[Phase]] = []
+    mlflow_rounds: list[list[Phase]] = []
+    mlflow_error = "skipped (--skip-mlflow)" if args.skip_mlflow else None
+    for _ in range(args.rounds):
+        mmkd_rounds.append(run_mmkd(args, home))
+        if mlflow_error is None:
+            try:
+                mlflow_rounds.append(run_mlflow(args, home))
+            except Exception as exc:  # report our numbers alone, and say precisely why
+                mlflow_error = f"{type(exc).__name__}: {exc}"
+                mlflow_rounds = []
+    return mmkd_rounds, mlflow_rounds, mlflow_error
+
+
 def main() -> None:
     """Run both servers' phases, print the table, optionally write it to docs/performance.md."""
     parser = argparse.ArgumentParser(
@@ -239,19 +257,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="Server worker processes (both servers).")
     parser.add_argument("--requests", type=int, default=1600, help="Requests per phase.")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--rounds", type=int, default=3, help="Repeat everything; report medians.")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--write-doc", action="store_true", help="Update docs/performance.md.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mmkd-bench-") as tmp:
-        mmkd = run_mmkd(args, Path(tmp))
-        mlflow: list[Phase] = []
-        mlflow_error = "skipped (--skip-mlflow)" if args.skip_mlflow else None
-        if not args.skip_mlflow:
-            try:
-                mlflow = run_mlflow(args, Path(tmp))
-            except Exception as exc:  # report our numbers alone, and say precisely why
-                mlflow_error = f"{type(exc).__name__}: {exc}"
-    section = report(mmkd, mlflow, mlflow_error, args)
+        mmkd_rounds, mlflow_rounds, mlflow_error = run_rounds(args, Path(tmp))
+    section = report(mmkd_rounds, mlflow_rounds, mlflow_error, args)
     print(section)
     if args.write_doc:
         write_section(Path(__file__).resolve().parents[1] / "docs" / "performance.md", section)
