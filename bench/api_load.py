@@ -96,8 +96,8 @@ async def run_phase(url: str, headers: dict[str, str], call: Call, *, clients: i
     errors = 0
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(url, headers=headers, connector=connector) as http:
-        for i in range(min(clients, 8)):  # warm-up: open connections, fill caches
-            await call(http, i)
+        for _ in range(2):  # warm-up: open every connection, fill caches (not measured)
+            await asyncio.gather(*(call(http, i) for i in range(max(clients, 16))))
 
         async def loop(index: int) -> None:
             nonlocal errors
