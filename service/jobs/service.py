@@ -3,6 +3,7 @@ reuses. No FastAPI here; functions take a SQLAlchemy session and keyword-only ar
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -160,9 +161,15 @@ def submit_job(
 
 
 def _insert_event(
-    session: Session, *, job_id: int, kind: str, reason: str | None = None, data: dict[str, Any] | None = None
+    session: Session,
+    *,
+    job_id: int,
+    kind: str,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
 ) -> None:
-    params = {"job_id": job_id, "kind": kind, "reason": reason, "data": data, "at": utcnow()}
+    params = {"job_id": job_id, "kind": kind, "reason": reason, "data": data, "at": at or utcnow()}
     session.execute(_INSERT_EVENT, params)
 
 
@@ -185,13 +192,14 @@ def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -
     queued jobs whose message was lost, so the client still gets its job.
     """
     kind, reason = "enqueued", None
+    published_at = utcnow()  # stamped before publishing, so it sorts before the worker's "started"
     try:
         enqueue(job.id)
     except Exception as exc:  # any broker error: the job is safe in the database
         log.warning("enqueue of job %s failed: %s", job.id, exc)
         kind, reason = "enqueue_failed", f"{type(exc).__name__}: {exc}"
     try:
-        _insert_event(session, job_id=job.id, kind=kind, reason=reason)
+        _insert_event(session, job_id=job.id, kind=kind, reason=reason, at=published_at)
         if session.get_bind().dialect.name == "postgresql":
             # Only this informational event rides on the commit: skip the WAL flush wait (a crash
             # may lose the event, never the job, which was committed durably before the publish).
@@ -247,8 +255,9 @@ def list_jobs(
 
 
 def list_events(session: Session, *, job_id: int) -> list[JobEvent]:
-    """A job's events in the order they happened."""
-    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+    """A job's events in the order they happened (by time, then by insertion)."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
+    return list(session.scalars(query))
 
 
 def list_metrics(

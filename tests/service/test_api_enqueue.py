@@ -62,3 +62,20 @@ def test_embedded_sqlite_broker_receives_the_message(pg_database: str, tmp_path:
         rows = db.execute(query, ("gpu",)).fetchall()
     payloads = [json.loads(row[0]) for row in rows]
     assert [json.loads(base64.b64decode(p["body"]))[0] for p in payloads] == [[job_id]]
+
+
+def test_a_fast_worker_still_lists_after_enqueued(api: Api) -> None:
+    from service.jobs import service as jobs_service
+    from service.jobs.models import Job
+
+    def enqueue_and_start_at_once(job_id: int) -> None:  # the worker wins the race to the database
+        job = api.session.get(Job, job_id)
+        assert job is not None
+        jobs_service.transition(api.session, job=job, to_status="running", reason="fast worker")
+        api.session.commit()
+
+    api.app.state.enqueue = enqueue_and_start_at_once
+    token = api.new_key()
+    job_id = api.submit(token).json()["id"]
+    events = api.client.get(f"/v1/jobs/{job_id}/events", headers=api.auth(token)).json()["items"]
+    assert [e["kind"] for e in events] == ["created", "enqueued", "started"]
