@@ -21,6 +21,8 @@ from service.keys import service as keys_service
 from service.keys.service import Principal
 
 LOCAL_OWNER = "local"
+#: Ids and steps are 32-bit integer columns; larger path or query values are a 422, not a 500.
+MAX_ID = 2**31 - 1
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mmkd keys create`.")
 
 
@@ -108,7 +110,7 @@ CurrentOwner = Annotated[Principal, Depends(get_current_owner)]
 
 
 def get_owned_job(
-    job_id: Annotated[int, Path(ge=1, description="The job's id.")],
+    job_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")],
     session: AutocommitSessionDep,
     owner: CurrentOwner,
 ) -> Job:

@@ -6,11 +6,11 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 
 from core.spec import JobSpec
-from service.deps import AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
+from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
 from service.errors import ERROR_RESPONSES
 from service.exceptions import NotFoundError, ServiceError
 from service.jobs import service as jobs_service
@@ -49,7 +49,10 @@ def _decode_cursor(cursor: str) -> int:
         kind, _, value = raw.partition(":")
         if kind != "j":
             raise ValueError(cursor)
-        return int(value)
+        before_id = int(value)
+        if not 1 <= before_id <= MAX_ID:
+            raise ValueError(cursor)
+        return before_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise BadCursorError(f"cursor {cursor!r} is not valid; use next_cursor from a previous page") from exc
 
@@ -137,7 +140,9 @@ def get_job_metrics(
     job: JobDep,
     session: AutocommitSessionDep,
     names: Annotated[list[str] | None, Query(description="Series names; repeat or comma-separate.")] = None,
-    since_step: Annotated[int | None, Query(ge=0, description="Only points at this step or later.")] = None,
+    since_step: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="Only points at this step or later.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricList:
     """Metric series points, ordered by step then name."""
@@ -167,7 +172,10 @@ def list_job_artifacts(job: JobDep, session: AutocommitSessionDep, request: Requ
     responses={307: {"description": "Redirect to a presigned URL (S3 store)."}},
 )
 def download_artifact(
-    job: JobDep, artifact_id: int, session: AutocommitSessionDep, request: Request
+    job: JobDep,
+    artifact_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    session: AutocommitSessionDep,
+    request: Request,
 ) -> Response:
     """The artifact's bytes (local store) or a redirect to a presigned URL (S3 store)."""
     artifact = jobs_service.get_artifact(session, job_id=job.id, artifact_id=artifact_id)

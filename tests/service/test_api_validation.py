@@ -159,3 +159,21 @@ def test_auth_off_on_loopback_serves_the_local_owner(pg_database: str, redis_url
         assert client.post("/v1/jobs", json=SPEC).json()["owner"] == "local"
     with TestClient(create_app(settings), client=("10.1.2.3", 5000)) as remote:
         assert remote.get("/v1/whoami").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/jobs/99999999999",
+        "/v1/jobs/0",
+        "/v1/jobs/abc",
+        "/v1/jobs/{job_id}/artifacts/99999999999/download",
+        "/v1/jobs/{job_id}/metrics?since_step=99999999999",
+        "/v1/jobs?cursor=ajo5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OQ",
+    ],
+)
+def test_out_of_range_ids_are_422_not_500(api: Api, url: str) -> None:
+    token = api.new_key()
+    job_id = api.submit(token).json()["id"]
+    response = api.client.get(url.format(job_id=job_id), headers=api.auth(token))
+    _problem(response, 422)
