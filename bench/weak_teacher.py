@@ -68,7 +68,7 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         summaries = pool.map(run_one, [data for _, data in jobs])
     grouped: dict[str, list[float]] = {}
-    for (dataset, setting, name, alpha, _), summary in zip(jobs, summaries, strict=True):
+    for ((dataset, setting, name, alpha, _), _spec), summary in zip(jobs, summaries, strict=True):
         key = f"{dataset}|{setting}|{name}|{alpha}"
         grouped.setdefault(key, []).append(summary["teacher"]["accuracy"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
