@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.exceptions import UnauthorizedError
-from service.jobs import service as jobs_service
+from service.jobs import queries
 from service.jobs.models import Job
 from service.keys import service as keys_service
 from service.keys.service import Principal
@@ -116,7 +116,7 @@ def get_owned_job(
 ) -> Job:
     """The path's job if it belongs to the caller, else a 404 (read outside a transaction; writers
     re-read it under a lock)."""
-    return jobs_service.get_job(session, owner_id=owner.id, job_id=job_id)
+    return queries.get_job(session, owner_id=owner.id, job_id=job_id)
 
 
 JobDep = Annotated[Job, Depends(get_owned_job)]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.exceptions import ServiceError, UnauthorizedError
+from service.exceptions import InvalidRequestError, ServiceError, UnauthorizedError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -68,8 +68,14 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
+    errors = exc.errors if isinstance(exc, InvalidRequestError) else None
     return problem(
-        status=exc.status, title=exc.title, detail=exc.detail, instance=request.url.path, headers=headers
+        status=exc.status,
+        title=exc.title,
+        detail=exc.detail,
+        instance=request.url.path,
+        headers=headers,
+        errors=errors,
     )
 
 

@@ -34,6 +34,17 @@ class InvalidTransitionError(ConflictError):
     title = "Invalid status transition"
 
 
+class InvalidRequestError(ServiceError):
+    """A request that passed schema validation but still cannot be stored; ``errors`` name the fields."""
+
+    status = 422
+    title = "Invalid request"
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{item['path']}: {item['message']}" for item in errors))
+        self.errors = errors
+
+
 class UnauthorizedError(ServiceError):
     """Missing, unknown or revoked API key."""
 

@@ -13,6 +13,7 @@ from core.spec import JobSpec
 from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
 from service.errors import ERROR_RESPONSES
 from service.exceptions import NotFoundError, ServiceError
+from service.jobs import queries
 from service.jobs import service as jobs_service
 from service.jobs.schemas import (
     ArtifactList,
@@ -103,7 +104,7 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JobPage:
     """The caller's jobs, newest first, optionally only some statuses; keyset-paginated."""
-    jobs, next_id = jobs_service.list_jobs(
+    jobs, next_id = queries.list_jobs(
         session,
         owner_id=owner.id,
         statuses=list(status_filter or []),
@@ -132,7 +133,7 @@ def cancel_job(job: JobDep, session: SessionDep, owner: CurrentOwner) -> JobOut:
 @router.get("/{job_id}/events", response_model=EventList)
 def list_job_events(job: JobDep, session: AutocommitSessionDep) -> EventList:
     """State transitions and notable moments (enqueued, resumed...) with times and reasons."""
-    return EventList(items=[EventOut.of(e) for e in jobs_service.list_events(session, job_id=job.id)])
+    return EventList(items=[EventOut.of(e) for e in queries.list_events(session, job_id=job.id)])
 
 
 @router.get("/{job_id}/metrics", response_model=MetricList)
@@ -147,9 +148,7 @@ def get_job_metrics(
 ) -> MetricList:
     """Metric series points, ordered by step then name."""
     wanted = [name for item in names or [] for name in item.split(",") if name]
-    points = jobs_service.list_metrics(
-        session, job_id=job.id, names=wanted, since_step=since_step, limit=limit
-    )
+    points = queries.list_metrics(session, job_id=job.id, names=wanted, since_step=since_step, limit=limit)
     return MetricList(items=[MetricPointOut.of(p) for p in points])
 
 
@@ -158,7 +157,7 @@ def list_job_artifacts(job: JobDep, session: AutocommitSessionDep, request: Requ
     """Artifacts with a presigned URL (S3) or this API's download URL (local store)."""
     links = request.app.state.links
     items = []
-    for artifact in jobs_service.list_artifacts(session, job_id=job.id):
+    for artifact in queries.list_artifacts(session, job_id=job.id):
         url = links.link_for(artifact.key) or str(
             request.url_for("download_artifact", job_id=job.id, artifact_id=artifact.id)
         )
@@ -178,7 +177,7 @@ def download_artifact(
     request: Request,
 ) -> Response:
     """The artifact's bytes (local store) or a redirect to a presigned URL (S3 store)."""
-    artifact = jobs_service.get_artifact(session, job_id=job.id, artifact_id=artifact_id)
+    artifact = queries.get_artifact(session, job_id=job.id, artifact_id=artifact_id)
     links = request.app.state.links
     url = links.link_for(artifact.key)
     if url is not None:

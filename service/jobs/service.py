@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, text
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core.spec import JobSpec
-from service.exceptions import ConflictError, InvalidTransitionError, NotFoundError
+from service.exceptions import ConflictError, InvalidRequestError, InvalidTransitionError
 from service.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, MetricPoint
 from service.orm import utcnow
 
@@ -130,12 +131,18 @@ def submit_job(
     (``created=False``) and a different spec is a :class:`ConflictError`. The unique constraint on
     ``(owner_id, idempotency_key)`` decides races between concurrent retries.
     """
+    spec_json = spec.model_dump(mode="json")
+    not_finite = sorted(_non_finite_paths(spec_json))
+    if not_finite:  # JSON (and PostgreSQL's jsonb) has no Infinity or NaN
+        raise InvalidRequestError(
+            [{"path": path, "message": "must be a finite number"} for path in not_finite]
+        )
     spec_hash = spec.spec_hash()
     now = utcnow()
     values: dict[str, Any] = {
         "owner_id": owner_id,
         "name": spec.name,
-        "spec": spec.model_dump(mode="json"),
+        "spec": spec_json,
         "spec_hash": spec_hash,
         "seed": spec.train.seed,
         "status": "queued",
@@ -158,6 +165,17 @@ def submit_job(
     _insert_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
     session.commit()
     return Job(id=job_id, **values), True
+
+
+def _non_finite_paths(data: Any, path: str = "") -> Iterator[str]:
+    if isinstance(data, float) and not math.isfinite(data):
+        yield path
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield from _non_finite_paths(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _non_finite_paths(value, f"{path}.{index}")
 
 
 def _insert_event(
@@ -230,57 +248,3 @@ def cancel_job(session: Session, *, job: Job) -> Job:
         transition(session, job=locked, to_status="cancelling", reason="cancel requested by the owner")
     session.commit()
     return locked
-
-
-def get_job(session: Session, *, owner_id: int, job_id: int) -> Job:
-    """The owner's job; another owner's job is indistinguishable from a missing one."""
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner_id == owner_id)).one_or_none()
-    if job is None:
-        raise NotFoundError(f"no job {job_id}")
-    return job
-
-
-def list_jobs(
-    session: Session, *, owner_id: int, statuses: list[str], limit: int, before_id: int | None
-) -> tuple[list[Job], int | None]:
-    """Newest first, filtered before the limit; returns the page and the id to continue before."""
-    query = select(Job).where(Job.owner_id == owner_id)
-    if statuses:
-        query = query.where(Job.status.in_(statuses))
-    if before_id is not None:
-        query = query.where(Job.id < before_id)
-    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    page = rows[:limit]
-    return page, (page[-1].id if len(rows) > limit else None)
-
-
-def list_events(session: Session, *, job_id: int) -> list[JobEvent]:
-    """A job's events in the order they happened (by time, then by insertion)."""
-    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
-    return list(session.scalars(query))
-
-
-def list_metrics(
-    session: Session, *, job_id: int, names: list[str], since_step: int | None, limit: int
-) -> list[MetricPoint]:
-    """Points ordered by step then name; ``since_step`` is inclusive so a poller misses nothing."""
-    query = select(MetricPoint).where(MetricPoint.job_id == job_id)
-    if names:
-        query = query.where(MetricPoint.name.in_(names))
-    if since_step is not None:
-        query = query.where(MetricPoint.step >= since_step)
-    query = query.order_by(MetricPoint.step, MetricPoint.name, MetricPoint.id).limit(limit)
-    return list(session.scalars(query))
-
-
-def list_artifacts(session: Session, *, job_id: int) -> list[Artifact]:
-    """A job's recorded artifacts, oldest first."""
-    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
-
-
-def get_artifact(session: Session, *, job_id: int, artifact_id: int) -> Artifact:
-    """One artifact of the job, or :class:`NotFoundError`."""
-    artifact = session.get(Artifact, artifact_id)
-    if artifact is None or artifact.job_id != job_id:
-        raise NotFoundError(f"job {job_id} has no artifact {artifact_id}")
-    return artifact

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,3 +178,10 @@ def test_out_of_range_ids_are_422_not_500(api: Api, url: str) -> None:
     job_id = api.submit(token).json()["id"]
     response = api.client.get(url.format(job_id=job_id), headers=api.auth(token))
     _problem(response, 422)
+
+
+def test_non_finite_numbers_are_422_with_their_path(api: Api) -> None:
+    body = json.dumps({**SPEC, "train": {"weight_decay": float("inf")}}).encode()  # Python writes Infinity
+    headers = {**api.auth(api.new_key()), "Content-Type": "application/json"}
+    problem = _problem(api.client.post("/v1/jobs", content=body, headers=headers), 422)
+    assert problem["errors"] == [{"path": "train.weight_decay", "message": "must be a finite number"}]

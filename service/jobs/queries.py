@@ -1,0 +1,64 @@
+"""Job reads for the API: one owner's jobs, a job's events, metric points and artifacts.
+No FastAPI here; functions take a SQLAlchemy session and keyword-only arguments."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.exceptions import NotFoundError
+from service.jobs.models import Artifact, Job, JobEvent, MetricPoint
+
+
+def get_job(session: Session, *, owner_id: int, job_id: int) -> Job:
+    """The owner's job; another owner's job is indistinguishable from a missing one."""
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.owner_id == owner_id)).one_or_none()
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    return job
+
+
+def list_jobs(
+    session: Session, *, owner_id: int, statuses: list[str], limit: int, before_id: int | None
+) -> tuple[list[Job], int | None]:
+    """Newest first, filtered before the limit; returns the page and the id to continue before."""
+    query = select(Job).where(Job.owner_id == owner_id)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    if before_id is not None:
+        query = query.where(Job.id < before_id)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
+def list_events(session: Session, *, job_id: int) -> list[JobEvent]:
+    """A job's events in the order they happened (by time, then by insertion)."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.at, JobEvent.id)
+    return list(session.scalars(query))
+
+
+def list_metrics(
+    session: Session, *, job_id: int, names: list[str], since_step: int | None, limit: int
+) -> list[MetricPoint]:
+    """Points ordered by step then name; ``since_step`` is inclusive so a poller misses nothing."""
+    query = select(MetricPoint).where(MetricPoint.job_id == job_id)
+    if names:
+        query = query.where(MetricPoint.name.in_(names))
+    if since_step is not None:
+        query = query.where(MetricPoint.step >= since_step)
+    query = query.order_by(MetricPoint.step, MetricPoint.name, MetricPoint.id).limit(limit)
+    return list(session.scalars(query))
+
+
+def list_artifacts(session: Session, *, job_id: int) -> list[Artifact]:
+    """A job's recorded artifacts, oldest first."""
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
+
+
+def get_artifact(session: Session, *, job_id: int, artifact_id: int) -> Artifact:
+    """One artifact of the job, or :class:`NotFoundError`."""
+    artifact = session.get(Artifact, artifact_id)
+    if artifact is None or artifact.job_id != job_id:
+        raise NotFoundError(f"job {job_id} has no artifact {artifact_id}")
+    return artifact
