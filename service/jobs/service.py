@@ -132,11 +132,9 @@ def submit_job(
     ``(owner_id, idempotency_key)`` decides races between concurrent retries.
     """
     spec_json = spec.model_dump(mode="json")
-    not_finite = sorted(_non_finite_paths(spec_json))
-    if not_finite:  # JSON (and PostgreSQL's jsonb) has no Infinity or NaN
-        raise InvalidRequestError(
-            [{"path": path, "message": "must be a finite number"} for path in not_finite]
-        )
+    unstorable = sorted(_unstorable(spec_json))
+    if unstorable:  # valid for pydantic, but JSON/jsonb cannot hold them
+        raise InvalidRequestError([{"path": path, "message": message} for path, message in unstorable])
     spec_hash = spec.spec_hash()
     now = utcnow()
     values: dict[str, Any] = {
@@ -167,15 +165,18 @@ def submit_job(
     return Job(id=job_id, **values), True
 
 
-def _non_finite_paths(data: Any, path: str = "") -> Iterator[str]:
+def _unstorable(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Values JSON or PostgreSQL's jsonb cannot hold: Infinity, NaN and the NUL character."""
     if isinstance(data, float) and not math.isfinite(data):
-        yield path
+        yield path, "must be a finite number"
+    elif isinstance(data, str) and "\x00" in data:
+        yield path, "must not contain the NUL character"
     elif isinstance(data, dict):
         for key, value in data.items():
-            yield from _non_finite_paths(value, f"{path}.{key}" if path else str(key))
+            yield from _unstorable(value, f"{path}.{key}" if path else str(key))
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            yield from _non_finite_paths(value, f"{path}.{index}")
+            yield from _unstorable(value, f"{path}.{index}")
 
 
 def _insert_event(

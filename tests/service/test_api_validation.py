@@ -185,3 +185,9 @@ def test_non_finite_numbers_are_422_with_their_path(api: Api) -> None:
     headers = {**api.auth(api.new_key()), "Content-Type": "application/json"}
     problem = _problem(api.client.post("/v1/jobs", content=body, headers=headers), 422)
     assert problem["errors"] == [{"path": "train.weight_decay", "message": "must be a finite number"}]
+
+
+def test_nul_characters_are_422_with_their_path(api: Api) -> None:
+    spec = {**SPEC, "dataset": {"uri": "s3://bucket/a\x00b.npz", "primary": ["a"], "auxiliary": ["b"]}}
+    problem = _problem(api.submit(api.new_key(), spec), 422)
+    assert problem["errors"] == [{"path": "dataset.uri", "message": "must not contain the NUL character"}]
