@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from core.spec import JobSpec
 from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
 from service.errors import ERROR_RESPONSES
-from service.exceptions import NotFoundError, ServiceError
+from service.exceptions import InvalidRequestError, NotFoundError, ServiceError
 from service.jobs import queries
 from service.jobs import service as jobs_service
 from service.jobs.schemas import (
@@ -148,6 +148,8 @@ def get_job_metrics(
 ) -> MetricList:
     """Metric series points, ordered by step then name."""
     wanted = [name for item in names or [] for name in item.split(",") if name]
+    if any("\x00" in name or len(name) > 128 for name in wanted):
+        raise InvalidRequestError([{"path": "query.names", "message": "at most 128 characters, no NUL"}])
     points = queries.list_metrics(session, job_id=job.id, names=wanted, since_step=since_step, limit=limit)
     return MetricList(items=[MetricPointOut.of(p) for p in points])
 

@@ -170,6 +170,7 @@ def test_auth_off_on_loopback_serves_the_local_owner(pg_database: str, redis_url
         "/v1/jobs/abc",
         "/v1/jobs/{job_id}/artifacts/99999999999/download",
         "/v1/jobs/{job_id}/metrics?since_step=99999999999",
+        "/v1/jobs/{job_id}/metrics?names=a%00b",
         "/v1/jobs?cursor=ajo5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OQ",
     ],
 )
