@@ -14,6 +14,8 @@ from cli.jobs import fail
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from service.config import Settings
+
 keys_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke API keys.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 
@@ -25,25 +27,54 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
 
 
+def settings() -> Settings:
+    """The ``MMKD_*`` settings; an invalid value is a one-line error."""
+    from pydantic import ValidationError
+
+    from service.config import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"MMKD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid setting: {problems}")
+
+
+def database_url() -> str:
+    """``MMKD_DATABASE_URL`` (or the embedded default); an unparsable URL is a one-line error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = settings().resolved_database_url
+    try:
+        make_url(url)
+    except ArgumentError as exc:
+        fail(f"MMKD_DATABASE_URL {url!r}: {exc}")
+    return url
+
+
+def _where(url: str) -> str:
+    return url.split("@")[-1]  # never print credentials
+
+
 @contextmanager
 def database_session() -> Iterator[Session]:
     """A session on ``MMKD_DATABASE_URL``; database problems become one-line errors."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+    from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
-    from service.config import get_settings
     from service.db import engine_for, session_factory
     from service.exceptions import ServiceError
 
-    url = get_settings().resolved_database_url
+    url = database_url()
     try:
         with session_factory(engine_for(url))() as session:
             yield session
     except ServiceError as exc:
         fail(exc.detail)
+    except (ArgumentError, ImportError) as exc:  # an unknown dialect or a driver not installed
+        fail(f"database {_where(url)}: {exc}")
     except (OperationalError, ProgrammingError) as exc:
-        fail(
-            f"database {url.split('@')[-1]}: {str(exc.orig).strip().splitlines()[0]} (run `mmkd db upgrade`?)"
-        )
+        fail(f"database {_where(url)}: {str(exc.orig).strip().splitlines()[0]} (run `mmkd db upgrade`?)")
 
 
 @keys_app.command("create")
@@ -90,17 +121,18 @@ def revoke_key(key: Annotated[str, typer.Argument(help="Key id or prefix (mmkd_x
 @db_app.command("upgrade")
 def upgrade(revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
     """Run the migrations on ``MMKD_DATABASE_URL`` (PostgreSQL or SQLite)."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import ArgumentError, OperationalError
 
-    from service.config import get_settings
     from service.migrate import upgrade as migrate
 
-    url = get_settings().resolved_database_url
+    url = database_url()
     try:
         migrate(url, revision)
+    except (ArgumentError, ImportError) as exc:  # an unknown dialect or a driver not installed
+        fail(f"database {_where(url)}: {exc}")
     except OperationalError as exc:
-        fail(f"database {url.split('@')[-1]}: {str(exc.orig).strip().splitlines()[0]}")
-    typer.echo(f"database at {revision}: {url.split('@')[-1]}")
+        fail(f"database {_where(url)}: {str(exc.orig).strip().splitlines()[0]}")
+    typer.echo(f"database at {revision}: {_where(url)}")
 
 
 def serve(
@@ -116,8 +148,8 @@ def serve(
     from service.config import get_settings
 
     get_settings.cache_clear()
-    settings = get_settings()
-    if not settings.auth and not settings.bound_to_loopback:
+    current = settings()
+    if not current.auth and not current.bound_to_loopback:
         fail(f"MMKD_AUTH=off is allowed only on loopback, not on {host}")
     if migrate:
         upgrade(revision="head")

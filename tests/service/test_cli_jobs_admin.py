@@ -170,3 +170,20 @@ def test_serve_migrates_sqlite_and_answers(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("MMKD_DATABASE_URL", "nonsense", "Could not parse SQLAlchemy URL"),
+        ("MMKD_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none", "127.0.0.1:1/none"),
+        ("MMKD_MAX_ATTEMPTS", "many", "MMKD_MAX_ATTEMPTS"),
+    ],
+)
+def test_bad_settings_are_one_line(
+    sqlite_env: str, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    for command in (["db", "upgrade"], ["keys", "list"]):
+        get_settings.cache_clear()
+        assert needle in _one_line_error(runner.invoke(app, command))
