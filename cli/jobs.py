@@ -38,7 +38,11 @@ def connect(url: str, api_key: str | None) -> Iterator[Client]:
     from mmkd_client import Client, MmkdError
 
     try:
-        with Client(url, api_key) as client:
+        client = Client(url, api_key)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        with client:
             yield client
     except MmkdError as exc:
         fail(str(exc))

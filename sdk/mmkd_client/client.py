@@ -23,6 +23,7 @@ from mmkd_client.errors import ConnectionFailed, JobCancelled, JobFailed, NotFou
 from mmkd_client.models import Artifact, Event, Job, JobSummary, MetricPoint
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 SpecLike = Mapping[str, Any] | BaseModel | str | Path
 
 
@@ -39,6 +40,8 @@ class Client:
         backoff: float = 0.5,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"server URL must start with http:// or https://, got {base_url!r}")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff = retries, backoff
@@ -61,9 +64,11 @@ class Client:
             last = attempt == self.retries
             try:
                 response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
+            except RETRY_ERRORS as exc:
                 if last:
                     raise ConnectionFailed(f"cannot reach {self.base_url}: {exc}") from exc
+            except httpx.TransportError as exc:  # a bad URL or protocol: retrying cannot help
+                raise ConnectionFailed(f"cannot reach {self.base_url}: {exc}") from exc
             else:
                 if response.status_code not in RETRY_STATUSES or last:
                     break

@@ -182,6 +182,11 @@ def test_connection_errors_are_retried_then_raised() -> None:
     assert calls == 3
 
 
+def test_bad_base_url_fails_at_once() -> None:
+    with pytest.raises(ValueError, match="http://"):
+        Client("localhost:8000", "k")
+
+
 def test_sdk_imports_without_torch_or_server_stack() -> None:
     check = (
         "import sys, mmkd_client; "

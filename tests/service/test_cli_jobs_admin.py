@@ -111,6 +111,7 @@ def test_watch_shows_progress_then_result_table(api_server: Any) -> None:
         (["jobs", "submit", "no-such-file.yaml"], "no such spec file"),
         (["jobs", "get", "1", "--api-key", "mmkd_wrong"], "HTTP 401"),
         (["jobs", "get", "999999999"], "HTTP 404"),
+        (["jobs", "list", "--url", "localhost:8000"], "must start with http:// or https://"),
     ],
 )
 def test_user_mistakes_are_one_line(api_server: Any, args: list[str], needle: str) -> None:
