@@ -9,13 +9,6 @@ from torch import nn
 from core.spec import TaskKind
 
 
-def labelled_mask(labels: torch.Tensor) -> torch.Tensor:
-    """Samples that carry a label: class id >= 0, or all targets finite."""
-    if labels.dtype in (torch.int64, torch.int32):
-        return labels >= 0
-    return torch.isfinite(labels.reshape(len(labels), -1)).all(dim=1)
-
-
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE (van den Oord et al. 2018; CLIP's form).
 
@@ -30,20 +23,24 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
 
 
 def task_loss(task: TaskKind, output: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """The supervised loss on labelled samples only (zero when the batch has none).
+    """The supervised loss, averaged over labelled samples only (zero when the batch has none).
 
-    classification: cross-entropy; multilabel: BCE with logits; regression: L1.
+    classification: cross-entropy; multilabel: BCE with logits; regression: L1. Written without
+    boolean indexing or a host sync, since it runs for every network at every step.
     """
     assert labels is not None, "task_loss needs labels"
-    mask = labelled_mask(labels)
-    if not bool(mask.any()):
-        return output.sum() * 0.0
-    output, labels = output[mask], labels[mask]
     if task == "classification":
-        return F.cross_entropy(output, labels)
+        total = F.cross_entropy(output, labels, ignore_index=-1, reduction="sum")
+        return total / labels.ge(0).sum().clamp(min=1)
+    targets = labels.reshape(output.shape)
+    mask = torch.isfinite(targets)
+    filled = torch.where(mask, targets, torch.zeros_like(targets))  # no NaN reaches the gradient
     if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(output, labels)
-    return F.l1_loss(output, labels.reshape(output.shape))
+        elementwise = F.binary_cross_entropy_with_logits(output, filled, reduction="none")
+    else:
+        elementwise = F.l1_loss(output, filled, reduction="none")
+    rows = mask.all(dim=1, keepdim=True)
+    return (elementwise * rows).sum() / (rows.sum() * output.shape[1]).clamp(min=1)
 
 
 def hinton_kd(task: TaskKind, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -141,3 +141,13 @@ def test_adversarial_generator_term_golden_value_and_detached_teacher() -> None:
     terms["adv"].backward()
     assert terms["adv"].item() == pytest.approx(math.log(2) + 4.0, abs=1e-5)
     assert z_t.grad is None  # L_adv never pulls the teacher toward the student
+
+
+def test_unlabelled_targets_leave_gradients_finite() -> None:
+    output = torch.zeros(3, 2, requires_grad=True)
+    targets = torch.tensor([[1.0, 0.0], [float("nan"), float("nan")], [0.0, 1.0]])
+    for task in ("regression", "multilabel"):
+        output.grad = None
+        task_loss(task, output, targets).backward()  # type: ignore[arg-type]
+        assert output.grad is not None and torch.isfinite(output.grad).all()
+        assert torch.equal(output.grad[1], torch.zeros(2))  # the unlabelled row gets no gradient
