@@ -23,9 +23,14 @@ lint: install
 	$(BIN)/ruff check core service worker cli sdk bench tests
 	$(BIN)/mypy
 
+# The benchmarks (the accuracy ones take about an hour on 2 cores); docs/ say what each reports.
 bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.api_load --workers 2 --requests 1600 --rounds 3
 	$(BIN)/python -m bench.accuracy
+	$(BIN)/python -m bench.weak_teacher
+	$(BIN)/python -m bench.explore_paper
 
 demo: install
 	$(BIN)/python -m bench.demo
