@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,21 +40,37 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test session; dropped afterwards."""
+def new_postgres_database() -> Iterator[Callable[[str], str]]:
+    """Factory: ``new_postgres_database(prefix)`` creates an empty database and returns its URL.
+
+    Every database it made is dropped when the test session ends.
+    """
     from sqlalchemy import create_engine, text
 
-    name = f"mmkd_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    created: list[str] = []
+
+    def create(prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return f"{base}/{name}"
+
     try:
-        yield f"{base}/{name}"
+        yield create
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for name in created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(new_postgres_database: Callable[[str], str]) -> str:
+    """A fresh, empty PostgreSQL database for this test session; dropped afterwards."""
+    return new_postgres_database("mmkd_test")
 
 
 @pytest.fixture(scope="session")
@@ -167,9 +183,7 @@ class ApiServer:
 
 
 @pytest.fixture(scope="session")
-def api_server(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ApiServer]:
+def api_server(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """A live API server (uvicorn, one worker) on a free loopback port for SDK and HTTP tests."""
     server = ApiServer(postgres_url, redis_url, tmp_path_factory.mktemp("api-home"))
     server.start()

@@ -23,7 +23,7 @@ import boto3
 import pytest
 import redis
 from integration_helpers import wait_until_healthy
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MMKD = str(Path(sys.executable).with_name("mmkd"))
@@ -150,18 +150,9 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def integration_database(postgres_url: str) -> Iterator[str]:
+def integration_database(new_postgres_database: Callable[[str], str]) -> str:
     """A PostgreSQL database of its own (the reaper must not see other tests' jobs)."""
-    name = f"mmkd_it_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{postgres_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return new_postgres_database("mmkd_it")
 
 
 @pytest.fixture(scope="session")

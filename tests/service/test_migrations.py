@@ -3,38 +3,27 @@ removes it all. On PostgreSQL (a database of its own) and on SQLite."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
 
 from service.migrate import downgrade, upgrade
 from service.models import Base
 
-PG_ADMIN_URL = os.environ.get("MMKD_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture(params=["pg", "sqlite"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def empty_database(
+    request: pytest.FixtureRequest, tmp_path: Path, new_postgres_database: Callable[[str], str]
+) -> Iterator[str]:
     """An empty database URL: a new PostgreSQL database (dropped after) or a new SQLite file."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    name = f"mmkd_migrate_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    yield new_postgres_database("mmkd_migrate")
 
 
 def test_upgrade_matches_models_and_downgrade_empties(empty_database: str) -> None:
@@ -42,9 +31,7 @@ def test_upgrade_matches_models_and_downgrade_empties(empty_database: str) -> No
     engine = create_engine(empty_database)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True}
-            )
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
             assert compare_metadata(context, Base.metadata) == []
             assert set(inspect(conn).get_table_names()) >= set(Base.metadata.tables)
         downgrade(empty_database)
