@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.spec import METHOD_NAMES
+
 OUT = Path("bench/out/runs")
 RESULTS = Path("bench/results/accuracy.json")
 TUNING_SEED = 100
@@ -72,33 +74,28 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     ),
 }
 STUDENT_ONLY_DROPOUTS = (0.1, 0.2, 0.3, 0.5)
-ROWS = [
-    "student_only",
-    "teacher_only",
-    "logit_kd",
-    "feature_kd",
-    "crd",
-    "mi_joint",
-    "mi_joint_aux",
-    "paper",
-    "paper+kd",
-]
+ROWS = [*METHOD_NAMES, "paper+kd"]
 
 
-def make_spec(dataset: str, setting: str, row: str, trial: int, seed: int) -> dict[str, Any]:
-    """The job spec of one run, as plain data."""
-    base = DATASETS[dataset]
-    model = dict(base["model"])
-    if row == "student_only":
-        model["dropout"] = STUDENT_ONLY_DROPOUTS[trial]
+def bench_spec(
+    name: str, dataset: str, setting: str, method: dict[str, Any], seed: int, **model: Any
+) -> dict[str, Any]:
+    """A benchmark run's job spec, as plain data: the dataset's model and the setting's schedule."""
     return {
-        "name": f"bench-{dataset}-{row}".replace("+", "-"),
-        "dataset": {**base["dataset"], **SETTINGS[setting]},
-        "model": model,
-        "method": GRIDS[row][trial],
+        "name": name,
+        "dataset": {**DATASETS[dataset]["dataset"], **SETTINGS[setting]},
+        "model": {**DATASETS[dataset]["model"], **model},
+        "method": method,
         "train": {**SCHEDULE[(dataset, setting)], "seed": seed, "lr": 1e-3},
         "checkpoint": {"every_epochs": None},
     }
+
+
+def make_spec(dataset: str, setting: str, row: str, trial: int, seed: int) -> dict[str, Any]:
+    """The spec of one trial of one row (student_only's trials vary the dropout)."""
+    model = {"dropout": STUDENT_ONLY_DROPOUTS[trial]} if row == "student_only" else {}
+    name = f"bench-{dataset}-{row}".replace("+", "-")
+    return bench_spec(name, dataset, setting, GRIDS[row][trial], seed, **model)
 
 
 def run_one(spec_data: dict[str, Any]) -> dict[str, Any]:

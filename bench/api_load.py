@@ -61,9 +61,7 @@ def database(prefix: str) -> Iterator[str]:
 def server(command: list[str], env: dict[str, str], url: str, ready_path: str, log: Path) -> Iterator[None]:
     """Run ``command`` in its own process group until ``url + ready_path`` answers (at most 180 s)."""
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -222,18 +220,12 @@ def run_mlflow(args: argparse.Namespace, home: Path) -> list[Phase]:
         command += ["--port", str(port), "--workers", str(args.workers)]
         command += ["--default-artifact-root", str(home / "mlflow-artifacts")]
         with server(command, dict(os.environ), url, "/health", home / "mlflow.log"):
-            response = httpx.post(
-                f"{url}/api/2.0/mlflow/experiments/create", json={"name": "bench"}, timeout=30
-            )
+            response = httpx.post(f"{url}/api/2.0/mlflow/experiments/create", json={"name": "bench"}, timeout=30)
             response.raise_for_status()
-            return asyncio.run(
-                bench_target("mlflow", url, {}, mlflow_ops(response.json()["experiment_id"]), args)
-            )
+            return asyncio.run(bench_target("mlflow", url, {}, mlflow_ops(response.json()["experiment_id"]), args))
 
 
-def run_rounds(
-    args: argparse.Namespace, home: Path
-) -> tuple[list[list[Phase]], list[list[Phase]], str | None]:
+def run_rounds(args: argparse.Namespace, home: Path) -> tuple[list[list[Phase]], list[list[Phase]], str | None]:
     """``args.rounds`` times: mmkd's phases, then MLflow's (fresh servers and databases each time)."""
     mmkd_rounds: list[list[Phase]] = []
     mlflow_rounds: list[list[Phase]] = []
@@ -251,9 +243,7 @@ def run_rounds(
 
 def main() -> None:
     """Run both servers' phases, print the table, optionally write it to docs/performance.md."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="Server worker processes (both servers).")
     parser.add_argument("--requests", type=int, default=1600, help="Requests per phase.")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])

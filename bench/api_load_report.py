@@ -87,14 +87,10 @@ def median_cells(rounds: list[list[Phase]]) -> list[Phase]:
 def ratios(mmkd_rounds: list[list[Phase]], mlflow_rounds: list[list[Phase]]) -> list[list[float]]:
     """Per cell, mmkd's throughput over MLflow's in each round."""
     pairs = list(zip(mmkd_rounds, mlflow_rounds, strict=False))
-    return [
-        [ours[i].throughput / theirs[i].throughput for ours, theirs in pairs] for i in range(len(pairs[0][0]))
-    ]
+    return [[ours[i].throughput / theirs[i].throughput for ours, theirs in pairs] for i in range(len(pairs[0][0]))]
 
 
-def ratio_table(
-    mmkd_rounds: list[list[Phase]], mlflow_rounds: list[list[Phase]], clients: list[int]
-) -> list[str]:
+def ratio_table(mmkd_rounds: list[list[Phase]], mlflow_rounds: list[list[Phase]], clients: list[int]) -> list[str]:
     """Throughput of mmkd over MLflow per concurrency: median and range over the rounds."""
     lines = ["Throughput ratio mmkd / MLflow, median (min-max) over the rounds (create = submit vs "]
     lines += ["runs/create, read = get vs runs/get):", "", "| clients | create | read |", "|---:|---:|---:|"]
@@ -109,9 +105,7 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
 
-def goal_lines(
-    mmkd: list[Phase], mmkd_rounds: list[list[Phase]], mlflow_rounds: list[list[Phase]]
-) -> list[str]:
+def goal_lines(mmkd: list[Phase], mmkd_rounds: list[list[Phase]], mlflow_rounds: list[list[Phase]]) -> list[str]:
     """Whether the issue's goal was met: p99 <= 25 ms at 64 clients, >= 2x MLflow's throughput."""
     busiest = max(p.clients for p in mmkd)
     lines = [f"Goal (issue 3): p99 <= 25 ms at {busiest} clients and at least twice MLflow's throughput."]
@@ -122,8 +116,7 @@ def goal_lines(
         for phase, values in zip(mmkd, ratios(mmkd_rounds, mlflow_rounds), strict=True):
             met = sum(value >= 2 for value in values)
             lines.append(
-                f"- `{phase.operation}` at {phase.clients} clients: >= 2x MLflow in {met} of "
-                f"{len(values)} rounds."
+                f"- `{phase.operation}` at {phase.clients} clients: >= 2x MLflow in {met} of {len(values)} rounds."
             )
     lines.append(
         f"By Little's law, {busiest} always-busy clients at p99 <= 25 ms need well over "
@@ -154,6 +147,4 @@ def write_section(path: Path, section: str) -> None:
         path.write_text(text.rstrip() + "\n\n" + section)
         return
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    path.write_text(
-        "\n".join([*lines[:start], *section.rstrip().splitlines(), "", *lines[end:]]).rstrip() + "\n"
-    )
+    path.write_text("\n".join([*lines[:start], *section.rstrip().splitlines(), "", *lines[end:]]).rstrip() + "\n")

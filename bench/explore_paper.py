@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import DATASETS, SCHEDULE, SETTINGS, TUNING_SEED, run_one
+from bench.accuracy import TUNING_SEED, bench_spec, run_one
 
 RESULTS = Path("bench/results/explore_paper.json")
 DATASET, SETTING = "mfeat", "10%-keep"
@@ -35,14 +35,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def spec(method: dict[str, Any], seed: int) -> dict[str, Any]:
     """A run of ``method`` on mfeat 10%-keep with the accuracy bench's model and schedule."""
-    return {
-        "name": "explore-paper",
-        "dataset": {**DATASETS[DATASET]["dataset"], **SETTINGS[SETTING]},
-        "model": DATASETS[DATASET]["model"],
-        "method": method,
-        "train": {**SCHEDULE[(DATASET, SETTING)], "seed": seed, "lr": 1e-3},
-        "checkpoint": {"every_epochs": None},
-    }
+    return bench_spec("explore-paper", DATASET, SETTING, method, seed)
 
 
 def main() -> None:

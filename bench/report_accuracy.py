@@ -36,11 +36,13 @@ def claims(cell: dict[str, Any]) -> list[tuple[str, bool, str]]:
     ceiling = stats(runs["teacher_only"], "teacher")
     joint = stats(runs["mi_joint"], "teacher")
     weak = joint[0] < ceiling[0] - ceiling[1]
-    out = [(
-        "1. weak teacher under mi_joint",
-        weak,
-        f"teacher {fmt(joint)} under mi_joint vs {fmt(ceiling)} under teacher_only",
-    )]
+    out = [
+        (
+            "1. weak teacher under mi_joint",
+            weak,
+            f"teacher {fmt(joint)} under mi_joint vs {fmt(ceiling)} under teacher_only",
+        )
+    ]
     kept = {row: stats(runs[row], "teacher") for row in ("mi_joint_aux", "paper")}
     holds = all(mean >= ceiling[0] - ceiling[1] for mean, _ in kept.values()) and weak
     evidence = ", ".join(f"{row} {fmt(value)}" for row, value in kept.items())
@@ -50,12 +52,14 @@ def claims(cell: dict[str, Any]) -> list[tuple[str, bool, str]]:
     others = {row: stats(runs[row], "student") for row in runs if row not in ("paper", "paper+kd", "teacher_only")}
     best_other = max(others, key=lambda row: others[row][0])
     gains = paper[0] > others[best_other][0]
-    out.append((
-        "3. the paper's student beats student_only and every baseline",
-        gains,
-        f"student {fmt(paper)} under paper; best other: {best_other} {fmt(others[best_other])};"
-        f" student_only {fmt(others['student_only'])}",
-    ))
+    out.append(
+        (
+            "3. the paper's student beats student_only and every baseline",
+            gains,
+            f"student {fmt(paper)} under paper; best other: {best_other} {fmt(others[best_other])};"
+            f" student_only {fmt(others['student_only'])}",
+        )
+    )
     return out
 
 

@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import DATASETS, SCHEDULE, SETTINGS, run_one
+from bench.accuracy import bench_spec, run_one
 
 RESULTS = Path("bench/results/weak_teacher.json")
 ALPHAS = (1.0, 4.0)
@@ -38,14 +38,7 @@ def method(name: str, alpha: float) -> dict[str, Any]:
 
 def spec(dataset: str, setting: str, method_block: dict[str, Any], seed: int) -> dict[str, Any]:
     """One run's spec (same model and schedule as the accuracy bench)."""
-    return {
-        "name": f"weak-{dataset}",
-        "dataset": {**DATASETS[dataset]["dataset"], **SETTINGS[setting]},
-        "model": DATASETS[dataset]["model"],
-        "method": method_block,
-        "train": {**SCHEDULE[(dataset, setting)], "seed": seed, "lr": 1e-3},
-        "checkpoint": {"every_epochs": None},
-    }
+    return bench_spec(f"weak-{dataset}", dataset, setting, method_block, seed)
 
 
 def main() -> None:
