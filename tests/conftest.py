@@ -89,30 +89,36 @@ def redis_url() -> Iterator[str]:
         client.close()
 
 
-class MotoServer:
-    """moto's S3 server in a subprocess on a free loopback port; can be stopped and restarted."""
+class LoopbackServer:
+    """A server subprocess on a free loopback port: launched, awaited, stopped."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
-        moto = Path(sys.executable).with_name("moto_server")
-        self.process = subprocess.Popen(
-            [str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def launch(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``command`` (quietly) and wait until the port accepts connections."""
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 
     def stop(self) -> None:
-        """Stop the server (simulates a storage outage)."""
+        """Terminate the server and wait for it."""
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+class MotoServer(LoopbackServer):
+    """moto's S3 server; stop() and start() again simulate a storage outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self.launch([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(self.port)])
 
 
 @pytest.fixture(scope="session")
@@ -129,12 +135,12 @@ def moto_server() -> Iterator[MotoServer]:
         server.stop()
 
 
-class ApiServer:
+class ApiServer(LoopbackServer):
     """The mmkd API under uvicorn in a subprocess, on PostgreSQL and Redis, with a local store."""
 
     def __init__(self, database_url: str, broker_url: str, home: Path) -> None:
+        super().__init__()
         self.database_url = database_url
-        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.storage_root = home / "artifacts"
         self.env = {
@@ -144,7 +150,6 @@ class ApiServer:
             "MMKD_BROKER_URL": broker_url,
             "MMKD_STORAGE_URL": self.storage_root.as_uri(),
         }
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Migrate the database, start uvicorn and wait for the port."""
@@ -153,13 +158,7 @@ class ApiServer:
         upgrade(self.database_url)
         uvicorn = Path(sys.executable).with_name("uvicorn")
         command = [str(uvicorn), "service.main:create_app", "--factory", "--host", "127.0.0.1"]
-        self.process = subprocess.Popen(
-            [*command, "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
+        self.launch([*command, "--port", str(self.port)], env=self.env)
 
     def new_key(self, owner: str | None = None) -> str:
         """Issue an API key (for a fresh owner by default) straight in the database."""
@@ -173,13 +172,6 @@ class ApiServer:
             _, token = create_key(session, owner_name=owner or f"owner-{uuid.uuid4().hex[:8]}")
         engine.dispose()
         return token
-
-    def stop(self) -> None:
-        """Stop uvicorn."""
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 @pytest.fixture(scope="session")
