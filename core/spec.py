@@ -227,9 +227,9 @@ class CheckpointSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
-    """What a worker must provide."""
+    """What a worker must provide. One process trains one job; multi-GPU (DDP) is not built yet."""
 
-    gpus: int = Field(default=0, ge=0, le=64)
+    gpus: int = Field(default=0, ge=0, le=1, description="0 or 1; more GPUs per job (DDP) are not supported yet.")
 
 
 class JobSpec(StrictModel):

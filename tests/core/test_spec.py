@@ -107,6 +107,10 @@ def test_retrieval_needs_a_target_and_rejects_logit_kd() -> None:
     JobSpec.model_validate(spec_data(dataset=with_target, task="retrieval"))
 
 
+def test_multi_gpu_jobs_are_refused_until_ddp_exists() -> None:
+    assert "resources.gpus: Input should be less than or equal to 1" in errors_of(spec_data(resources={"gpus": 2}))
+
+
 def test_non_mapping_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="must be a mapping"):
