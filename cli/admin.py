@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.jobs import fail
+from cli.common import fail
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -85,9 +85,7 @@ def create_key(owner: Annotated[str, typer.Option(help="Owner the key acts for (
     with database_session() as session:
         key, token = issue(session, owner_name=owner)
     typer.echo(token)
-    typer.echo(
-        f"key {key.id} ({key.prefix}) for owner {owner!r}; store it now, it is not shown again", err=True
-    )
+    typer.echo(f"key {key.id} ({key.prefix}) for owner {owner!r}; store it now, it is not shown again", err=True)
 
 
 @keys_app.command("list")
@@ -102,9 +100,7 @@ def list_keys(owner: Annotated[str | None, typer.Option(help="Only this owner's 
     with database_session() as session:
         for key, key_owner in rows(session, owner_name=owner):
             times = [key.created_at, key.last_used_at, key.revoked_at]
-            table.add_row(
-                str(key.id), key.prefix, key_owner.name, *(f"{t:%Y-%m-%d %H:%M}" if t else "" for t in times)
-            )
+            table.add_row(str(key.id), key.prefix, key_owner.name, *(f"{t:%Y-%m-%d %H:%M}" if t else "" for t in times))
     Console().print(table)
 
 

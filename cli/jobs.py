@@ -7,9 +7,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from cli.common import fail
 
 if TYPE_CHECKING:
     from mmkd_client import Client, Job, JobSummary
@@ -24,12 +26,6 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 def register(app: typer.Typer) -> None:
     """Add ``mmkd jobs ...`` to ``app``."""
     app.add_typer(jobs_app, name="jobs")
-
-
-def fail(message: str) -> NoReturn:
-    """Print a one-line error and exit non-zero."""
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)
 
 
 @contextmanager
@@ -70,9 +66,7 @@ def submit(
 
 
 @jobs_app.command()
-def get(
-    job_id: int, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None
-) -> None:
+def get(job_id: int, as_json: JsonOption = False, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     """Show one job."""
     with connect(url, api_key) as client:
         job = client.get(job_id)

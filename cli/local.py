@@ -9,17 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.common import fail
+
 if TYPE_CHECKING:
     from core.spec import JobSpec
 
 console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str) -> typer.Exit:
-    """Print a one-line reason to stderr; the caller raises the returned Exit(2)."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def _load_spec(path: Path) -> JobSpec:
@@ -30,11 +25,11 @@ def _load_spec(path: Path) -> JobSpec:
     try:
         return load_spec(path)
     except FileNotFoundError:
-        raise fail(f"{path}: no such file") from None
+        fail(f"{path}: no such file")
     except ValidationError as exc:
-        raise fail(f"{path}: invalid spec: " + "; ".join(describe_validation_error(exc))) from None
+        fail(f"{path}: invalid spec: " + "; ".join(describe_validation_error(exc)))
     except (ValueError, OSError) as exc:  # YAML syntax errors are ValueErrors
-        raise fail(f"{path}: {exc}") from None
+        fail(f"{path}: {exc}")
 
 
 def result_table(summary: dict[str, Any]) -> Table:
@@ -64,7 +59,7 @@ def train_command(
 
     store = LocalCheckpointStore(out / "checkpoints", keep_last=spec.checkpoint.keep_last)
     if not resume and (store.load_latest() is not None or (out / "summary.json").exists()):
-        raise fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     metrics_file = out / "metrics.jsonl"
     if not resume:
         metrics_file.unlink(missing_ok=True)
@@ -72,9 +67,9 @@ def train_command(
     try:
         summary = train(spec, workdir=out, tracker=tracker, checkpoints=store)
     except MmkdError as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     except RuntimeError as exc:
-        raise fail(f"training failed: {exc}") from None
+        fail(f"training failed: {exc}")
     console.print(result_table(summary))
     console.print(f"student exported to {out / 'student'}")
 
@@ -86,9 +81,9 @@ def predict_command(
 ) -> None:
     """Predict with an exported student from primary modalities only."""
     if not (model_dir / "model.json").is_file():
-        raise fail(f"{model_dir}: not an exported student (no model.json)")
+        fail(f"{model_dir}: not an exported student (no model.json)")
     if not data.is_file():
-        raise fail(f"{data}: no such file")
+        fail(f"{data}: no such file")
     import numpy as np
 
     from core.engine.export import predict_file
@@ -97,7 +92,7 @@ def predict_command(
     try:
         result = predict_file(model_dir, data)
     except MmkdError as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **result)  # type: ignore[arg-type]
     console.print(f"{len(result['prediction'])} predictions written to {out}")

@@ -47,7 +47,7 @@ def test_train_then_predict_from_primary_modalities_only(tmp_path: Path) -> None
 
     # A second train into the same folder is refused; --resume finds the run complete and finishes it again.
     again = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out))
-    assert again.returncode == 2 and "pass --resume" in again.stderr
+    assert again.returncode == 1 and "pass --resume" in again.stderr
     resumed = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 4
@@ -62,7 +62,7 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path) -> None:
     ]
     for args, message in cases:
         result = mmkd(*args)
-        assert result.returncode == 2, args
+        assert result.returncode == 1, args
         assert message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -71,7 +71,7 @@ def test_predict_names_the_missing_modality(tmp_path: Path) -> None:
     assert mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run")).returncode == 0
     np.savez(tmp_path / "wrong.npz", gyroscope=np.zeros((2, 3, 100), dtype=np.float32))
     result = mmkd("predict", str(tmp_path / "run/student"), str(tmp_path / "wrong.npz"), "--out", "p.npz")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "wrong.npz: primary modality 'accelerometer' is missing" in result.stderr
 
 
