@@ -30,6 +30,7 @@ class RawDataset:
     label: np.ndarray | None  # int64 (N,) for classes, float32 (N,) or (N, K) otherwise
     split: np.ndarray | None  # str (N,) with values in SPLIT_VALUES
     class_names: list[str] | None
+    sha256: str  # of the file as read: a checkpoint is only resumed on the same data
 
 
 def _builtin_bytes(name: str) -> tuple[str, bytes]:
@@ -100,6 +101,8 @@ def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int) -> np.n
     values = label.astype(np.float32)
     if np.isinf(values).any():
         raise DataError(source, "array 'label' has infinite values (NaN marks an unlabelled sample)")
+    if values.ndim not in (1, 2):
+        raise DataError(source, f"array 'label' must be (N,) or (N, K), got shape {label.shape}")
     if task == "multilabel":
         finite = values[np.isfinite(values)]
         if values.ndim != 2 or not np.isin(finite, (0.0, 1.0)).all():
@@ -138,4 +141,5 @@ def load_raw(spec: DatasetSpec, task: TaskKind) -> RawDataset:
             raise DataError(source, "array 'split' must name at least one train, val and test sample")
     names = arrays.get("class_names")
     class_names = None if names is None else [str(value) for value in names.tolist()]
-    return RawDataset(source, modalities, checked_label, split, class_names)
+    digest = hashlib.sha256(payload).hexdigest()
+    return RawDataset(source, modalities, checked_label, split, class_names, digest)

@@ -136,6 +136,8 @@ def prepare(spec: DatasetSpec, task: TaskKind) -> PreparedData:
     else:
         split, how = _seeded_split(spec, raw.label, task, n)
     train, val, test = (np.flatnonzero(split == name) for name in ("train", "val", "test"))
+    if len(val) == 0 or len(test) == 0:
+        raise DataError(raw.source, f"the {how} left val or test empty: too few labelled samples per class")
     if raw.label is not None:
         for name, rows in (("val", val), ("test", test)):
             if not is_labelled(raw.label[rows]).all():
@@ -155,6 +157,7 @@ def prepare(spec: DatasetSpec, task: TaskKind) -> PreparedData:
     n_labelled = int(is_labelled(label[train]).sum()) if label is not None else len(train)
     info: dict[str, object] = {
         "source": raw.source,
+        "sha256": raw.sha256,
         "split": how,
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
         "train_labelled": n_labelled,

@@ -14,7 +14,7 @@ import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,9 +24,11 @@ FORMAT_VERSION = 1
 
 def capture_rng() -> dict[str, Any]:
     """Every random number generator the training loop may draw from."""
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    kind, keys, position, has_gauss, cached = legacy
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -37,7 +39,8 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     """Put the generators back exactly as ``capture_rng`` found them."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -51,8 +54,8 @@ def to_bytes(state: dict[str, Any]) -> bytes:
 
 
 def from_bytes(payload: bytes) -> dict[str, Any]:
-    """Read a checkpoint written by ``to_bytes`` (numpy RNG state needs full unpickling)."""
-    state: dict[str, Any] = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    """Read a checkpoint written by ``to_bytes``: tensors and plain values only, never arbitrary pickles."""
+    state: dict[str, Any] = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     if state.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint format {state.get('format')!r}, expected {FORMAT_VERSION}")
     return state

@@ -7,6 +7,7 @@ modalities and shapes, task, class names), ``normalization.npz`` and ``metrics.j
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ def export_student(
 ) -> None:
     """Write the student's weights, metadata and an inference-ready torch.export program."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    module = InferenceStudent(student, normaliser).to("cpu").eval()
+    # A copy: Module.to() works in place and would pull the training student off its device.
+    module = InferenceStudent(copy.deepcopy(student), normaliser).to("cpu").eval()
     examples = tuple(torch.zeros((3, *shapes[name])) for name in module.modalities)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic = tuple({0: batch} for _ in examples)

@@ -73,6 +73,7 @@ class Run:
         """Models, optimisers, schedule, RNG and data position."""
         return {
             "spec_hash": self.spec.spec_hash(),
+            "data_sha256": self.data.info["sha256"],
             "nets": self.nets.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),

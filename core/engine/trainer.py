@@ -75,7 +75,8 @@ def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(run.main_parameters, run.spec.train.grad_clip)
     run.optimizer.step()
     if run.disc_optimizer is not None:
-        disc = run.objective.discriminator_step(fwd)["disc"]
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+            disc = run.objective.discriminator_step(fwd)["disc"]
         run.disc_optimizer.zero_grad(set_to_none=True)
         disc.backward()
         run.disc_optimizer.step()
@@ -116,6 +117,8 @@ def resume(run: Run, checkpoints: CheckpointStore | None) -> None:
     state = ckpt.from_bytes(payload)
     if state["spec_hash"] != run.spec.spec_hash():
         raise MmkdError(f"checkpoint at step {step} was written for another spec; refusing to resume")
+    if state["data_sha256"] != run.data.info["sha256"]:
+        raise MmkdError(f"checkpoint at step {step} was trained on other data (the file changed); refusing to resume")
     run.load_state_dict(state)
 
 

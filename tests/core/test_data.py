@@ -160,3 +160,17 @@ def test_s3_uri_through_a_real_s3_endpoint(tmp_path: Path, moto_server, monkeypa
     assert len(prepare(spec, "classification").train) == 36
     with pytest.raises(DataError, match="s3://data/missing.npz: cannot read from S3"):
         prepare(DatasetSpec(uri="s3://data/missing.npz", primary=["a"], auxiliary=["b"]), "classification")
+
+
+def test_seeded_split_that_leaves_val_empty_is_refused(tmp_path: Path) -> None:
+    arrays = make_arrays(n=12)
+    arrays["label"] = np.arange(12) % 6  # 2 samples per class: round(2 * 0.2) = 0 for val
+    with pytest.raises(DataError, match="left val or test empty"):
+        prepare(write_npz(tmp_path / "tiny.npz", **arrays), "classification")
+
+
+def test_regression_labels_of_rank_three_are_refused(tmp_path: Path) -> None:
+    arrays = make_arrays()
+    arrays["label"] = np.zeros((60, 2, 2), dtype=np.float32)
+    with pytest.raises(DataError, match=r"'label' must be \(N,\) or \(N, K\)"):
+        prepare(write_npz(tmp_path / "r3.npz", **arrays), "regression")

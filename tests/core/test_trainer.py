@@ -173,3 +173,44 @@ def test_export_predicts_like_the_trained_student(tmp_path: Path) -> None:
     accuracy = float((result["prediction"] == raw["label"][rows]).mean())
     assert accuracy == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
     assert result["scores"].shape == (400, 10) and np.allclose(result["scores"].sum(1), 1, atol=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_data(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(60, 4)), "b": rng.normal(size=(60, 3)), "label": np.arange(60) % 3}
+    np.savez(tmp_path / "d.npz", **arrays)
+    spec = JobSpec.model_validate(
+        {
+            "name": "t",
+            "dataset": {"uri": str(tmp_path / "d.npz"), "primary": ["a"], "auxiliary": ["b"]},
+            "model": TINY_MODEL,
+            "method": {"name": "student_only"},
+            "train": {"epochs": 1, "batch_size": 16},
+        }
+    )
+    store = LocalCheckpointStore(tmp_path / "ck")
+    train(spec, workdir=tmp_path / "run", checkpoints=store)
+    np.savez(tmp_path / "d.npz", **{**arrays, "a": arrays["a"] + 1.0})  # same path, other contents
+    with pytest.raises(MmkdError, match="trained on other data"):
+        train(spec, workdir=tmp_path / "run", checkpoints=store)
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path / "ck")
+    train(mfeat_spec({"name": "paper"}, epochs=1), workdir=tmp_path, checkpoints=store)
+    payload = store.load_latest()[1]  # type: ignore[index]
+    state = torch.load(__import__("io").BytesIO(payload), weights_only=True)  # raises on any pickled object
+    assert {"nets", "optimizer", "disc_optimizer", "rng", "data_sha256"} <= set(state)
+
+
+def test_amp_path_runs_the_paper_method_on_cpu(tmp_path: Path) -> None:
+    """bfloat16 autocast (used on CUDA) through the main and the discriminator steps, on the CPU."""
+    from core.data import prepare
+    from core.engine.setup import build_run
+    from core.engine.trainer import epoch_batches, make_batch, train_step
+
+    spec = mfeat_spec({"name": "paper"})
+    run = build_run(spec, prepare(spec.dataset, spec.task))
+    run.amp = True
+    losses = train_step(run, make_batch(run, epoch_batches(run, 0)[0]), 0)
+    assert {"adv", "disc"} <= set(losses) and all(np.isfinite(list(losses.values())))
