@@ -124,7 +124,7 @@ def list_keys(session: Session, *, owner_name: str | None = None) -> list[tuple[
     query = select(ApiKey, Owner).join(Owner, Owner.id == ApiKey.owner_id).order_by(ApiKey.id)
     if owner_name is not None:
         query = query.where(Owner.name == owner_name)
-    return [(key, owner) for key, owner in session.execute(query).tuples()]
+    return [(key, owner) for key, owner in session.execute(query).all()]
 
 
 def revoke_key(session: Session, *, key_ref: str) -> ApiKey:
