@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -158,7 +159,8 @@ def api_command(host: str, port: int) -> list[str]:
     return [*server, "--host", host, "--port", str(port), "--log-level", "warning"]
 
 
-def _wait_until_up(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60.0) -> None:
+def wait_until_up(url: str, children: Sequence[subprocess.Popen[bytes]] = (), timeout: float = 60.0) -> None:
+    """Poll ``{url}/healthz`` until it answers 200; fail early if one of ``children`` exits."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -193,7 +195,7 @@ def up_command(
     stop = threading.Event()
     url = f"http://{host}:{port}"
     try:
-        _wait_until_up(url, children)
+        wait_until_up(url, children)
     except (RuntimeError, TimeoutError) as error:
         stop_children(children)
         typer.echo(f"mmkd up failed: {error}", err=True)

@@ -22,9 +22,10 @@ from typing import Any
 import boto3
 import pytest
 import redis
-from integration_helpers import wait_until_healthy
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from cli.worker import wait_until_up
 
 MMKD = str(Path(sys.executable).with_name("mmkd"))
 FAST_CLOCKS = {
@@ -106,7 +107,7 @@ class Stack:
         command = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory"]
         self.spawn([*command, "--host", "127.0.0.1", "--port", str(port)], "api")
         self.api_url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(self.api_url)
+        wait_until_up(self.api_url)
 
     def spawn(self, command: list[str], name: str, **env: str) -> Process:
         """Start a child process with the stack's environment."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import select
@@ -59,18 +58,3 @@ def publish_again(stack: Any, job_id: int) -> None:
 
     with Celery("redeliver", broker=stack.env["MMKD_BROKER_URL"], set_as_current=False) as app:
         app.send_task("mmkd.train", args=[job_id], queue="gpu")
-
-
-def wait_until_healthy(url: str, timeout: float = 60.0) -> None:
-    """Poll ``{url}/healthz`` until it answers 200."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout}s")

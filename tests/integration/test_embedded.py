@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from integration_helpers import TINY, wait_until_healthy
+from integration_helpers import TINY
+
+from cli.worker import wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def test_mmkd_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
     with log.open("wb") as out:
         up = subprocess.Popen([mmkd, "up", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until_healthy(f"http://127.0.0.1:{port}", timeout=90)
+        wait_until_up(f"http://127.0.0.1:{port}", timeout=90)
         with Client(f"http://127.0.0.1:{port}") as client:  # auth is off on loopback: no key
             job = client.wait(client.submit(TINY).id, timeout=180, poll_interval=0.5, max_interval=2)
             student = client.download(job.id, f"jobs/{job.id}/student/model.json", tmp_path)
