@@ -49,6 +49,13 @@ class DatasetSpec(StrictModel):
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
     split_seed: int = Field(default=0, ge=0, description="Seed of the split when the file has none.")
+    val_from_train_fraction: float = Field(
+        default=0.1,
+        gt=0.0,
+        lt=0.5,
+        description="When the file's split has train and test but no val: the stratified fraction of the "
+        "labelled train samples moved to val, seeded by split_seed (at least one per class that has two or more).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:

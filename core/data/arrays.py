@@ -19,6 +19,7 @@ from core.errors import DataError
 from core.spec import DatasetSpec, TaskKind
 
 SPLIT_VALUES = ("train", "val", "test")
+MAX_CLASSES = 10_000  # the default cap on class ids: a model allocates memory per class
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class RawDataset:
     source: str
     modalities: dict[str, np.ndarray]  # float32; (N, F) vectors or (N, C, L) sequences
     label: np.ndarray | None  # int64 (N,) for classes, float32 (N,) or (N, K) otherwise
-    split: np.ndarray | None  # str (N,) with values in SPLIT_VALUES
+    split: np.ndarray | None  # str (N,) in SPLIT_VALUES: some train and test rows, val optional
     class_names: list[str] | None
     sha256: str  # of the file as read: a checkpoint is only resumed on the same data
 
@@ -42,7 +43,12 @@ def _builtin_bytes(name: str) -> tuple[str, bytes]:
     return f"built-in dataset {name}", payload
 
 
-def _uri_bytes(uri: str) -> tuple[str, bytes]:
+def _refuse_oversize(source: str, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise DataError(source, f"the data is {size} bytes, over the limit of {max_bytes} bytes")
+
+
+def _uri_bytes(uri: str, max_bytes: int | None = None) -> tuple[str, bytes]:
     if uri.startswith("s3://"):
         import boto3  # imported here: only s3:// data needs it
         from botocore.exceptions import BotoCoreError, ClientError
@@ -56,6 +62,7 @@ def _uri_bytes(uri: str) -> tuple[str, bytes]:
     path = Path(uri).expanduser()
     if not path.is_file():
         raise DataError(uri, "no such file")
+    _refuse_oversize(uri, path.stat().st_size, max_bytes)  # before reading a byte
     return uri, path.read_bytes()
 
 
@@ -84,7 +91,7 @@ def _check_modality(source: str, name: str, array: np.ndarray) -> np.ndarray:
     return values
 
 
-def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int) -> np.ndarray:
+def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int, max_classes: int) -> np.ndarray:
     if label.shape[0] != n:
         raise DataError(source, f"array 'label' has {label.shape[0]} samples, the modalities have {n}")
     if label.dtype.kind not in "biuf":
@@ -92,6 +99,9 @@ def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int) -> np.n
     if task == "classification":
         if label.ndim != 1 or (label.dtype.kind == "f" and not np.all(np.mod(label, 1) == 0)):
             raise DataError(source, "array 'label' must hold one integer class per sample (-1: unlabelled)")
+        top = int(label.max())  # checked on the raw values: a cast to int64 could wrap a huge id
+        if top >= max_classes:
+            raise DataError(source, f"array 'label' has class id {top}; the limit is {max_classes} classes")
         classes = label.astype(np.int64)
         if (classes < -1).any():
             raise DataError(source, "array 'label' has class ids below -1 (-1 marks an unlabelled sample)")
@@ -110,9 +120,22 @@ def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int) -> np.n
     return values
 
 
-def load_raw(spec: DatasetSpec, task: TaskKind) -> RawDataset:
-    """Read the dataset a spec names and check everything the spec relies on."""
-    source, payload = _builtin_bytes(spec.name) if spec.name else _uri_bytes(str(spec.uri))
+def _check_split(source: str, split: np.ndarray, n: int) -> np.ndarray:
+    split = split.astype(str)
+    if split.shape != (n,) or not np.isin(split, SPLIT_VALUES).all():
+        raise DataError(source, f"array 'split' must be (N,) with values in {list(SPLIT_VALUES)}")
+    absent = [name for name in ("train", "test") if name not in split]
+    if absent:
+        raise DataError(source, f"array 'split' names no {' and no '.join(absent)} sample (val may be left out)")
+    return split
+
+
+def load_raw(
+    spec: DatasetSpec, task: TaskKind, *, max_bytes: int | None = None, max_classes: int = MAX_CLASSES
+) -> RawDataset:
+    """Read and check the dataset a spec names; refuse a file over ``max_bytes`` or a class id >= ``max_classes``."""
+    source, payload = _builtin_bytes(spec.name) if spec.name else _uri_bytes(str(spec.uri), max_bytes)
+    _refuse_oversize(source, len(payload), max_bytes)
     arrays = read_npz(source, payload)
     wanted = [*spec.primary, *spec.auxiliary]
     if spec.retrieval_target:
@@ -131,15 +154,12 @@ def load_raw(spec: DatasetSpec, task: TaskKind) -> RawDataset:
     label = arrays.get("label")
     if label is None and task != "retrieval":
         raise DataError(source, f"array 'label' is required for task {task!r}")
-    checked_label = None if label is None else _check_label(source, task, label, n)
+    checked_label = None if label is None else _check_label(source, task, label, n, max_classes)
     split = arrays.get("split")
-    if split is not None:
-        split = split.astype(str)
-        if split.shape != (n,) or not np.isin(split, SPLIT_VALUES).all():
-            raise DataError(source, f"array 'split' must be (N,) with values in {list(SPLIT_VALUES)}")
-        if not np.isin(("train", "val", "test"), split).all():
-            raise DataError(source, "array 'split' must name at least one train, val and test sample")
+    checked_split = None if split is None else _check_split(source, split, n)
     names = arrays.get("class_names")
+    if names is not None and names.size > max_classes:
+        raise DataError(source, f"array 'class_names' has {names.size} names; the limit is {max_classes} classes")
     class_names = None if names is None else [str(value) for value in names.tolist()]
     digest = hashlib.sha256(payload).hexdigest()
-    return RawDataset(source, modalities, checked_label, split, class_names, digest)
+    return RawDataset(source, modalities, checked_label, checked_split, class_names, digest)

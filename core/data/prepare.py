@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.data.arrays import RawDataset, load_raw
+from core.data.arrays import MAX_CLASSES, RawDataset, load_raw
 from core.errors import DataError
 from core.spec import DatasetSpec, TaskKind
 
@@ -81,6 +81,29 @@ def _seeded_split(spec: DatasetSpec, label: np.ndarray | None, task: TaskKind, n
     return split, f"seeded stratified split (split_seed={spec.split_seed})"
 
 
+def _carve_val(
+    spec: DatasetSpec, label: np.ndarray | None, task: TaskKind, split: np.ndarray
+) -> tuple[np.ndarray, str]:
+    """Move a seeded ``val_from_train_fraction`` of the labelled train rows to val, per class.
+
+    Stratified by class for classification, one seeded random draw otherwise. Unlabelled train rows
+    stay in train (a val sample needs a label); a class with a single labelled train row keeps it in
+    train; every other class gives at least one row and keeps at least one.
+    """
+    rng = np.random.default_rng(spec.split_seed)
+    carved = split.copy()
+    train = np.flatnonzero(split == "train")
+    candidates = train[is_labelled(label[train])] if label is not None else train
+    strata = _strata(label, task, len(split))[candidates]
+    for stratum in np.unique(strata):
+        members = rng.permutation(candidates[strata == stratum])
+        n_val = min(len(members) - 1, max(1, round(len(members) * spec.val_from_train_fraction)))
+        carved[members[:n_val]] = "val"
+    how = "stratified" if task == "classification" else "random"
+    fraction = spec.val_from_train_fraction
+    return carved, f"split array in the file, val a seeded {how} {fraction:.0%} of train (split_seed={spec.split_seed})"
+
+
 def _label_subset(spec: DatasetSpec, label: np.ndarray, task: TaskKind, train: np.ndarray) -> np.ndarray:
     """Train rows that keep their label under ``label_fraction`` (stratified, >= 1 per class)."""
     rng = np.random.default_rng(spec.split_seed + 1)
@@ -127,14 +150,21 @@ def _output_dim(raw: RawDataset, task: TaskKind) -> int:
     return 1 if raw.label.ndim == 1 else int(raw.label.shape[1])
 
 
-def prepare(spec: DatasetSpec, task: TaskKind) -> PreparedData:
-    """Load, split, mask labels to ``label_fraction`` and normalise with train statistics."""
-    raw = load_raw(spec, task)
-    n = len(next(iter(raw.modalities.values())))
-    if raw.split is not None:
-        split, how = raw.split, "split array in the file"
-    else:
-        split, how = _seeded_split(spec, raw.label, task, n)
+def _split(spec: DatasetSpec, raw: RawDataset, task: TaskKind) -> tuple[np.ndarray, str]:
+    """The file's split (val carved from train when it has none) or a seeded one, and how it was made."""
+    if raw.split is None:
+        return _seeded_split(spec, raw.label, task, len(next(iter(raw.modalities.values()))))
+    if "val" not in raw.split:
+        return _carve_val(spec, raw.label, task, raw.split)
+    return raw.split, "split array in the file"
+
+
+def prepare(
+    spec: DatasetSpec, task: TaskKind, *, max_bytes: int | None = None, max_classes: int = MAX_CLASSES
+) -> PreparedData:
+    """Load (within ``max_bytes`` and ``max_classes``), split, mask labels to ``label_fraction``, normalise."""
+    raw = load_raw(spec, task, max_bytes=max_bytes, max_classes=max_classes)
+    split, how = _split(spec, raw, task)
     train, val, test = (np.flatnonzero(split == name) for name in ("train", "val", "test"))
     if len(val) == 0 or len(test) == 0:
         raise DataError(raw.source, f"the {how} left val or test empty: too few labelled samples per class")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
 
-from core.data import is_labelled, prepare
+from core.data import MAX_CLASSES, is_labelled, prepare
 from core.errors import DataError
 from core.spec import DatasetSpec
 
@@ -100,7 +101,9 @@ def test_generic_file_with_its_own_split_and_unlabelled_rows(tmp_path: Path) -> 
         (lambda a: a.update(label=np.full(60, -2)), "below -1"),
         (lambda a: a.pop("label"), "array 'label' is required"),
         (lambda a: a.update(label=np.arange(59)), "'label' has 59 samples"),
-        (lambda a: a.update(split=np.array(["train"] * 60)), "at least one train, val and test"),
+        (lambda a: a.update(split=np.array(["train"] * 60)), "array 'split' names no test sample"),
+        (lambda a: a.update(split=np.array(["val"] * 30 + ["test"] * 30)), "array 'split' names no train sample"),
+        (lambda a: a.update(split=np.array(["val"] * 60)), "names no train and no test sample"),
         (lambda a: a.update(split=np.array(["dev"] * 60)), "values in ['train', 'val', 'test']"),
     ],
 )
@@ -174,3 +177,50 @@ def test_regression_labels_of_rank_three_are_refused(tmp_path: Path) -> None:
     arrays["label"] = np.zeros((60, 2, 2), dtype=np.float32)
     with pytest.raises(DataError, match=r"'label' must be \(N,\) or \(N, K\)"):
         prepare(write_npz(tmp_path / "r3.npz", **arrays), "regression")
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float64, np.uint64])
+def test_a_huge_class_id_is_refused_before_any_per_class_memory(tmp_path: Path, dtype: type) -> None:
+    arrays = make_arrays()
+    arrays["label"] = np.where(np.arange(60) == 7, 2_000_000_000, arrays["label"]).astype(dtype)
+    spec = write_npz(tmp_path / "huge.npz", **arrays)
+    started = time.monotonic()
+    with pytest.raises(DataError, match="huge.npz") as info:
+        prepare(spec, "classification")
+    assert time.monotonic() - started < 5.0  # no 2e9-class allocation happened
+    assert f"array 'label' has class id 2000000000; the limit is {MAX_CLASSES} classes" in str(info.value)
+
+
+def test_the_class_limit_is_exclusive_and_can_be_set_by_the_caller(tmp_path: Path) -> None:
+    arrays = make_arrays()
+    arrays["label"] = np.arange(60) % 5  # class ids 0..4: five classes
+    spec = write_npz(tmp_path / "d.npz", **arrays)
+    assert prepare(spec, "classification", max_classes=5).output_dim == 5
+    with pytest.raises(DataError, match="class id 4; the limit is 4 classes"):
+        prepare(spec, "classification", max_classes=4)
+
+
+def test_too_many_class_names_are_refused(tmp_path: Path) -> None:
+    arrays = make_arrays()
+    arrays["class_names"] = np.array([f"c{i}" for i in range(6)])
+    with pytest.raises(DataError, match="'class_names' has 6 names; the limit is 5 classes"):
+        prepare(write_npz(tmp_path / "d.npz", **arrays), "classification", max_classes=5)
+
+
+def test_a_file_over_max_bytes_is_refused_without_reading_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    spec = write_npz(tmp_path / "big.npz", **make_arrays())
+    size = (tmp_path / "big.npz").stat().st_size
+    assert len(prepare(spec, "classification", max_bytes=size).train) == 36  # the limit is inclusive
+
+    def no_reading(self: Path) -> bytes:
+        raise AssertionError(f"{self} was read")
+
+    monkeypatch.setattr(Path, "read_bytes", no_reading)
+    with pytest.raises(DataError) as info:
+        prepare(spec, "classification", max_bytes=size - 1)
+    assert str(info.value) == f"{tmp_path / 'big.npz'}: the data is {size} bytes, over the limit of {size - 1} bytes"
+
+
+def test_max_bytes_also_bounds_a_built_in_dataset() -> None:
+    with pytest.raises(DataError, match="built-in dataset mfeat: the data is .* over the limit of 1000 bytes"):
+        prepare(builtin("mfeat", ["fou"], ["fac"]), "classification", max_bytes=1000)
