@@ -20,7 +20,7 @@ test: install
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check core service worker cli sdk bench tests
+	$(BIN)/ruff check settings.py core jobs storage service worker cli sdk bench tests
 	$(BIN)/mypy
 
 # The benchmarks (the accuracy ones take about an hour on 2 cores); docs/ say what each reports.

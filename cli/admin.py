@@ -14,7 +14,7 @@ from cli.common import fail
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from service.config import Settings
+    from service.config import ApiSettings as Settings
 
 keys_app = typer.Typer(no_args_is_help=True, help="Issue, list and revoke API keys.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -62,8 +62,8 @@ def database_session() -> Iterator[Session]:
     """A session on ``MMKD_DATABASE_URL``; database problems become one-line errors."""
     from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
-    from service.db import engine_for, session_factory
-    from service.exceptions import ServiceError
+    from jobs.db import engine_for, session_factory
+    from jobs.errors import ServiceError
 
     url = database_url()
     try:
@@ -80,7 +80,7 @@ def database_session() -> Iterator[Session]:
 @keys_app.command("create")
 def create_key(owner: Annotated[str, typer.Option(help="Owner the key acts for (created if new).")]) -> None:
     """Issue a key; it is printed once and only its hash is stored."""
-    from service.keys.service import create_key as issue
+    from jobs.keys import create_key as issue
 
     with database_session() as session:
         key, token = issue(session, owner_name=owner)
@@ -94,7 +94,7 @@ def list_keys(owner: Annotated[str | None, typer.Option(help="Only this owner's 
     from rich.console import Console
     from rich.table import Table
 
-    from service.keys.service import list_keys as rows
+    from jobs.keys import list_keys as rows
 
     table = Table("id", "prefix", "owner", "created", "last used", "revoked")
     with database_session() as session:
@@ -107,7 +107,7 @@ def list_keys(owner: Annotated[str | None, typer.Option(help="Only this owner's 
 @keys_app.command("revoke")
 def revoke_key(key: Annotated[str, typer.Argument(help="Key id or prefix (mmkd_xxxxxxxx).")]) -> None:
     """Revoke a key; requests with it get 401 from then on."""
-    from service.keys.service import revoke_key as revoke
+    from jobs.keys import revoke_key as revoke
 
     with database_session() as session:
         revoked = revoke(session, key_ref=key)
@@ -119,7 +119,7 @@ def upgrade(revision: Annotated[str, typer.Option(help="Target revision.")] = "h
     """Run the migrations on ``MMKD_DATABASE_URL`` (PostgreSQL or SQLite)."""
     from sqlalchemy.exc import ArgumentError, OperationalError
 
-    from service.migrate import upgrade as migrate
+    from jobs.migrate import upgrade as migrate
 
     url = database_url()
     try:

@@ -54,10 +54,10 @@ def celery_worker_command(queues: str, concurrency: int, loglevel: str = "info")
 
 def start_reaper(stop: threading.Event) -> threading.Thread:
     """Run the reaper loop in a daemon thread until ``stop`` is set."""
-    from service.db import engine_for, session_factory
-    from worker.celery_app import enqueue_training
+    from jobs.db import engine_for, session_factory
+    from jobs.publish import publisher
+    from jobs.reaper import run_reaper
     from worker.config import get_worker_settings
-    from worker.reaper import run_reaper
 
     settings = get_worker_settings()
     sessions = session_factory(engine_for(settings.resolved_database_url, 2))
@@ -65,7 +65,7 @@ def start_reaper(stop: threading.Event) -> threading.Thread:
         target=run_reaper,
         args=(sessions,),
         kwargs={
-            "enqueue": enqueue_training,
+            "enqueue": publisher(settings),
             "interval_seconds": settings.reaper_interval_seconds,
             "requeue_after_seconds": settings.requeue_after_seconds,
             "stop": stop,
@@ -186,8 +186,8 @@ def up_command(
     for noisy in ("alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.update(embedded_environment(home, host))
+    from jobs.migrate import upgrade
     from service.config import get_settings
-    from service.migrate import upgrade
 
     settings = get_settings()
     upgrade(settings.resolved_database_url)

@@ -1,4 +1,4 @@
-"""Alembic environment. Configured in code by ``service.migrate`` (no alembic.ini needed): the
+"""Alembic environment. Configured in code by ``jobs.migrate`` (no alembic.ini needed): the
 database URL comes from the config's ``sqlalchemy.url`` or, failing that, from MMKD settings."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from service.models import Base
+from jobs.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -16,7 +16,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from service.config import get_settings
+    from settings import get_common_settings as get_settings
 
     return get_settings().resolved_database_url
 

@@ -13,12 +13,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.exceptions import UnauthorizedError
-from service.jobs import queries
-from service.jobs.models import Job
-from service.keys import service as keys_service
-from service.keys.service import Principal
+from jobs import keys as keys_service
+from jobs import queries
+from jobs.errors import UnauthorizedError
+from jobs.keys import Principal
+from jobs.models import Job
+from service.config import ApiSettings
 
 LOCAL_OWNER = "local"
 #: Ids and steps are 32-bit integer columns; larger path or query values are a 422, not a 500.
@@ -26,9 +26,9 @@ MAX_ID = 2**31 - 1
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mmkd keys create`.")
 
 
-async def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> ApiSettings:
     """The settings the app was created with."""
-    settings: Settings = request.app.state.settings
+    settings: ApiSettings = request.app.state.settings
     return settings
 
 
@@ -58,7 +58,7 @@ async def get_autocommit_session(request: Request) -> AsyncIterator[Session]:
         session.close()
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 AutocommitSessionDep = Annotated[Session, Depends(get_autocommit_session)]
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.exceptions import InvalidRequestError, ServiceError, UnauthorizedError
+from jobs.errors import InvalidRequestError, ServiceError, UnauthorizedError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -83,16 +83,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = field_errors(exc.errors())
     detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
-    return problem(
-        status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors
-    )
+    return problem(status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem(
-        status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers
-    )
+    return problem(status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from jobs.publish import check_broker
 from service.deps import AutocommitSessionDep, SettingsDep
-from service.enqueue import check_broker
 from service.errors import problem
 
 router = APIRouter(tags=["health"])
@@ -35,15 +35,11 @@ def readyz(request: Request, session: AutocommitSessionDep, settings: SettingsDe
     checks = {
         "database": _probe(lambda: session.execute(text("SELECT 1"))),
         "broker": _probe(
-            lambda: check_broker(
-                broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds
-            )
+            lambda: check_broker(broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds)
         ),
-        "storage": _probe(request.app.state.links.check),
+        "storage": _probe(request.app.state.store.check),
     }
     if all(value == "ok" for value in checks.values()):
         return JSONResponse({"status": "ok", "checks": checks})
     failing = ", ".join(name for name, value in checks.items() if value != "ok")
-    return problem(
-        status=503, detail=f"not ready: {failing}", instance=request.url.path, extra={"checks": checks}
-    )
+    return problem(status=503, detail=f"not ready: {failing}", instance=request.url.path, extra={"checks": checks})

@@ -6,21 +6,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from functools import partial
 
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from service.config import Settings, get_settings
-from service.db import autocommit_session_factory, engine_for, session_factory
-from service.enqueue import enqueue_train
+from jobs.db import autocommit_session_factory, engine_for, session_factory
+from jobs.keys import AuthCache
+from jobs.publish import publisher
+from service.config import ApiSettings, get_settings
 from service.errors import BodySizeLimit, install_error_handlers, problem_openapi
 from service.health import router as health_router
 from service.jobs.router import router as jobs_router
 from service.keys.router import router as keys_router
-from service.keys.service import AuthCache
-from service.storage import links_from_settings
+from storage.store import store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def _lifespan(threads: int) -> Callable[[FastAPI], AbstractAsyncContextManager[N
     return lifespan
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
     if not settings.auth and not settings.bound_to_loopback:
@@ -56,10 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = engine_for(settings.resolved_database_url, settings.db_pool_size)
     app.state.session_factory = session_factory(engine)
     app.state.autocommit_session_factory = autocommit_session_factory(engine)
-    app.state.enqueue = partial(
-        enqueue_train, broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds
-    )
-    app.state.links = links_from_settings(settings)
+    app.state.enqueue = publisher(settings)
+    app.state.store = store_from_settings(settings)
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)

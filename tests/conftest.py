@@ -153,7 +153,7 @@ class ApiServer(LoopbackServer):
 
     def start(self) -> None:
         """Migrate the database, start uvicorn and wait for the port."""
-        from service.migrate import upgrade
+        from jobs.migrate import upgrade
 
         upgrade(self.database_url)
         uvicorn = Path(sys.executable).with_name("uvicorn")
@@ -165,7 +165,7 @@ class ApiServer(LoopbackServer):
         from sqlalchemy import create_engine
         from sqlalchemy.orm import Session
 
-        from service.keys.service import create_key
+        from jobs.keys import create_key
 
         engine = create_engine(self.database_url)
         with Session(engine) as session:

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.queues import TRAIN_TASK
 from worker.config import celery_config, get_worker_settings
 
 app = Celery("mmkd", set_as_current=False, include=["worker.tasks"])
 app.add_defaults(lambda: celery_config(get_worker_settings()))
-
-
-def enqueue_training(job_id: int, *, countdown: float | None = None) -> None:
-    """Publish the training task for ``job_id`` (routed to the ``gpu`` queue)."""
-    app.send_task(TRAIN_TASK, args=[job_id], countdown=countdown)

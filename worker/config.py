@@ -1,7 +1,8 @@
 """Worker settings and the Celery configuration built from them.
 
-The worker reads the service's settings (database, broker, storage, ``max_attempts``,
-``lease_seconds``) plus a few of its own, all from ``MMKD_*`` environment variables, once.
+The worker reads the common settings (``settings.Settings``: database, broker, storage,
+``max_attempts``, ``lease_seconds``) plus a few of its own, all from ``MMKD_*`` environment
+variables, once. It knows nothing of the API's settings (auth, host, threads).
 
 Broker redelivery. Tasks are acknowledged late (after the job ends) and rejected when the worker
 process is lost, so a message is not dropped when a worker dies. With Redis, a message that stays
@@ -22,12 +23,12 @@ from typing import Any
 
 from pydantic import Field
 
-from service.config import Settings
-from service.queues import TRAIN_TASK, Queue
+from jobs.publish import TRAIN_TASK, Queue
+from settings import Settings
 
 
 class WorkerSettings(Settings):
-    """The service's settings plus what only the worker and the reaper need."""
+    """The common settings plus what only the worker and the reaper need."""
 
     heartbeat_seconds: float = Field(
         default=0.0, ge=0.0, description="Lease renewal period; 0 means a quarter of lease_seconds."
@@ -43,8 +44,6 @@ class WorkerSettings(Settings):
         default=600.0, gt=0.0, description="A job queued this long without a worker is published again."
     )
     retry_delay_seconds: float = Field(default=10.0, ge=0.0, description="Delay before retrying a job.")
-    storage_max_attempts: int = Field(default=5, ge=1, le=20, description="boto3 attempts per S3 request.")
-    storage_timeout_seconds: float = Field(default=10.0, gt=0.0, description="S3 connect/read timeout.")
     work_dir: Path | None = Field(default=None, description="Scratch space for running jobs; default home/work.")
 
     @property

@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import MmkdError, StorageError, TrainingCancelled
 from core.spec import describe_validation_error
-from service.jobs.service import transition
-from worker.leases import Lease, load_owned
+from jobs.leases import Lease
+from jobs.lifecycle import transition
+from jobs.status import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,38 @@ def classify(error: BaseException, *, attempt: int, max_attempts: int) -> Outcom
 def record(sessions: sessionmaker[Session], lease: Lease, outcome: Outcome) -> str:
     """Write the outcome if this lease still owns the job; returns what was recorded.
 
-    A retry of a job that is being cancelled is a cancel instead.
+    A retry or a cancel of a job that is being cancelled ends it as ``cancelled``; a failure stays a
+    failure. Each write is a compare-and-set on the lease, so a worker that lost its job records
+    nothing.
     """
+    target = JobStatus(outcome.status)
+    error = None if target == JobStatus.CANCELLED else outcome.kind
     with sessions() as session:
-        job = load_owned(session, lease)
-        if job is None:
+        if target == JobStatus.FAILED:
+            moved = _end(session, lease, target, {JobStatus.RUNNING, JobStatus.CANCELLING}, outcome.reason, error)
+        else:
+            moved = _end(session, lease, target, {JobStatus.RUNNING}, outcome.reason, error)
+            if moved is None:
+                target = JobStatus.CANCELLED
+                reason = outcome.reason if outcome.status == target else f"cancelled ({outcome.reason})"
+                moved = _end(session, lease, target, {JobStatus.CANCELLING}, reason, None)
+        if moved is None:
             session.rollback()
             log.warning("job %s: lease %s lost; leaving the job to its new owner", lease.job_id, lease.owner)
             return "lease_lost"
-        status = outcome.status
-        if job.status == "cancelling" and status != "failed":
-            status = "cancelled"
-        reason = outcome.reason if status == outcome.status else f"cancelled ({outcome.reason})"
-        transition(session, job=job, to_status=status, reason=reason)
-        job.error = None if status == "cancelled" else outcome.kind
         session.commit()
-    return status
+    return target.value
+
+
+def _end(
+    session: Session, lease: Lease, to: JobStatus, expect: set[JobStatus], reason: str, error: str | None
+) -> int | None:
+    return transition(
+        session,
+        job_id=lease.job_id,
+        to=to,
+        expect=expect,
+        lease_owner=lease.owner,
+        reason=reason,
+        values={"error": error},
+    )

@@ -15,15 +15,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
-from service.db import engine_for, session_factory
-from service.jobs.service import record_artifact, transition
-from service.models import Job, MetricPoint
+from jobs.db import engine_for, session_factory
+from jobs.leases import Heartbeat, Lease, claim, new_lease_owner
+from jobs.lifecycle import record_artifact, transition
+from jobs.models import Job, MetricPoint
+from jobs.publish import publisher
+from jobs.status import JobStatus
+from storage.checkpoints import StorageCheckpointStore
+from storage.store import ArtifactStore, StoredObject, store_from_settings
 from worker import outcomes
-from worker.checkpoints import StorageCheckpointStore
 from worker.config import WorkerSettings, get_worker_settings
-from worker.leases import Heartbeat, Lease, claim, load_owned, new_lease_owner
 from worker.report import write_report
-from worker.storage import ArtifactStore, StoredObject, open_store
 from worker.tracking import DatabaseTracker
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,6 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=1)
 def _sessions(url: str) -> sessionmaker[Session]:
     return session_factory(engine_for(url, pool_size=2))
-
-
-def store_from_settings(settings: WorkerSettings) -> ArtifactStore:
-    """The artifact store named by ``MMKD_STORAGE_URL`` (default: a folder under ``MMKD_HOME``)."""
-    return open_store(
-        settings.resolved_storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        max_attempts=settings.storage_max_attempts,
-        timeout_s=settings.storage_timeout_seconds,
-    )
 
 
 def run_job(job_id: int) -> str:
@@ -68,16 +60,14 @@ def run_job(job_id: int) -> str:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if outcome == "queued":
-        _publish_retry(job_id, delay=settings.retry_delay_seconds)
+        _publish_retry(settings, job_id)
     log.info("job %s attempt %s: %s", job_id, lease.attempt, outcome)
     return outcome
 
 
-def _publish_retry(job_id: int, *, delay: float) -> None:
-    from worker.celery_app import enqueue_training
-
+def _publish_retry(settings: WorkerSettings, job_id: int) -> None:
     try:
-        enqueue_training(job_id, countdown=delay)
+        publisher(settings)(job_id, countdown=settings.retry_delay_seconds)
     except Exception:  # the job is queued in the database; the reaper publishes it again later
         log.exception("job %s: publishing the retry failed", job_id)
 
@@ -148,21 +138,27 @@ def _record_success(
 ) -> str:
     """Artifacts, result and the ``succeeded`` transition in one transaction, if the lease holds."""
     with sessions() as session:
-        job = load_owned(session, lease)
-        if job is None:
+        moved = transition(
+            session,
+            job_id=lease.job_id,
+            to=JobStatus.SUCCEEDED,
+            expect={JobStatus.RUNNING, JobStatus.CANCELLING},
+            lease_owner=lease.owner,
+            reason=f"trained {summary.get('steps')} steps",
+            values={"result": summary, "error": None},
+        )
+        if moved is None:
+            session.rollback()
             log.warning("job %s: lease lost before recording success; discarding", lease.job_id)
             return "lease_lost"
         for kind, obj in stored:
             record_artifact(
                 session,
-                job_id=job.id,
+                job_id=lease.job_id,
                 key=obj.key,
                 kind=kind,
                 size_bytes=obj.size,
                 checksum=f"sha256:{obj.sha256}",
             )
-        job.result = summary
-        job.error = None
-        transition(session, job=job, to_status="succeeded", reason=f"trained {summary.get('steps')} steps")
         session.commit()
     return "succeeded"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.queues import TRAIN_TASK
+from jobs.publish import TRAIN_TASK
 from worker.celery_app import app
 
 

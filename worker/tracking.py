@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import CursorResult, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.service import record_event
-from service.models import Job, MetricPoint
-from service.orm import utcnow
-from worker.leases import ACTIVE
+from jobs.status import ACTIVE, JobStatus
+from jobs.lifecycle import record_event
+from jobs.models import Job, MetricPoint
+from jobs.orm import utcnow
 
 
 class DatabaseTracker:
@@ -96,7 +96,7 @@ class DatabaseTracker:
             self._last_poll = now
             with self.sessions() as session:
                 status = session.scalar(select(Job.status).where(Job.id == self.job_id))
-            self._cancel_seen = status == "cancelling"
+            self._cancel_seen = status == JobStatus.CANCELLING
         return self._cancel_seen
 
     def on_finish(self, *, summary: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""HTTP for jobs: thin handlers that parse, call ``service.jobs.service`` and shape the response."""
+"""HTTP for jobs: thin handlers that parse, call ``jobs.lifecycle`` and shape the response."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 
 from core.spec import JobSpec
+from jobs import lifecycle, queries
+from jobs.errors import InvalidRequestError, NotFoundError, ServiceError
 from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
 from service.errors import ERROR_RESPONSES
-from service.exceptions import InvalidRequestError, NotFoundError, ServiceError
-from service.jobs import queries
-from service.jobs import service as jobs_service
 from service.jobs.schemas import (
     ArtifactList,
     ArtifactOut,
@@ -27,9 +26,7 @@ from service.jobs.schemas import (
     MetricPointOut,
 )
 
-router = APIRouter(
-    prefix="/v1/jobs", tags=["jobs"], responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]}
-)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]})
 StatusName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
@@ -75,12 +72,10 @@ def submit_job(
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
-    ] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
 ) -> JobOut:
     """Validate the spec, store a queued job, then enqueue it (same key + same body: same job)."""
-    job, created = jobs_service.submit_job(
+    job, created = lifecycle.submit_job(
         session,
         owner_id=owner.id,
         spec=spec,
@@ -88,7 +83,7 @@ def submit_job(
         max_attempts=settings.max_attempts,
     )
     if created:
-        jobs_service.enqueue_job(session, job=job, enqueue=request.app.state.enqueue)
+        lifecycle.enqueue_job(session, job=job, enqueue=request.app.state.enqueue)
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -127,7 +122,7 @@ async def get_job(job: JobDep, owner: CurrentOwner) -> JobOut:
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: ERROR_RESPONSES[409]})
 def cancel_job(job: JobDep, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Queued: cancelled now. Running: cancelling until the worker stops. Finished: 409."""
-    return JobOut.of_job(jobs_service.cancel_job(session, job=job), owner=owner.name)
+    return JobOut.of_job(lifecycle.cancel_job(session, job=job), owner=owner.name)
 
 
 @router.get("/{job_id}/events", response_model=EventList)
@@ -141,9 +136,7 @@ def get_job_metrics(
     job: JobDep,
     session: AutocommitSessionDep,
     names: Annotated[list[str] | None, Query(description="Series names; repeat or comma-separate.")] = None,
-    since_step: Annotated[
-        int | None, Query(ge=0, le=MAX_ID, description="Only points at this step or later.")
-    ] = None,
+    since_step: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only points at this step or later.")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> MetricList:
     """Metric series points, ordered by step then name."""
@@ -157,10 +150,10 @@ def get_job_metrics(
 @router.get("/{job_id}/artifacts", response_model=ArtifactList)
 def list_job_artifacts(job: JobDep, session: AutocommitSessionDep, request: Request) -> ArtifactList:
     """Artifacts with a presigned URL (S3) or this API's download URL (local store)."""
-    links = request.app.state.links
+    store = request.app.state.store
     items = []
     for artifact in queries.list_artifacts(session, job_id=job.id):
-        url = links.link_for(artifact.key) or str(
+        url = store.presigned_url(artifact.key) or str(
             request.url_for("download_artifact", job_id=job.id, artifact_id=artifact.id)
         )
         items.append(ArtifactOut.of(artifact, url=url))
@@ -180,11 +173,11 @@ def download_artifact(
 ) -> Response:
     """The artifact's bytes (local store) or a redirect to a presigned URL (S3 store)."""
     artifact = queries.get_artifact(session, job_id=job.id, artifact_id=artifact_id)
-    links = request.app.state.links
-    url = links.link_for(artifact.key)
+    store = request.app.state.store
+    url = store.presigned_url(artifact.key)
     if url is not None:
         return RedirectResponse(url, status_code=307)
-    path = links.local_path(artifact.key)
+    path = store.local_path(artifact.key)
     if path is None or not path.is_file():
         raise NotFoundError(f"artifact {artifact_id} is recorded but its file is missing")
     return FileResponse(path, filename=path.name)

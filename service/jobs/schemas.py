@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.jobs.models import Artifact, Job, JobEvent, MetricPoint
+from jobs.models import Artifact, Job, JobEvent, MetricPoint
 
 
 class Progress(BaseModel):

@@ -97,8 +97,8 @@ class Stack:
 
     def start_api(self) -> None:
         """uvicorn on a free port, after migrating the database."""
-        from service.keys.service import create_key
-        from service.migrate import upgrade
+        from jobs.keys import create_key
+        from jobs.migrate import upgrade
 
         upgrade(self.database_url)
         with Session(self.engine) as session:

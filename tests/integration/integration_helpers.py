@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.models import Job, JobEvent
+from jobs.models import Job, JobEvent
 
 TINY: dict[str, Any] = {
     "name": "tiny",

@@ -9,7 +9,7 @@ import pytest
 from integration_helpers import DIVERGING, LONG, TINY, events, job_row, publish_again, running_past
 from sqlalchemy import select
 
-from service.models import Artifact
+from jobs.models import Artifact
 
 
 @pytest.fixture(scope="module")

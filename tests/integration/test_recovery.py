@@ -13,7 +13,7 @@ import pytest
 from integration_helpers import LONG, TINY, events, job_row, publish_again, running_past
 from sqlalchemy import select
 
-from service.models import Artifact
+from jobs.models import Artifact
 
 pytestmark = pytest.mark.slow
 

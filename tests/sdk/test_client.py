@@ -25,10 +25,11 @@ from mmkd_client import (
 )
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
+from tests_support import add_metric_points
 
 from core.spec import load_spec
-from service.jobs import service as jobs_service
-from service.jobs.models import Job
+from jobs import lifecycle
+from jobs.models import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC: dict[str, Any] = {
@@ -60,7 +61,7 @@ def _advance(db: Session, job_id: int, *statuses: str, **fields: Any) -> None:
     for name, value in fields.items():
         setattr(job, name, value)
     for status in statuses:
-        jobs_service.transition(db, job=job, to_status=status, reason=f"test: {status}")
+        lifecycle.transition(db, job_id=job.id, to=status, reason=f"test: {status}")
     db.commit()
 
 
@@ -121,14 +122,14 @@ def test_events_metrics_artifacts_download(
     job = client.submit(SPEC)
     row = db.get(Job, job.id)
     assert row is not None
-    jobs_service.transition(db, job=row, to_status="running")
-    jobs_service.record_metrics(db, job=row, step=1, epoch=0, values={"train/loss": 2.0, "val/acc": 0.4})
-    jobs_service.record_metrics(db, job=row, step=2, epoch=1, values={"train/loss": 1.0, "val/acc": 0.6})
+    lifecycle.transition(db, job_id=row.id, to="running")
+    add_metric_points(db, job_id=row.id, step=1, epoch=0, values={"train/loss": 2.0, "val/acc": 0.4})
+    add_metric_points(db, job_id=row.id, step=2, epoch=1, values={"train/loss": 1.0, "val/acc": 0.6})
     key = f"jobs/{job.id}/student/model.bin"
     stored = api_server.storage_root / key
     stored.parent.mkdir(parents=True)
     stored.write_bytes(b"weights" * 1000)
-    jobs_service.record_artifact(db, job_id=job.id, key=key, kind="student", size_bytes=7000, checksum=None)
+    lifecycle.record_artifact(db, job_id=job.id, key=key, kind="student", size_bytes=7000, checksum=None)
     db.commit()
     assert [e.kind for e in client.events(job.id)] == ["created", "enqueued", "started"]
     assert [(p.step, p.value) for p in client.metrics(job.id, names=["val/acc"], since_step=2)] == [(2, 0.6)]

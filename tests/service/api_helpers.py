@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.keys import service as keys_service
+from jobs import keys as keys_service
+from service.config import ApiSettings
 
 SPEC: dict[str, Any] = {
     "name": "mfeat-paper",
@@ -47,8 +47,8 @@ class Api:
         return self.client.post("/v1/jobs", json=spec or SPEC, headers=headers)
 
 
-def make_settings(database_url: str, broker_url: str, storage_root: Path, **overrides: Any) -> Settings:
-    """Settings for a test app (nothing read from the environment that matters)."""
+def make_settings(database_url: str, broker_url: str, storage_root: Path, **overrides: Any) -> ApiSettings:
+    """ApiSettings for a test app (nothing read from the environment that matters)."""
     values: dict[str, Any] = {
         "database_url": database_url,
         "broker_url": broker_url,
@@ -57,4 +57,4 @@ def make_settings(database_url: str, broker_url: str, storage_root: Path, **over
         "auth_cache_seconds": 0.0,  # every request checks its key (tests revoke keys)
         **overrides,
     }
-    return Settings(**values)
+    return ApiSettings(**values)

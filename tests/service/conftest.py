@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from service.db import engine_for
+from jobs.db import engine_for
+from jobs.migrate import upgrade
 from service.main import create_app
-from service.migrate import upgrade
 
 
 @pytest.fixture(scope="session")

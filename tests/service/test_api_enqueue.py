@@ -10,9 +10,9 @@ from pathlib import Path
 from api_helpers import SPEC, Api, make_settings
 from fastapi.testclient import TestClient
 
-from service.keys.service import create_key
+from jobs.keys import create_key
+from jobs.publish import TRAIN_TASK, Queue
 from service.main import create_app
-from service.queues import TRAIN_TASK, Queue
 
 
 def test_message_lands_on_gpu_queue(api: Api, redis_url: str) -> None:
@@ -65,13 +65,13 @@ def test_embedded_sqlite_broker_receives_the_message(pg_database: str, tmp_path:
 
 
 def test_a_fast_worker_still_lists_after_enqueued(api: Api) -> None:
-    from service.jobs import service as jobs_service
-    from service.jobs.models import Job
+    from jobs import lifecycle
+    from jobs.models import Job
 
     def enqueue_and_start_at_once(job_id: int) -> None:  # the worker wins the race to the database
         job = api.session.get(Job, job_id)
         assert job is not None
-        jobs_service.transition(api.session, job=job, to_status="running", reason="fast worker")
+        lifecycle.transition(api.session, job_id=job.id, to="running", reason="fast worker")
         api.session.commit()
 
     api.app.state.enqueue = enqueue_and_start_at_once

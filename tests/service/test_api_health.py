@@ -7,7 +7,7 @@ from pathlib import Path
 from api_helpers import Api, make_settings
 from fastapi.testclient import TestClient
 
-from service.jobs import service as jobs_service
+from jobs import lifecycle
 from service.main import create_app
 
 
@@ -70,10 +70,10 @@ def test_artifact_link_and_download(api: Api) -> None:
     token = api.new_key()
     job_id = api.submit(token).json()["id"]
     key = f"jobs/{job_id}/report/metrics.csv"
-    path = api.app.state.links.local_path(key)
+    path = api.app.state.store.local_path(key)
     path.parent.mkdir(parents=True)
     path.write_text("epoch,acc\n1,0.5\n")
-    jobs_service.record_artifact(
+    lifecycle.record_artifact(
         api.session, job_id=job_id, key=key, kind="report", size_bytes=16, checksum="x"
     )
     api.session.commit()

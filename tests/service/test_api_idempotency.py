@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.spec import JobSpec
-from service.exceptions import ConflictError
-from service.jobs import service as jobs_service
-from service.jobs.models import Job
-from service.keys.service import get_or_create_owner
+from jobs import lifecycle
+from jobs.errors import ConflictError
+from jobs.keys import get_or_create_owner
+from jobs.models import Job
 
 
 def _published_job_ids(redis_url: str) -> list[int]:
@@ -54,7 +54,7 @@ def test_same_key_other_body_is_409(api: Api) -> None:
 
 
 def test_concurrent_submits_in_the_service_make_one_row(committed_pg: Session, pg_database: str) -> None:
-    from service.db import engine_for, session_factory
+    from jobs.db import engine_for, session_factory
 
     owner = get_or_create_owner(committed_pg, name=f"race-{uuid.uuid4().hex[:8]}")
     committed_pg.commit()
@@ -63,7 +63,7 @@ def test_concurrent_submits_in_the_service_make_one_row(committed_pg: Session, p
 
     def submit(_: int) -> tuple[int, bool]:
         with factory() as session:
-            job, created = jobs_service.submit_job(
+            job, created = lifecycle.submit_job(
                 session, owner_id=owner.id, spec=spec, idempotency_key="same", max_attempts=3
             )
             return job.id, created
@@ -77,7 +77,7 @@ def test_concurrent_submits_in_the_service_make_one_row(committed_pg: Session, p
     with pytest.raises(ConflictError):
         other = JobSpec.model_validate({**SPEC, "name": "other"})
         with factory() as session:
-            jobs_service.submit_job(
+            lifecycle.submit_job(
                 session, owner_id=owner.id, spec=other, idempotency_key="same", max_attempts=3
             )
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from api_helpers import Api
 
-from service.jobs import service as jobs_service
-from service.jobs.models import Job
+from jobs import lifecycle
+from jobs.models import Job
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ from service.jobs.models import Job
 def test_foreign_job_is_404(api: Api, method: str, suffix: str) -> None:
     alice, bob = api.new_key("alice"), api.new_key("bob")
     job_id = api.submit(alice).json()["id"]
-    artifact = jobs_service.record_artifact(
+    artifact = lifecycle.record_artifact(
         api.session,
         job_id=job_id,
         key=f"jobs/{job_id}/report/metrics.csv",

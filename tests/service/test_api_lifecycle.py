@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 from api_helpers import Api
+from sqlalchemy import update
+from tests_support import add_metric_points
 
-from service.exceptions import InvalidTransitionError
-from service.jobs import service as jobs_service
-from service.jobs.models import Job
+from jobs import lifecycle
+from jobs.errors import InvalidTransitionError
+from jobs.models import Job
+from jobs.status import JobStatus
 
 pytestmark = pytest.mark.parametrize("backend", ["pg", "sqlite"], indirect=True)
 
@@ -47,22 +50,17 @@ def test_running_job_goes_to_cancelling_then_worker_finishes(api: Api) -> None:
     token = api.new_key()
     job_id = api.submit(token).json()["id"]
     job = _job(api, job_id)
-    jobs_service.transition(api.session, job=job, to_status="running", reason="worker w1")
+    lifecycle.transition(api.session, job_id=job.id, to="running", reason="worker w1")
     api.session.commit()
     response = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth(token))
     assert response.json()["status"] == "cancelling"
-    assert (
-        api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth(token)).json()["status"] == "cancelling"
-    )
+    assert api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth(token)).json()["status"] == "cancelling"
     job = _job(api, job_id)
-    jobs_service.transition(api.session, job=job, to_status="cancelled", reason="stopped at step 12")
+    lifecycle.transition(api.session, job_id=job.id, to="cancelled", reason="stopped at step 12")
     api.session.commit()
     body = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(token)).json()
     assert body["status"] == "cancelled" and body["status_reason"] == "stopped at step 12"
-    kinds = [
-        e["kind"]
-        for e in api.client.get(f"/v1/jobs/{job_id}/events", headers=api.auth(token)).json()["items"]
-    ]
+    kinds = [e["kind"] for e in api.client.get(f"/v1/jobs/{job_id}/events", headers=api.auth(token)).json()["items"]]
     assert kinds == ["created", "enqueued", "started", "cancel_requested", "cancelled"]
 
 
@@ -70,16 +68,14 @@ def test_full_run_progress_metrics_result(api: Api) -> None:
     token = api.new_key()
     job_id = api.submit(token).json()["id"]
     job = _job(api, job_id)
-    jobs_service.transition(api.session, job=job, to_status="running")
-    jobs_service.update_progress(
-        api.session, job=job, epoch=1, step=10, total_epochs=2, total_steps=20, eta_seconds=5
-    )
+    lifecycle.transition(api.session, job_id=job.id, to="running")
+    progress = {"epoch": 1, "step": 10, "total_epochs": 2, "total_steps": 20, "eta_seconds": 5}
+    api.session.execute(update(Job).where(Job.id == job_id).values(**progress))
     for step in (5, 10):
         values = {"train/loss": 1.0 / step, "val/student_acc": step / 20}
-        jobs_service.record_metrics(api.session, job=job, step=step, epoch=step // 10, values=values)
-    jobs_service.record_event(api.session, job_id=job_id, kind="resumed", reason="from checkpoint step-5")
-    job.result = {"student": {"accuracy": 0.9}}
-    jobs_service.transition(api.session, job=job, to_status="succeeded")
+        add_metric_points(api.session, job_id=job_id, step=step, epoch=step // 10, values=values)
+    lifecycle.record_event(api.session, job_id=job_id, kind="resumed", reason="from checkpoint step-5")
+    lifecycle.transition(api.session, job_id=job.id, to="succeeded", values={"result": {"student": {"accuracy": 0.9}}})
     api.session.commit()
     body = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(token)).json()
     assert body["status"] == "succeeded"
@@ -111,16 +107,31 @@ def test_full_run_progress_metrics_result(api: Api) -> None:
 def test_terminal_states_allow_no_transition(api: Api) -> None:
     token = api.new_key()
     job = _job(api, api.submit(token).json()["id"])
-    jobs_service.transition(api.session, job=job, to_status="failed", reason="non-finite loss at step 3")
+    assert lifecycle.transition(api.session, job_id=job.id, to="failed", reason="non-finite loss at step 3") == 0
     for target in ("queued", "running", "cancelling", "succeeded", "cancelled"):
+        assert lifecycle.transition(api.session, job_id=job.id, to=target) is None
         with pytest.raises(InvalidTransitionError):
-            jobs_service.transition(api.session, job=job, to_status=target)
+            lifecycle.transition(api.session, job_id=job.id, to=target, expect={"failed"})
+    api.session.commit()
+    assert _job(api, job.id).status == JobStatus.FAILED
+
+
+def test_a_transition_matches_only_the_expected_status_and_lease(api: Api) -> None:
+    job_id = api.submit(api.new_key()).json()["id"]
+    assert lifecycle.transition(api.session, job_id=job_id, to="cancelled", expect={"running"}) is None
+    assert lifecycle.transition(api.session, job_id=job_id, to="running", values={"lease_owner": "w1"}) == 0
+    assert lifecycle.transition(api.session, job_id=job_id, to="succeeded", lease_owner="w2") is None
+    assert lifecycle.transition(api.session, job_id=job_id, to="succeeded", lease_owner="w1") == 0
+    api.session.commit()
+    job = _job(api, job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.lease_owner is None and job.finished_at is not None
 
 
 def test_requeue_after_lost_lease_clears_lease(api: Api) -> None:
     token = api.new_key()
     job = _job(api, api.submit(token).json()["id"])
-    jobs_service.transition(api.session, job=job, to_status="running")
-    job.lease_owner = "w1"
-    jobs_service.transition(api.session, job=job, to_status="queued", reason="lease expired")
+    lifecycle.transition(api.session, job_id=job.id, to="running", values={"lease_owner": "w1"})
+    assert _job(api, job.id).lease_owner == "w1"
+    lifecycle.transition(api.session, job_id=job.id, to="queued", reason="lease expired")
+    job = _job(api, job.id)
     assert job.lease_owner is None and job.status == "queued"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from api_helpers import Api
 
-from service.jobs import service as jobs_service
-from service.jobs.models import Job
+from jobs import lifecycle
+from jobs.models import Job
 
 pytestmark = pytest.mark.parametrize("backend", ["pg", "sqlite"], indirect=True)
 
@@ -40,7 +40,7 @@ def test_status_filter_applies_before_limit(api: Api) -> None:
     for job_id in ids[::2]:
         job = api.session.get(Job, job_id)
         assert job is not None
-        jobs_service.transition(api.session, job=job, to_status="running")
+        lifecycle.transition(api.session, job_id=job.id, to="running")
     api.session.commit()
     pages = _pages(api, token, limit=2, status="running")
     assert [job_id for page in pages for job_id in page] == sorted(ids[::2], reverse=True)

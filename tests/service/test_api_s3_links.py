@@ -9,26 +9,27 @@ import boto3
 import httpx
 from api_helpers import Api
 
-from service.config import Settings
-from service.jobs import service as jobs_service
-from service.storage import S3Links, links_from_settings
+from jobs import lifecycle
+from service.config import ApiSettings
+from storage.s3 import S3Store
+from storage.store import store_from_settings
 
 
 def test_presigned_urls_and_redirect(api: Api, moto_server: Any) -> None:
     bucket = f"mmkd-{uuid.uuid4().hex[:8]}"
     s3 = boto3.client("s3", endpoint_url=moto_server.endpoint_url)
     s3.create_bucket(Bucket=bucket)
-    settings = Settings(storage_url=f"s3://{bucket}/runs", s3_endpoint_url=moto_server.endpoint_url)
-    links = links_from_settings(settings)
-    assert isinstance(links, S3Links)
-    api.app.state.links = links
+    settings = ApiSettings(storage_url=f"s3://{bucket}/runs", s3_endpoint_url=moto_server.endpoint_url)
+    store = store_from_settings(settings)
+    assert isinstance(store, S3Store)
+    api.app.state.store = store
     assert api.client.get("/readyz").json()["checks"]["storage"] == "ok"
 
     token = api.new_key()
     job_id = api.submit(token).json()["id"]
     key = f"jobs/{job_id}/student/model.bin"
     s3.put_object(Bucket=bucket, Key=f"runs/{key}", Body=b"weights")
-    jobs_service.record_artifact(
+    lifecycle.record_artifact(
         api.session, job_id=job_id, key=key, kind="student", size_bytes=7, checksum=None
     )
     api.session.commit()
@@ -44,7 +45,7 @@ def test_presigned_urls_and_redirect(api: Api, moto_server: Any) -> None:
 
 
 def test_readyz_reports_a_missing_bucket(api: Api, moto_server: Any) -> None:
-    api.app.state.links = S3Links("no-such-bucket", "", moto_server.endpoint_url)
+    api.app.state.store = S3Store("no-such-bucket", "", endpoint_url=moto_server.endpoint_url, max_attempts=1)
     response = api.client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["storage"].startswith("error")

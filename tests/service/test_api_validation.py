@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from api_helpers import SPEC, Api
 
-from service.keys import service as keys_service
+from jobs import keys as keys_service
 
 
 def _spec(**changes: Any) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def test_revoked_key_is_401(api: Api) -> None:
 def test_auth_cache_keeps_a_key_for_its_ttl_only(api: Api) -> None:
     import time
 
-    from service.keys.service import AuthCache, Principal
+    from jobs.keys import AuthCache, Principal
 
     cache = AuthCache(ttl_seconds=0.2)
     cache.put("h", Principal(id=1, name="a"))
@@ -141,7 +141,7 @@ def test_unknown_route_and_method_are_problems(api: Api) -> None:
 
 
 def test_auth_off_refused_off_loopback(tmp_path: Any) -> None:
-    from service.config import Settings
+    from service.config import ApiSettings as Settings
     from service.main import create_app
 
     with pytest.raises(RuntimeError, match="loopback"):

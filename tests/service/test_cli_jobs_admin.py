@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
+from tests_support import add_metric_points
 from typer.testing import CliRunner
 
 from cli.main import app
+from jobs import lifecycle
 from service.config import get_settings
-from service.jobs import service as jobs_service
-from service.jobs.models import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = ROOT / "examples" / "mfeat-paper.yaml"
@@ -69,9 +69,7 @@ def test_jobs_commands_against_live_server(api_server: Any, tmp_path: Path) -> N
     assert "mfeat-paper" in listed.output
     cancelled = runner.invoke(app, ["jobs", "cancel", str(job_id)], env=env)
     assert cancelled.output.strip() == f"job {job_id}: cancelled"
-    assert "already cancelled" in _one_line_error(
-        runner.invoke(app, ["jobs", "cancel", str(job_id)], env=env)
-    )
+    assert "already cancelled" in _one_line_error(runner.invoke(app, ["jobs", "cancel", str(job_id)], env=env))
 
 
 def test_watch_shows_progress_then_result_table(api_server: Any) -> None:
@@ -83,16 +81,15 @@ def test_watch_shows_progress_then_result_table(api_server: Any) -> None:
     def train() -> None:
         engine = create_engine(api_server.database_url)
         with Session(engine) as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            jobs_service.transition(session, job=job, to_status="running")
-            jobs_service.update_progress(session, job=job, epoch=1, step=5, total_epochs=2, total_steps=10)
-            jobs_service.record_metrics(session, job=job, step=5, epoch=1, values={"train/loss": 0.5})
+            progress = {"epoch": 1, "step": 5, "total_epochs": 2, "total_steps": 10}
+            lifecycle.transition(session, job_id=job_id, to="running", values=progress)
+            add_metric_points(session, job_id=job_id, step=5, epoch=1, values={"train/loss": 0.5})
             session.commit()
             time.sleep(0.5)
-            job.result = {"student": {"accuracy": 0.91}, "teacher": {"accuracy": 0.97}}
-            jobs_service.update_progress(session, job=job, epoch=2, step=10)
-            jobs_service.transition(session, job=job, to_status="succeeded")
+            result = {"student": {"accuracy": 0.91}, "teacher": {"accuracy": 0.97}}
+            lifecycle.transition(
+                session, job_id=job_id, to="succeeded", values={"epoch": 2, "step": 10, "result": result}
+            )
             session.commit()
         engine.dispose()
 

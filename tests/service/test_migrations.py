@@ -11,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from service.migrate import downgrade, upgrade
-from service.models import Base
+from jobs.migrate import downgrade, upgrade
+from jobs.models import Base
 
 
 @pytest.fixture(params=["pg", "sqlite"])

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import engine_for
-from service.models import Base, Job, Owner
-from service.orm import utcnow
+from jobs.db import engine_for
+from jobs.models import Base, Job, Owner
+from jobs.orm import utcnow
 
 
 @contextlib.contextmanager

@@ -8,15 +8,22 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 from typer.main import get_command
 
 from cli.main import app
+from service.config import ApiSettings
 from worker.config import WorkerSettings
 
 ROOT = Path(__file__).parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SETTING_NAMES = {f"MMKD_{name.upper()}" for name in WorkerSettings.model_fields}
 MMKD_SERVICES = ("migrate", "api", "worker")
+#: Which process reads each service's settings: each knows only its own part and the common one.
+SETTINGS_OF: dict[str, type[BaseSettings]] = {"migrate": ApiSettings, "api": ApiSettings, "worker": WorkerSettings}
+
+
+def _names(settings: type[BaseSettings]) -> set[str]:
+    return {f"MMKD_{name.upper()}" for name in settings.model_fields}
 
 
 def _environment(service: str) -> dict[str, str]:
@@ -28,12 +35,17 @@ def _environment(service: str) -> dict[str, str]:
 def test_every_mmkd_variable_is_a_setting(service: str) -> None:
     names = {name for name in _environment(service) if name.startswith("MMKD_")}
     assert names, f"{service} sets no MMKD_* variable"
-    assert names <= SETTING_NAMES, f"{service}: unknown settings {sorted(names - SETTING_NAMES)}"
+    known = _names(SETTINGS_OF[service])
+    assert names <= known, f"{service}: unknown settings {sorted(names - known)}"
 
 
 def test_the_dockerfile_sets_only_known_settings() -> None:
     names = set(re.findall(r"\b(MMKD_[A-Z0-9_]+)=", (ROOT / "Dockerfile").read_text()))
-    assert names <= SETTING_NAMES
+    assert names <= _names(ApiSettings) & _names(WorkerSettings)
+
+
+def test_the_worker_knows_none_of_the_api_settings() -> None:
+    assert not {"auth", "host", "threads", "max_body_bytes"} & set(WorkerSettings.model_fields)
 
 
 @pytest.mark.parametrize("service", MMKD_SERVICES)

@@ -8,7 +8,7 @@ import sys
 
 def test_worker_modules_import_neither_fastapi_nor_torch() -> None:
     code = (
-        "import sys, worker.tasks, worker.runner, worker.reaper, worker.storage, worker.s3, cli.worker; "
+        "import sys, worker.tasks, worker.runner, jobs.reaper, storage.store, storage.s3, cli.worker; "
         "print(sorted(m for m in ('fastapi', 'starlette', 'torch') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

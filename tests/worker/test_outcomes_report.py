@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from core.errors import DataError, NonFiniteLossError, SpecError, StorageError, TrainingCancelled
 from core.spec import JobSpec
-from service.models import Job
+from jobs.leases import claim
+from jobs.models import Job
 from worker import outcomes
-from worker.leases import claim
 from worker.report import read_series, result_table, write_report
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-from service.models import Job
-from service.orm import utcnow
-from worker.reaper import reap_once, run_reaper
+from jobs.models import Job
+from jobs.orm import utcnow
+from jobs.reaper import reap_once, run_reaper
 
 
 def _ago(seconds: float) -> dt.datetime:

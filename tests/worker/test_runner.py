@@ -12,9 +12,9 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
-from service.jobs.service import submit_job
-from service.migrate import upgrade
-from service.models import Artifact, Job, JobEvent, Owner
+from jobs.lifecycle import submit_job
+from jobs.migrate import upgrade
+from jobs.models import Artifact, Job, JobEvent, Owner
 from worker import runner
 from worker.config import get_worker_settings
 

@@ -12,9 +12,9 @@ import boto3
 import pytest
 
 from core.errors import StorageError
-from worker.checkpoints import StorageCheckpointStore
-from worker.s3 import S3Store
-from worker.storage import ArtifactStore, LocalStore, open_store
+from storage.checkpoints import StorageCheckpointStore
+from storage.s3 import S3Store
+from storage.store import ArtifactStore, LocalStore, open_store
 
 
 @pytest.fixture

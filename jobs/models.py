@@ -6,13 +6,26 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.orm import Base, BigId, JsonDoc, UtcDateTime, utcnow
+from jobs.orm import Base, BigId, JsonDoc, UtcDateTime, utcnow
+from jobs.status import JobStatus
 
-JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+class StatusType(TypeDecorator[JobStatus]):
+    """A job status stored as its plain name and read back as a :class:`JobStatus`."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: JobStatus | str | None, dialect: Any) -> str | None:
+        """Store the name; an unknown one fails here, before the database's check constraint."""
+        return None if value is None else JobStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> JobStatus | None:
+        """Read back as the enum."""
+        return None if value is None else JobStatus(value)
 
 
 class Job(Base):
@@ -24,7 +37,7 @@ class Job(Base):
         Index("ix_jobs_owner_id_id", "owner_id", "id"),
         Index("ix_jobs_owner_id_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
-        CheckConstraint("status IN ({})".format(", ".join(f"'{s}'" for s in JOB_STATUSES)), name="status"),
+        CheckConstraint("status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus)), name="status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -33,7 +46,7 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
     spec_hash: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobStatus] = mapped_column(StatusType(), default=JobStatus.QUEUED)
     status_reason: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int]
@@ -97,3 +110,27 @@ class Artifact(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigId)
     checksum: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Owner(Base):
+    """Who jobs belong to; every API key acts for one owner."""
+
+    __tablename__ = "owners"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    """A bearer token; only its hash is stored, the prefix identifies it in listings."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())

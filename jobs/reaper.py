@@ -20,13 +20,15 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.service import record_event, transition
-from service.models import Job
-from service.orm import utcnow
+from jobs.lifecycle import record_event, transition
+from jobs.models import Job
+from jobs.orm import utcnow
+from jobs.status import ACTIVE, JobStatus
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[int], None]
@@ -42,44 +44,69 @@ class ReapResult:
     republished: list[int] = field(default_factory=list)
 
 
-def _locked(session: Session, job_id: int) -> Job | None:
-    return session.get(Job, job_id, with_for_update=True, populate_existing=True)
-
-
 def _expire_lease(session: Session, job_id: int, now: dt.datetime, result: ReapResult) -> bool:
-    """Handle one job whose lease ran out; True when it must be published again."""
-    job = _locked(session, job_id)
-    if job is None or job.status not in ("running", "cancelling"):
+    """Handle one job whose lease ran out; True when it must be published again.
+
+    Every move is a compare-and-set on the lease seen here and on its expiry, so a worker that
+    renews or finishes in between wins and the reaper changes nothing.
+    """
+    row = session.execute(select(Job.lease_owner, Job.attempts, Job.max_attempts).where(Job.id == job_id)).one_or_none()
+    if row is None or row.lease_owner is None:
         return False
-    if job.lease_expires_at is None or job.lease_expires_at >= now:
-        return False
-    attempt = f"attempt {job.attempts} of {job.max_attempts}"
-    lost = f"worker {job.lease_owner} stopped renewing its lease ({attempt})"
-    if job.status == "cancelling":
-        transition(session, job=job, to_status="cancelled", reason=f"cancelled; {lost}")
+    lost = f"worker {row.lease_owner} stopped renewing its lease (attempt {row.attempts} of {row.max_attempts})"
+    expired = [Job.lease_expires_at < now]
+
+    def move(to: JobStatus, expect: JobStatus, where: list[Any], reason: str, error: str | None = None) -> bool:
+        values = {"error": error} if error else None
+        moved = transition(
+            session,
+            job_id=job_id,
+            to=to,
+            expect={expect},
+            lease_owner=row.lease_owner,
+            where=where,
+            reason=reason,
+            values=values,
+        )
+        return moved is not None
+
+    if move(JobStatus.CANCELLED, JobStatus.CANCELLING, expired, f"cancelled; {lost}"):
         result.cancelled.append(job_id)
         return False
-    if job.attempts >= job.max_attempts:
-        transition(session, job=job, to_status="failed", reason=f"worker lost: {lost}; no attempts left")
-        job.error = "worker_lost"
+    exhausted = [*expired, Job.attempts >= Job.max_attempts]
+    if move(JobStatus.FAILED, JobStatus.RUNNING, exhausted, f"worker lost: {lost}; no attempts left", "worker_lost"):
         result.failed.append(job_id)
         return False
-    transition(session, job=job, to_status="queued", reason=f"re-enqueued: {lost}")
-    result.requeued.append(job_id)
-    return True
+    if move(JobStatus.QUEUED, JobStatus.RUNNING, [*expired, Job.attempts < Job.max_attempts], f"re-enqueued: {lost}"):
+        result.requeued.append(job_id)
+        return True
+    return False
 
 
 def _republish_stale(session: Session, job_id: int, cutoff: dt.datetime, result: ReapResult) -> bool:
     """Handle one job queued since before ``cutoff``; True when it must be published again."""
-    job = _locked(session, job_id)
-    if job is None or job.status != "queued" or job.queued_at is None or job.queued_at >= cutoff:
-        return False
-    if job.attempts >= job.max_attempts:
-        transition(session, job=job, to_status="failed", reason=f"no attempts left ({job.attempts})")
+    stale = [Job.queued_at < cutoff]
+    failed = transition(
+        session,
+        job_id=job_id,
+        to=JobStatus.FAILED,
+        expect={JobStatus.QUEUED},
+        where=[*stale, Job.attempts >= Job.max_attempts],
+        reason="no attempts left",
+    )
+    if failed is not None:
         result.failed.append(job_id)
         return False
-    job.queued_at = utcnow()
-    record_event(session, job_id=job.id, kind="reenqueued", reason="not picked up in time; published again")
+    touched = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, *stale)
+        .values(queued_at=utcnow())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if touched is None:
+        return False
+    record_event(session, job_id=job_id, kind="reenqueued", reason="not picked up in time; published again")
     result.republished.append(job_id)
     return True
 
@@ -90,10 +117,8 @@ def reap_once(sessions: sessionmaker[Session], *, enqueue: Enqueue, requeue_afte
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=requeue_after_seconds)
     with sessions() as session:
-        expired = session.scalars(
-            select(Job.id).where(Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now)
-        ).all()
-        stale = session.scalars(select(Job.id).where(Job.status == "queued", Job.queued_at < cutoff)).all()
+        expired = session.scalars(select(Job.id).where(Job.status.in_(ACTIVE), Job.lease_expires_at < now)).all()
+        stale = session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED, Job.queued_at < cutoff)).all()
     for job_ids, handle in ((expired, _expire_lease), (stale, _republish_stale)):
         for job_id in job_ids:
             with sessions() as session:

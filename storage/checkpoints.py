@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from worker.storage import ArtifactStore
+from storage.store import ArtifactStore
 
 _STEP_KEY = re.compile(r"/step-(\d+)\.pt$")
 

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.exceptions import NotFoundError
-from service.keys.models import ApiKey, Owner
-from service.orm import utcnow
+from jobs.errors import NotFoundError
+from jobs.models import ApiKey, Owner
+from jobs.orm import utcnow
 
 KEY_PREFIX = "mmkd_"
 #: Refresh ``last_used_at`` at most this often, so authentication is not a write per request.
@@ -87,9 +87,7 @@ def create_key(session: Session, *, owner_name: str) -> tuple[ApiKey, str]:
     owner = get_or_create_owner(session, name=owner_name)
     public = secrets.token_hex(4)
     token = f"{KEY_PREFIX}{public}_{secrets.token_urlsafe(32)}"
-    key = ApiKey(
-        owner_id=owner.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(token), created_at=utcnow()
-    )
+    key = ApiKey(owner_id=owner.id, prefix=f"{KEY_PREFIX}{public}", key_hash=hash_key(token), created_at=utcnow())
     session.add(key)
     session.commit()
     return key, token

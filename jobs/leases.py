@@ -15,15 +15,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.service import record_event
-from service.models import Job
-from service.orm import utcnow
+from jobs.lifecycle import transition
+from jobs.models import Job
+from jobs.orm import utcnow
+from jobs.status import ACTIVE, JobStatus
 
 log = logging.getLogger(__name__)
-ACTIVE = ("running", "cancelling")
 
 
 def new_lease_owner() -> str:
@@ -44,32 +44,30 @@ class Lease:
 def claim(session: Session, *, job_id: int, owner: str, lease_seconds: float) -> Lease | None:
     """Move the job queued -> running with a lease, or return None when another delivery has it.
 
-    One UPDATE is the compare-and-set: it matches only while the job is queued with attempts left,
-    so of concurrent claims exactly one changes the row (no read before the write, which also
-    lets SQLite take its write lock at once instead of upgrading a read lock).
+    The transition is the compare-and-set: it matches only while the job is queued with attempts
+    left, so of concurrent claims exactly one changes the row (no read before the write, which
+    also lets SQLite take its write lock at once instead of upgrading a read lock).
     """
     now = utcnow()
-    claimed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.attempts < Job.max_attempts)
-        .values(
-            status="running",
-            status_reason=None,
-            attempts=Job.attempts + 1,
-            lease_owner=owner,
-            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, now),
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+    attempt = transition(
+        session,
+        job_id=job_id,
+        to=JobStatus.RUNNING,
+        expect={JobStatus.QUEUED},
+        where=[Job.attempts < Job.max_attempts],
+        values={
+            "attempts": Job.attempts + 1,
+            "lease_owner": owner,
+            "lease_expires_at": now + dt.timedelta(seconds=lease_seconds),
+        },
+        reason=f"claimed by {owner}",
     )
-    if claimed.rowcount != 1:
+    if attempt is None:
         session.rollback()
         return None
-    attempt, max_attempts = session.execute(select(Job.attempts, Job.max_attempts).where(Job.id == job_id)).one()
-    record_event(session, job_id=job_id, kind="started", reason=f"attempt {attempt} by {owner}")
+    max_attempts = session.scalar(select(Job.max_attempts).where(Job.id == job_id))
     session.commit()
-    return Lease(job_id=job_id, owner=owner, attempt=attempt, max_attempts=max_attempts)
+    return Lease(job_id=job_id, owner=owner, attempt=attempt, max_attempts=int(max_attempts or attempt))
 
 
 def renew(session: Session, *, lease: Lease, lease_seconds: float) -> bool:
@@ -83,14 +81,6 @@ def renew(session: Session, *, lease: Lease, lease_seconds: float) -> bool:
     )
     session.commit()
     return result.rowcount == 1
-
-
-def load_owned(session: Session, lease: Lease) -> Job | None:
-    """The job row, locked for update, if this lease still owns it; None otherwise."""
-    job = session.get(Job, lease.job_id, with_for_update=True, populate_existing=True)
-    if job is None or job.lease_owner != lease.owner or job.status not in ACTIVE:
-        return None
-    return job
 
 
 class Heartbeat:

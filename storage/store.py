@@ -1,10 +1,15 @@
-"""Artifact storage: one interface, an S3 implementation (boto3) and a local-folder one.
+"""Storage: one interface, an S3 implementation (boto3) and a local-folder one, and the one parser
+of ``MMKD_STORAGE_URL``. The API (links, downloads, uploads), the worker (checkpoints, artifacts)
+and the data loader all reach storage through this module.
 
 Keys are relative (``jobs/{job_id}/...``); each store maps them under its own prefix. Every write
 is atomic from a reader's point of view: S3 objects appear whole, local files are written to a
 temporary name and renamed. Callers record a key in the database only after the write returned,
 so a key in the database always names a complete object. Failures after retries raise
 ``core.errors.StorageError``; this module imports neither torch nor a web framework.
+
+Local stores have no URLs of their own: ``presigned_url`` is None and the API serves the file
+from ``local_path``; S3 stores hand out presigned GET URLs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from core.errors import StorageError
+from settings import Settings
 
 _CHUNK = 1 << 20
 
@@ -55,6 +61,9 @@ class ArtifactStore(Protocol):
 
     def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:
         """A time-limited GET URL, or None when the store has none (the API serves the file)."""
+
+    def local_path(self, key: str) -> Path | None:
+        """The file behind ``key`` in a local store; None for remote stores or an invalid key."""
 
     def check(self) -> None:
         """Raise StorageError when the store cannot be reached."""
@@ -142,9 +151,12 @@ class LocalStore:
         """None: the API serves local files itself."""
         return None
 
-    def path_of(self, key: str) -> Path:
-        """The file that holds ``key`` (for the API's download endpoint)."""
-        return self._path(key)
+    def local_path(self, key: str) -> Path | None:
+        """The file that holds ``key`` (for the API's download endpoint); None for an invalid key."""
+        try:
+            return self._path(key)
+        except ValueError:
+            return None
 
     def check(self) -> None:
         """The root folder exists or can be created."""
@@ -154,25 +166,51 @@ class LocalStore:
             raise StorageError(f"local store {self.root}: {error}") from error
 
 
-def open_store(
-    url: str, *, endpoint_url: str | None = None, max_attempts: int = 5, timeout_s: float = 10.0
-) -> ArtifactStore:
-    """The store for ``url``: ``s3://bucket/prefix`` (boto3), or a local path / ``file://`` URL."""
+@dataclass(frozen=True)
+class Location:
+    """A parsed storage URL: an S3 bucket and key prefix, or a local folder (``bucket`` None)."""
+
+    bucket: str | None
+    prefix: str
+    path: Path | None
+
+
+def parse_url(url: str) -> Location:
+    """The one parser of storage URLs: ``s3://bucket/prefix``, ``file:///path`` (percent-decoded)
+    or a plain path (``~`` expanded). Raises ValueError naming what is wrong."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"storage URL {url!r} names no bucket; use s3://bucket/prefix")
-        from worker.s3 import S3Store
-
-        return S3Store(
-            parsed.netloc,
-            parsed.path.strip("/"),
-            endpoint_url=endpoint_url,
-            max_attempts=max_attempts,
-            timeout_s=timeout_s,
-        )
+        return Location(parsed.netloc, parsed.path.strip("/"), None)
     if parsed.scheme == "file":
-        return LocalStore(Path(unquote(parsed.path)))
+        return Location(None, "", Path(unquote(parsed.path)).expanduser().resolve())
     if parsed.scheme:
         raise ValueError(f"storage URL {url!r}: use s3://bucket/prefix, file:///path or a path")
-    return LocalStore(Path(url).expanduser())
+    return Location(None, "", Path(url).expanduser().resolve())
+
+
+def open_store(
+    url: str, *, endpoint_url: str | None = None, max_attempts: int = 5, timeout_s: float = 10.0
+) -> ArtifactStore:
+    """The store for ``url``: ``s3://bucket/prefix`` (boto3), or a local path / ``file://`` URL."""
+    location = parse_url(url)
+    if location.bucket is None:
+        assert location.path is not None
+        return LocalStore(location.path)
+    from storage.s3 import S3Store
+
+    return S3Store(
+        location.bucket, location.prefix, endpoint_url=endpoint_url, max_attempts=max_attempts, timeout_s=timeout_s
+    )
+
+
+def store_from_settings(settings: Settings) -> ArtifactStore:
+    """The store named by ``MMKD_STORAGE_URL`` (default: a folder under ``MMKD_HOME``), with the
+    configured endpoint, retries and timeouts."""
+    return open_store(
+        settings.resolved_storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        max_attempts=settings.storage_max_attempts,
+        timeout_s=settings.storage_timeout_seconds,
+    )

@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.errors import StorageError
-from worker.storage import StoredObject, check_key, digest_file
+from storage.store import StoredObject, check_key, digest_file
 
 T = TypeVar("T")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -137,6 +137,10 @@ class S3Store:
                 "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_s
             ),
         )
+
+    def local_path(self, key: str) -> Path | None:
+        """Objects in S3 have no local path."""
+        return None
 
     def check(self) -> None:
         """HEAD the bucket."""

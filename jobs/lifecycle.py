@@ -1,116 +1,89 @@
 """Job logic: submission with idempotency, cancellation, and the state-transition helpers the worker
-reuses. No FastAPI here; functions take a SQLAlchemy session and keyword-only arguments."""
+and the reaper use. No FastAPI here; functions take a SQLAlchemy session and keyword-only arguments."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import ColumnElement, Table, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core.spec import JobSpec
-from service.exceptions import ConflictError, InvalidRequestError, InvalidTransitionError
-from service.jobs.models import TERMINAL_STATUSES, Artifact, Job, JobEvent, MetricPoint
-from service.orm import utcnow
+from jobs.errors import ConflictError, InvalidRequestError, InvalidTransitionError
+from jobs.models import Artifact, Job, JobEvent
+from jobs.orm import utcnow
+from jobs.status import EVENT_FOR_STATUS, JobStatus, sources
 
 log = logging.getLogger(__name__)
 
-#: Which status may follow which. ``running -> queued`` is a redelivery after a lost lease.
-ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled", "failed"}),
-    "running": frozenset({"queued", "cancelling", "succeeded", "failed", "cancelled"}),
-    "cancelling": frozenset({"cancelled", "succeeded", "failed"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "cancelled": frozenset(),
-}
 # Core statements on the tables, built once: compiled once, cached, no per-call construction.
 _JOBS, _EVENTS = cast(Table, Job.__table__), cast(Table, JobEvent.__table__)
 _INSERT_JOB = insert(_JOBS).returning(_JOBS.c.id)
 _INSERT_EVENT = insert(_EVENTS)
-_EVENT_FOR_STATUS = {
-    "queued": "requeued",
-    "running": "started",
-    "cancelling": "cancel_requested",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
 
 
 def record_event(
     session: Session, *, job_id: int, kind: str, reason: str | None = None, data: dict[str, Any] | None = None
-) -> JobEvent:
-    """Add an event row (not committed): a transition or a notable moment such as ``resumed``."""
-    event = JobEvent(job_id=job_id, kind=kind, reason=reason, data=data, at=utcnow())
-    session.add(event)
-    return event
+) -> None:
+    """Add an event row (not committed): a notable moment such as ``resumed`` or ``enqueued``."""
+    _insert_event(session, job_id=job_id, kind=kind, reason=reason, data=data)
 
 
 def transition(
     session: Session,
     *,
-    job: Job,
-    to_status: str,
+    job_id: int,
+    to: JobStatus | str,
     reason: str | None = None,
+    expect: Collection[JobStatus] | None = None,
+    lease_owner: str | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
+    values: Mapping[str, Any] | None = None,
     event_kind: str | None = None,
     data: dict[str, Any] | None = None,
-) -> JobEvent:
-    """Move ``job`` to ``to_status`` if the lifecycle allows it, stamp the times, record the event.
+) -> int | None:
+    """Move a job to ``to`` by compare-and-set; the one place where a job's status changes.
 
-    Does not commit. Raises :class:`InvalidTransitionError` for a move the lifecycle forbids (for
-    example anything out of a terminal status). ``event_kind`` overrides the default event name,
-    e.g. ``resumed`` for a ``running`` transition that continues from a checkpoint.
+    One UPDATE matches the job only while its status is one of ``expect`` (default: every status
+    the state machine allows ``to`` to follow), it is held by ``lease_owner`` when one is given,
+    and ``where`` holds. It stamps the times and lease that go with ``to``, sets ``values``, and
+    records the event (with the attempt number). Returns the job's attempt count after the move,
+    or None when nothing matched (another writer moved the job first). Does not commit.
+    Raises :class:`InvalidTransitionError` for a move the state machine never allows.
     """
-    if to_status not in ALLOWED_TRANSITIONS.get(job.status, frozenset()):
-        raise InvalidTransitionError(f"job {job.id} cannot go from {job.status} to {to_status}")
+    target = JobStatus(to)
+    allowed = sources(target)
+    expected = allowed if expect is None else frozenset(JobStatus(s) for s in expect)
+    if not expected or not expected <= allowed:
+        raise InvalidTransitionError(f"no job may go from {sorted(expected - allowed)} to {target}")
     now = utcnow()
-    job.status = to_status
-    job.status_reason = reason
-    if to_status == "queued":
-        job.queued_at = now
-        job.lease_owner = job.lease_expires_at = None
-    elif to_status == "running" and job.started_at is None:
-        job.started_at = now
-    elif to_status in TERMINAL_STATUSES:
-        job.finished_at = now
-        job.lease_owner = job.lease_expires_at = None
-    kind = event_kind or _EVENT_FOR_STATUS[to_status]
-    return record_event(session, job_id=job.id, kind=kind, reason=reason, data=data)
-
-
-def update_progress(
-    session: Session,
-    *,
-    job: Job,
-    epoch: int | None = None,
-    step: int | None = None,
-    total_epochs: int | None = None,
-    total_steps: int | None = None,
-    eta_seconds: float | None = None,
-) -> None:
-    """Set the progress fields that are given (not committed)."""
-    values = {"epoch": epoch, "step": step, "total_epochs": total_epochs, "total_steps": total_steps}
-    for field, value in values.items():
-        if value is not None:
-            setattr(job, field, value)
-    job.eta_seconds = eta_seconds
-
-
-def record_metrics(
-    session: Session, *, job: Job, step: int, epoch: int | None, values: Mapping[str, float]
-) -> None:
-    """Append one point per named value at ``step`` and refresh the job's latest metrics."""
-    session.add_all(
-        MetricPoint(job_id=job.id, step=step, epoch=epoch, name=name, value=float(value))
-        for name, value in values.items()
-    )
-    job.latest_metrics = {**(job.latest_metrics or {}), **{k: float(v) for k, v in values.items()}}
+    stamp: dict[str, Any] = {"status": target, "status_reason": reason, "updated_at": now}
+    if target == JobStatus.QUEUED:
+        stamp.update(queued_at=now, lease_owner=None, lease_expires_at=None)
+    elif target == JobStatus.RUNNING:
+        stamp.update(started_at=func.coalesce(Job.started_at, now))
+    elif target.terminal:
+        stamp.update(finished_at=now, lease_owner=None, lease_expires_at=None)
+    conditions = [Job.id == job_id, Job.status.in_(expected), *where]
+    if lease_owner is not None:
+        conditions.append(Job.lease_owner == lease_owner)
+    attempts = session.execute(
+        update(Job)
+        .where(*conditions)
+        .values({**stamp, **(values or {})})
+        .returning(Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if attempts is None:
+        return None
+    kind = event_kind or EVENT_FOR_STATUS[target]
+    _insert_event(session, job_id=job_id, kind=kind, reason=reason, data={"attempt": attempts, **(data or {})})
+    return int(attempts)
 
 
 def record_artifact(
@@ -143,7 +116,7 @@ def submit_job(
         "spec": spec_json,
         "spec_hash": spec_hash,
         "seed": spec.train.seed,
-        "status": "queued",
+        "status": JobStatus.QUEUED,
         "attempts": 0,
         "max_attempts": max_attempts,
         "created_at": now,
@@ -157,9 +130,7 @@ def submit_job(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        return _replay(
-            session, owner_id=owner_id, idempotency_key=idempotency_key, request_hash=spec_hash
-        ), False
+        return _replay(session, owner_id=owner_id, idempotency_key=idempotency_key, request_hash=spec_hash), False
     _insert_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
     session.commit()
     return Job(id=job_id, **values), True
@@ -232,20 +203,27 @@ def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -
 def cancel_job(session: Session, *, job: Job) -> Job:
     """Queued jobs are cancelled at once; running ones go to ``cancelling`` for the worker to stop.
 
-    Cancelling a job that is already cancelling is a no-op; a finished job is a conflict.
+    Cancelling a job that is already cancelling is a no-op; a finished job is a conflict. Each move
+    is a compare-and-set, so a cancel racing a worker's claim or finish takes the status it finds.
     """
-    locked = session.scalars(
-        select(Job).where(Job.id == job.id).with_for_update().execution_options(populate_existing=True)
-    ).one()
-    if locked.status == "cancelling":
-        return locked
-    if locked.status in TERMINAL_STATUSES:
-        raise ConflictError(f"job {locked.id} already {locked.status}; nothing to cancel")
-    if locked.status == "queued":
-        transition(
-            session, job=locked, to_status="cancelled", reason="cancelled by the owner before it started"
+    moved = transition(
+        session,
+        job_id=job.id,
+        to=JobStatus.CANCELLED,
+        expect={JobStatus.QUEUED},
+        reason="cancelled by the owner before it started",
+    )
+    if moved is None:
+        moved = transition(
+            session,
+            job_id=job.id,
+            to=JobStatus.CANCELLING,
+            expect={JobStatus.RUNNING},
+            reason="cancel requested by the owner",
         )
-    else:
-        transition(session, job=locked, to_status="cancelling", reason="cancel requested by the owner")
     session.commit()
-    return locked
+    current = session.get(Job, job.id, populate_existing=True)
+    assert current is not None  # jobs are never deleted while their owner exists
+    if moved is None and current.status != JobStatus.CANCELLING:
+        raise ConflictError(f"job {current.id} already {current.status}; nothing to cancel")
+    return current

@@ -6,8 +6,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.exceptions import NotFoundError
-from service.jobs.models import Artifact, Job, JobEvent, MetricPoint
+from jobs.errors import NotFoundError
+from jobs.models import Artifact, Job, JobEvent, MetricPoint
 
 
 def get_job(session: Session, *, owner_id: int, job_id: int) -> Job:
