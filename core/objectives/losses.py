@@ -13,7 +13,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     """Symmetric InfoNCE (van den Oord et al. 2018; CLIP's form).
 
     With L2-normalised rows, s_ij = <a_i, b_j> / tau and positives on the diagonal:
-    L = (CE(s, diag) + CE(s^T, diag)) / 2. It is a lower bound on I(A;B) up to log N.
+    L = (CE(s, diag) + CE(s^T, diag)) / 2. For a batch of N pairs, I(A;B) >= log N - L: the loss is
+    not itself a bound on I(A;B), it is an upper bound on log N - I(A;B), so minimising L raises a
+    lower bound on the mutual information, a bound that saturates at log N since L >= 0.
     """
     a = F.normalize(a, dim=1)
     b = F.normalize(b, dim=1)
