@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +13,7 @@ from rich.table import Table
 from cli.common import fail
 
 if TYPE_CHECKING:
+    from core.data.arrays import DataReader
     from core.spec import JobSpec
 
 console = Console()
@@ -44,6 +46,20 @@ def result_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def _reader() -> DataReader:
+    """Local files, and S3 objects through the configured endpoint, retries and timeouts."""
+    from core.data.arrays import read_local_or_s3
+    from settings import get_common_settings
+
+    settings = get_common_settings()
+    return partial(
+        read_local_or_s3,
+        endpoint_url=settings.s3_endpoint_url,
+        max_attempts=settings.storage_max_attempts,
+        timeout_s=settings.storage_timeout_seconds,
+    )
+
+
 def train_command(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Job spec (YAML or JSON).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints, metrics, export.")],
@@ -51,6 +67,7 @@ def train_command(
 ) -> None:
     """Train locally; writes summary.json, metrics.jsonl, checkpoints/ and student/ under --out."""
     spec = _load_spec(spec_path)
+    from core.data import prepare
     from core.engine.checkpoint import LocalCheckpointStore
     from core.engine.evaluation import PRIMARY_METRIC
     from core.engine.tracking_local import FanOutTracker, JsonlTracker, RichProgressTracker
@@ -65,7 +82,8 @@ def train_command(
         metrics_file.unlink(missing_ok=True)
     tracker = FanOutTracker(JsonlTracker(metrics_file), RichProgressTracker(PRIMARY_METRIC[spec.task]))
     try:
-        summary = train(spec, workdir=out, tracker=tracker, checkpoints=store)
+        data = prepare(spec.dataset, spec.task, read=_reader())
+        summary = train(spec, workdir=out, tracker=tracker, checkpoints=store, data=data)
     except MmkdError as exc:
         fail(str(exc))
     except RuntimeError as exc:

@@ -30,7 +30,12 @@ class DatasetSpec(StrictModel):
     """Where the data comes from and which modalities the student may use."""
 
     name: str | None = Field(default=None, description="A built-in dataset: mfeat or basic_motions.")
-    uri: str | None = Field(default=None, description="A generic .npz: local path or s3://bucket/key.")
+    uri: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="A generic .npz: local path or s3://bucket/key (on a server: only under its allowed prefixes).",
+    )
+    id: int | None = Field(default=None, ge=1, le=2**31 - 1, description="An uploaded dataset (POST /v1/datasets).")
     primary: list[Annotated[str, Field(pattern=MODALITY_NAME)]] = Field(
         min_length=1, description="Modalities present at training and inference (the student's input)."
     )
@@ -59,8 +64,11 @@ class DatasetSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
-        if (self.name is None) == (self.uri is None):
-            raise ValueError("give exactly one of dataset.name (a built-in) or dataset.uri (a .npz)")
+        if sum(source is not None for source in (self.name, self.uri, self.id)) != 1:
+            raise ValueError(
+                "give exactly one of dataset.id (an uploaded dataset), dataset.name (a built-in) "
+                "or dataset.uri (a .npz)"
+            )
         if self.name is not None and self.name not in BUILTIN_DATASETS:
             raise ValueError(f"unknown built-in dataset {self.name!r}; built-ins: {sorted(BUILTIN_DATASETS)}")
         for field in ("primary", "auxiliary"):

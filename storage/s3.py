@@ -22,7 +22,8 @@ from core.errors import StorageError
 from storage.store import StoredObject, check_key, digest_file
 
 T = TypeVar("T")
-_MISSING = {"NoSuchKey", "404", "NotFound"}
+#: Treated alike as "no such object": a denied read must not tell whether the object exists.
+_MISSING = {"NoSuchKey", "404", "NotFound", "403", "AccessDenied", "Forbidden", "NoSuchBucket"}
 
 
 class S3Store:
@@ -93,6 +94,13 @@ class S3Store:
             return bytes(body.read())
 
         return self._call("get", key, get, may_be_missing=True)
+
+    def size(self, key: str) -> int:
+        """HEAD the object: its size without reading it."""
+        head = self._call(
+            "head", key, lambda: self.client.head_object(Bucket=self.bucket, Key=self._full(key)), may_be_missing=True
+        )
+        return int(head["ContentLength"])
 
     def download(self, key: str, dest: Path) -> None:
         """Managed download to ``dest``."""

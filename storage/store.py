@@ -50,6 +50,9 @@ class ArtifactStore(Protocol):
     def get_bytes(self, key: str) -> bytes:
         """The object's content; FileNotFoundError when there is none."""
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes, without reading it; FileNotFoundError when there is none."""
+
     def download(self, key: str, dest: Path) -> None:
         """Write the object to ``dest``; FileNotFoundError when there is none."""
 
@@ -129,6 +132,13 @@ class LocalStore:
     def get_bytes(self, key: str) -> bytes:
         """Read the file stored under ``key``."""
         return self._path(key).read_bytes()
+
+    def size(self, key: str) -> int:
+        """The file's size; FileNotFoundError for a missing file or a folder."""
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return path.stat().st_size
 
     def download(self, key: str, dest: Path) -> None:
         """Copy the stored file to ``dest``."""
@@ -214,3 +224,70 @@ def store_from_settings(settings: Settings) -> ArtifactStore:
         max_attempts=settings.storage_max_attempts,
         timeout_s=settings.storage_timeout_seconds,
     )
+
+
+def read_uri(
+    uri: str,
+    *,
+    max_bytes: int | None = None,
+    endpoint_url: str | None = None,
+    max_attempts: int = 5,
+    timeout_s: float = 10.0,
+) -> bytes:
+    """The whole object at ``uri`` (``s3://bucket/key``, ``file:///path`` or a path), its size checked
+    against ``max_bytes`` before a byte is read.
+
+    Raises FileNotFoundError (no such object), :class:`ObjectTooLarge`, ValueError (not a URL of
+    an object) or StorageError (unreachable after retries: a transient failure).
+    """
+    location = parse_url(uri)
+    if location.bucket is None:
+        assert location.path is not None
+        store: ArtifactStore = LocalStore(location.path.parent)
+        key = location.path.name
+    else:
+        if not location.prefix:
+            raise ValueError(f"{uri!r} names a bucket, not an object")
+        store = open_store(
+            f"s3://{location.bucket}", endpoint_url=endpoint_url, max_attempts=max_attempts, timeout_s=timeout_s
+        )
+        key = location.prefix
+    size = store.size(key)
+    if max_bytes is not None and size > max_bytes:
+        raise ObjectTooLarge(size, max_bytes)
+    return store.get_bytes(key)
+
+
+class ObjectTooLarge(ValueError):
+    """An object larger than the limit it was read under."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes, over the limit of {limit} bytes")
+        self.size, self.limit = size, limit
+
+
+def is_allowed(uri: str, prefixes: list[str]) -> bool:
+    """Whether ``uri`` lies under one of ``prefixes`` (``s3://bucket/prefix`` or local folders).
+
+    Local paths are compared after resolving ``~``, ``..`` and symbolic links, so a link inside an
+    allowed folder that points outside it is refused; S3 keys match whole path segments, so
+    ``s3://b/data`` allows ``s3://b/data/x.npz`` but not ``s3://b/database.npz``.
+    """
+    try:
+        target = parse_url(uri)
+    except ValueError:
+        return False
+    for prefix in prefixes:
+        try:
+            allowed = parse_url(prefix)
+        except ValueError:
+            continue
+        if target.bucket is None and allowed.bucket is None:
+            assert target.path is not None and allowed.path is not None
+            inside = target.path.is_relative_to(allowed.path) and target.path != allowed.path
+        else:
+            under = not allowed.prefix or target.prefix.startswith(allowed.prefix.rstrip("/") + "/")
+            inside = target.bucket is not None and target.bucket == allowed.bucket and under
+        if inside:
+            return True
+    return False

@@ -25,6 +25,7 @@ from storage.checkpoints import StorageCheckpointStore
 from storage.store import ArtifactStore, StoredObject, store_from_settings
 from worker import outcomes
 from worker.config import WorkerSettings, get_worker_settings
+from worker.data import job_reader
 from worker.report import write_report
 from worker.tracking import DatabaseTracker
 
@@ -75,12 +76,16 @@ def _publish_retry(settings: WorkerSettings, job_id: int) -> None:
 def _train_and_publish(
     settings: WorkerSettings, sessions: sessionmaker[Session], lease: Lease, beat: Heartbeat, workdir: Path
 ) -> str:
+    from core.data import prepare
     from core.engine.tracking_local import FanOutTracker, JsonlTracker
     from core.engine.trainer import train  # torch loads here
 
     with sessions() as session:
-        spec = JobSpec.model_validate(session.get(Job, lease.job_id).spec)  # type: ignore[union-attr]
+        spec_json, owner_id = session.execute(select(Job.spec, Job.owner_id).where(Job.id == lease.job_id)).one()
+    spec = JobSpec.model_validate(spec_json)
     store = store_from_settings(settings)
+    read = job_reader(settings, store, sessions, owner_id=owner_id)
+    data = prepare(spec.dataset, spec.task, max_bytes=settings.max_dataset_bytes, read=read)
     database = DatabaseTracker(
         sessions,
         job_id=lease.job_id,
@@ -92,7 +97,7 @@ def _train_and_publish(
     checkpoints = StorageCheckpointStore(store, lease.job_id, keep_last=spec.checkpoint.keep_last)
     workdir.mkdir(parents=True, exist_ok=True)
     tracker = FanOutTracker(database, JsonlTracker(workdir / "metrics.jsonl"))
-    summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints)
+    summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints, data=data)
     if summary.get("resumed_from_step"):
         prepend_history(sessions, lease.job_id, workdir / "metrics.jsonl", upto_step=summary["resumed_from_step"])
     write_report(workdir, summary, job_id=lease.job_id)

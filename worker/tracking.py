@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import CursorResult, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.status import ACTIVE, JobStatus
 from jobs.lifecycle import record_event
 from jobs.models import Job, MetricPoint
 from jobs.orm import utcnow
+from jobs.status import ACTIVE, JobStatus
 
 
 class DatabaseTracker:

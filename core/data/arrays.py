@@ -11,12 +11,13 @@ import io
 import json
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from core.errors import DataError
 from core.spec import DatasetSpec, TaskKind
+from storage.store import ObjectTooLarge, read_uri
 
 SPLIT_VALUES = ("train", "val", "test")
 MAX_CLASSES = 10_000  # the default cap on class ids: a model allocates memory per class
@@ -48,22 +49,43 @@ def _refuse_oversize(source: str, size: int, max_bytes: int | None) -> None:
         raise DataError(source, f"the data is {size} bytes, over the limit of {max_bytes} bytes")
 
 
-def _uri_bytes(uri: str, max_bytes: int | None = None) -> tuple[str, bytes]:
-    if uri.startswith("s3://"):
-        import boto3  # imported here: only s3:// data needs it
-        from botocore.exceptions import BotoCoreError, ClientError
+class DataReader(Protocol):
+    """Reads the data a spec names by reference: its ``uri``, or ``dataset:<id>`` for an uploaded one."""
 
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        try:
-            body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-        except (BotoCoreError, ClientError) as exc:
-            raise DataError(uri, f"cannot read from S3: {exc}") from exc
-        return uri, body
-    path = Path(uri).expanduser()
-    if not path.is_file():
-        raise DataError(uri, "no such file")
-    _refuse_oversize(uri, path.stat().st_size, max_bytes)  # before reading a byte
-    return uri, path.read_bytes()
+    def __call__(self, ref: str, *, max_bytes: int | None) -> bytes:
+        """The file's bytes; DataError for data that cannot be had, StorageError for an outage."""
+
+
+def dataset_ref(spec: DatasetSpec) -> str:
+    """The reference a reader resolves: ``dataset:<id>`` for an uploaded dataset, else the ``uri``."""
+    return f"dataset:{spec.id}" if spec.id is not None else str(spec.uri)
+
+
+def read_local_or_s3(
+    ref: str,
+    *,
+    max_bytes: int | None,
+    endpoint_url: str | None = None,
+    max_attempts: int = 5,
+    timeout_s: float = 10.0,
+) -> bytes:
+    """The reader of a machine's own files and S3 objects (``mmkd train``; the worker wraps it).
+
+    The size is checked before a byte is read. Network failures stay StorageError (retried by
+    the worker); everything else is a DataError naming ``ref``.
+    """
+    if ref.startswith("dataset:"):
+        raise DataError(ref, "an uploaded dataset is read by the mmkd service; locally, name its file in dataset.uri")
+    try:
+        return read_uri(
+            ref, max_bytes=max_bytes, endpoint_url=endpoint_url, max_attempts=max_attempts, timeout_s=timeout_s
+        )
+    except FileNotFoundError as exc:
+        raise DataError(ref, "no such file or object (or no permission to read it)") from exc
+    except ObjectTooLarge as exc:
+        raise DataError(ref, f"the data is {exc}") from exc
+    except (ValueError, IsADirectoryError, PermissionError) as exc:
+        raise DataError(ref, f"cannot be read: {exc}") from exc
 
 
 def read_npz(source: str, payload: bytes) -> dict[str, np.ndarray]:
@@ -131,10 +153,20 @@ def _check_split(source: str, split: np.ndarray, n: int) -> np.ndarray:
 
 
 def load_raw(
-    spec: DatasetSpec, task: TaskKind, *, max_bytes: int | None = None, max_classes: int = MAX_CLASSES
+    spec: DatasetSpec,
+    task: TaskKind,
+    *,
+    max_bytes: int | None = None,
+    max_classes: int = MAX_CLASSES,
+    read: DataReader = read_local_or_s3,
 ) -> RawDataset:
-    """Read and check the dataset a spec names; refuse a file over ``max_bytes`` or a class id >= ``max_classes``."""
-    source, payload = _builtin_bytes(spec.name) if spec.name else _uri_bytes(str(spec.uri), max_bytes)
+    """Read (through ``read``) and check the dataset a spec names; refuse a file over ``max_bytes``
+    or a class id >= ``max_classes``."""
+    if spec.name:
+        source, payload = _builtin_bytes(spec.name)
+    else:
+        source = dataset_ref(spec)
+        payload = read(source, max_bytes=max_bytes)
     _refuse_oversize(source, len(payload), max_bytes)
     arrays = read_npz(source, payload)
     wanted = [*spec.primary, *spec.auxiliary]

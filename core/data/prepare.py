@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.data.arrays import MAX_CLASSES, RawDataset, load_raw
+from core.data.arrays import MAX_CLASSES, DataReader, RawDataset, load_raw, read_local_or_s3
 from core.errors import DataError
 from core.spec import DatasetSpec, TaskKind
 
@@ -160,10 +160,16 @@ def _split(spec: DatasetSpec, raw: RawDataset, task: TaskKind) -> tuple[np.ndarr
 
 
 def prepare(
-    spec: DatasetSpec, task: TaskKind, *, max_bytes: int | None = None, max_classes: int = MAX_CLASSES
+    spec: DatasetSpec,
+    task: TaskKind,
+    *,
+    max_bytes: int | None = None,
+    max_classes: int = MAX_CLASSES,
+    read: DataReader = read_local_or_s3,
 ) -> PreparedData:
-    """Load (within ``max_bytes`` and ``max_classes``), split, mask labels to ``label_fraction``, normalise."""
-    raw = load_raw(spec, task, max_bytes=max_bytes, max_classes=max_classes)
+    """Load through ``read`` (within ``max_bytes`` and ``max_classes``), split, mask labels to
+    ``label_fraction``, normalise."""
+    raw = load_raw(spec, task, max_bytes=max_bytes, max_classes=max_classes, read=read)
     split, how = _split(spec, raw, task)
     train, val, test = (np.flatnonzero(split == name) for name in ("train", "val", "test"))
     if len(val) == 0 or len(test) == 0:

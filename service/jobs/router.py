@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 
 from core.spec import JobSpec
-from jobs import lifecycle, queries
+from jobs import datasets, lifecycle, queries
 from jobs.errors import InvalidRequestError, NotFoundError, ServiceError
 from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
 from service.errors import ERROR_RESPONSES
@@ -75,6 +75,7 @@ def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
 ) -> JobOut:
     """Validate the spec, store a queued job, then enqueue it (same key + same body: same job)."""
+    datasets.check_data_reference(session, owner_id=owner.id, spec=spec, data_allow=settings.data_allow)
     job, created = lifecycle.submit_job(
         session,
         owner_id=owner.id,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
+from conftest import free_port
 
 from core.data import MAX_CLASSES, is_labelled, prepare
-from core.errors import DataError
+from core.data.arrays import read_local_or_s3
+from core.errors import DataError, StorageError
 from core.spec import DatasetSpec
 
 
@@ -153,16 +156,26 @@ def test_regression_and_multilabel_labels(tmp_path: Path) -> None:
         prepare(write_npz(tmp_path / "m2.npz", **arrays), "multilabel")
 
 
-def test_s3_uri_through_a_real_s3_endpoint(tmp_path: Path, moto_server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.endpoint_url)
+def test_s3_uri_through_the_configured_endpoint(tmp_path: Path, moto_server) -> None:  # type: ignore[no-untyped-def]
     s3 = boto3.client("s3", endpoint_url=moto_server.endpoint_url)
     s3.create_bucket(Bucket="data")
     np.savez(tmp_path / "d.npz", **make_arrays())
     s3.upload_file(str(tmp_path / "d.npz"), "data", "sets/d.npz")
+    read = partial(read_local_or_s3, endpoint_url=moto_server.endpoint_url, max_attempts=1)
     spec = DatasetSpec(uri="s3://data/sets/d.npz", primary=["a"], auxiliary=["b"])
-    assert len(prepare(spec, "classification").train) == 36
-    with pytest.raises(DataError, match="s3://data/missing.npz: cannot read from S3"):
-        prepare(DatasetSpec(uri="s3://data/missing.npz", primary=["a"], auxiliary=["b"]), "classification")
+    assert len(prepare(spec, "classification", read=read).train) == 36
+    with pytest.raises(DataError, match="s3://data/missing.npz: no such file or object"):
+        prepare(DatasetSpec(uri="s3://data/missing.npz", primary=["a"], auxiliary=["b"]), "classification", read=read)
+    with pytest.raises(DataError, match="over the limit of 100 bytes"):
+        prepare(spec, "classification", read=read, max_bytes=100)
+
+
+def test_an_unreachable_s3_endpoint_is_a_retryable_storage_error() -> None:
+    read = partial(read_local_or_s3, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2, timeout_s=1)
+    spec = DatasetSpec(uri="s3://data/sets/d.npz", primary=["a"], auxiliary=["b"])
+    with pytest.raises(StorageError) as caught:
+        prepare(spec, "classification", read=read)
+    assert caught.value.retryable
 
 
 def test_seeded_split_that_leaves_val_empty_is_refused(tmp_path: Path) -> None:

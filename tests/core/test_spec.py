@@ -82,10 +82,13 @@ def test_empty_primary_list() -> None:
 
 
 def test_dataset_needs_exactly_one_source() -> None:
-    both = dict(MFEAT, uri="/tmp/x.npz")
-    assert "exactly one of dataset.name" in errors_of(spec_data(dataset=both))
+    for extra in ({"uri": "/tmp/x.npz"}, {"id": 3}):
+        assert "exactly one of dataset.id" in errors_of(spec_data(dataset=dict(MFEAT, **extra)))
     neither = {k: v for k, v in MFEAT.items() if k != "name"}
-    assert "exactly one of dataset.name" in errors_of(spec_data(dataset=neither))
+    assert "exactly one of dataset.id" in errors_of(spec_data(dataset=neither))
+    by_id = {**neither, "primary": ["a"], "auxiliary": ["b"], "id": 3}
+    assert JobSpec.model_validate(spec_data(dataset=by_id)).dataset.id == 3
+    assert "greater than or equal to 1" in errors_of(spec_data(dataset={**by_id, "id": 0}))
 
 
 def test_unknown_builtin_modality_lists_what_exists() -> None:

@@ -189,6 +189,7 @@ def test_non_finite_numbers_are_422_with_their_path(api: Api) -> None:
 
 
 def test_nul_characters_are_422_with_their_path(api: Api) -> None:
+    api.app.state.settings = api.app.state.settings.model_copy(update={"data_allow": ["s3://bucket"]})
     spec = {**SPEC, "dataset": {"uri": "s3://bucket/a\x00b.npz", "primary": ["a"], "auxiliary": ["b"]}}
     problem = _problem(api.submit(api.new_key(), spec), 422)
     assert problem["errors"] == [{"path": "dataset.uri", "message": "must not contain the NUL character"}]

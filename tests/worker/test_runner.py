@@ -12,9 +12,10 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
+from jobs.keys import get_or_create_owner
 from jobs.lifecycle import submit_job
 from jobs.migrate import upgrade
-from jobs.models import Artifact, Job, JobEvent, Owner
+from jobs.models import Artifact, Job, JobEvent
 from worker import runner
 from worker.config import get_worker_settings
 
@@ -42,8 +43,7 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sessio
 
 def _submit(sessions: sessionmaker[Session], spec: dict) -> int:
     with sessions() as session:
-        owner = Owner(name="local")
-        session.add(owner)
+        owner = get_or_create_owner(session, name="local")
         session.commit()
         job, _ = submit_job(
             session, owner_id=owner.id, spec=JobSpec.model_validate(spec), idempotency_key=None, max_attempts=3
@@ -81,10 +81,16 @@ def test_non_finite_loss_fails_with_step(embedded: sessionmaker[Session]) -> Non
     assert "non-finite loss at step" in job.status_reason
 
 
-def test_invalid_data_fails_naming_the_file_and_is_not_retried(embedded: sessionmaker[Session], tmp_path: Path) -> None:
+def test_invalid_data_fails_naming_the_file_and_is_not_retried(
+    embedded: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import numpy as np
 
-    data = tmp_path / "broken.npz"
+    allowed = tmp_path / "data"
+    allowed.mkdir()
+    monkeypatch.setenv("MMKD_DATA_ALLOW", f"/nowhere, {allowed}")
+    get_worker_settings.cache_clear()
+    data = allowed / "broken.npz"
     np.savez(data, cheap=np.zeros((20, 3), np.float32), rich=np.zeros((20, 5), np.float32))  # no labels
     spec = {**TINY, "dataset": {"uri": str(data), "primary": ["cheap"], "auxiliary": ["rich"]}}
     job_id = _submit(embedded, spec)
@@ -92,4 +98,35 @@ def test_invalid_data_fails_naming_the_file_and_is_not_retried(embedded: session
     with embedded() as session:
         job = session.get(Job, job_id)
     assert (job.status, job.error, job.attempts) == ("failed", "invalid_data", 1)
-    assert str(data) in job.status_reason
+    assert str(data) in job.status_reason and "'label' is required" in job.status_reason
+
+
+def test_worker_reads_no_file_outside_the_allowed_prefixes(
+    embedded: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker checks the allow-list again (a spec may reach the database without the API), and its
+    refusal reads the same for an existing file, a missing one and a link that escapes the prefix."""
+    import numpy as np
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("MMKD_DATA_ALLOW", str(allowed))
+    get_worker_settings.cache_clear()
+    secret = tmp_path / "other-owner.npz"
+    np.savez(secret, cheap=np.zeros((20, 3), np.float32), rich=np.zeros((20, 5), np.float32), label=np.zeros(20))
+    (allowed / "escape.npz").symlink_to(secret)
+    reasons = []
+    for uri in (
+        str(secret),
+        str(tmp_path / "missing.npz"),
+        str(allowed / "escape.npz"),
+        f"{allowed}/../other-owner.npz",
+    ):
+        spec = {**TINY, "dataset": {"uri": uri, "primary": ["cheap"], "auxiliary": ["rich"]}}
+        job_id = _submit(embedded, spec)
+        assert runner.run_job(job_id) == "failed"
+        with embedded() as session:
+            job = session.get(Job, job_id)
+        assert (job.error, job.attempts) == ("invalid_data", 1)
+        reasons.append(job.status_reason.removeprefix(uri))
+    assert len(set(reasons)) == 1 and "MMKD_DATA_ALLOW" in reasons[0]

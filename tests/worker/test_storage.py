@@ -14,7 +14,7 @@ import pytest
 from core.errors import StorageError
 from storage.checkpoints import StorageCheckpointStore
 from storage.s3 import S3Store
-from storage.store import ArtifactStore, LocalStore, open_store
+from storage.store import ArtifactStore, LocalStore, ObjectTooLarge, is_allowed, open_store, read_uri
 
 
 @pytest.fixture
@@ -121,3 +121,45 @@ def test_open_store_urls(tmp_path: Path) -> None:
         open_store("s3:///no-bucket")
     with pytest.raises(ValueError):
         open_store("gs://bucket/x")
+
+
+def test_size_without_reading_and_missing_objects(store: ArtifactStore) -> None:
+    store.put_bytes("datasets/1/d.npz", b"z" * 321)
+    assert store.size("datasets/1/d.npz") == 321
+    with pytest.raises(FileNotFoundError):
+        store.size("datasets/1/none.npz")
+
+
+def test_read_uri_checks_the_size_before_reading(tmp_path: Path, moto_server, bucket: str) -> None:
+    local = tmp_path / "d.npz"
+    local.write_bytes(b"k" * 100)
+    s3 = boto3.client("s3", endpoint_url=moto_server.endpoint_url)
+    s3.put_object(Bucket=bucket, Key="in/d.npz", Body=b"k" * 100)
+    for uri in (str(local), local.as_uri(), f"s3://{bucket}/in/d.npz"):
+        options = {"endpoint_url": moto_server.endpoint_url, "max_attempts": 1}
+        assert read_uri(uri, max_bytes=100, **options) == b"k" * 100
+        with pytest.raises(ObjectTooLarge, match="100 bytes, over the limit of 99"):
+            read_uri(uri, max_bytes=99, **options)
+    with pytest.raises(FileNotFoundError):  # another bucket answers like a missing object: no oracle
+        read_uri("s3://no-such-bucket-here/k.npz", endpoint_url=moto_server.endpoint_url, max_attempts=1)
+
+
+def test_allow_list_matches_whole_segments_and_resolved_paths(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "link.npz").symlink_to(tmp_path / "secret.npz")
+    prefixes = [str(data), "s3://shared/public/"]
+    assert is_allowed(str(data / "x.npz"), prefixes) and is_allowed((data / "a" / "b.npz").as_uri(), prefixes)
+    assert is_allowed("s3://shared/public/x.npz", prefixes)
+    for uri in (
+        str(data / "link.npz"),  # a link that leaves the folder
+        f"{data}/../secret.npz",
+        str(data),
+        f"{data}-other/x.npz",
+        "s3://shared/publicity.npz",
+        "s3://shared/x.npz",
+        "s3://other/public/x.npz",
+        "https://example.com/x.npz",
+    ):
+        assert not is_allowed(uri, prefixes), uri
+    assert not is_allowed(str(data / "x.npz"), [])
