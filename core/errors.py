@@ -10,12 +10,6 @@ class MmkdError(Exception):
     kind = "error"
 
 
-class SpecError(MmkdError):
-    """The job spec is invalid (the message names the field path)."""
-
-    kind = "invalid_spec"
-
-
 class DataError(MmkdError):
     """The data is unusable: names the file and the array or field that is wrong."""
 

@@ -44,7 +44,6 @@ def transition(
     lease_owner: str | None = None,
     where: Sequence[ColumnElement[bool]] = (),
     values: Mapping[str, Any] | None = None,
-    event_kind: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> int | None:
     """Move a job to ``to`` by compare-and-set; the one place where a job's status changes.
@@ -81,8 +80,7 @@ def transition(
     ).scalar_one_or_none()
     if attempts is None:
         return None
-    kind = event_kind or EVENT_FOR_STATUS[target]
-    _insert_event(session, job_id=job_id, kind=kind, reason=reason, data={"attempt": attempts, **(data or {})})
+    _insert_event(session, job_id=job_id, kind=EVENT_FOR_STATUS[target], reason=reason, data={"attempt": attempts, **(data or {})})
     return int(attempts)
 
 

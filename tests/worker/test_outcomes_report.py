@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.errors import DataError, NonFiniteLossError, SpecError, StorageError, TrainingCancelled
+from core.errors import DataError, NonFiniteLossError, StorageError, TrainingCancelled
 from core.spec import JobSpec
 from jobs.leases import claim
 from jobs.models import Job
@@ -25,7 +25,6 @@ def test_deterministic_failures_are_not_retried() -> None:
     assert (nan.status, nan.kind) == ("failed", "non_finite_loss") and "step 17" in nan.reason
     data = _classify(DataError("s3://b/data.npz", "array 'label' has 3 dims"))
     assert (data.status, data.kind) == ("failed", "invalid_data") and "data.npz" in data.reason
-    assert _classify(SpecError("train.lr: too big")).kind == "invalid_spec"
     with pytest.raises(ValidationError) as caught:
         JobSpec.model_validate({"name": "x"})
     invalid = _classify(caught.value)
