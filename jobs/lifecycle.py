@@ -80,7 +80,9 @@ def transition(
     ).scalar_one_or_none()
     if attempts is None:
         return None
-    _insert_event(session, job_id=job_id, kind=EVENT_FOR_STATUS[target], reason=reason, data={"attempt": attempts, **(data or {})})
+    _insert_event(
+        session, job_id=job_id, kind=EVENT_FOR_STATUS[target], reason=reason, data={"attempt": attempts, **(data or {})}
+    )
     return int(attempts)
 
 
