@@ -58,3 +58,55 @@ def test_core_sources_import_nothing_from_the_outer_layers(path: Path) -> None:
             names = [node.module]
         for name in names:
             assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def _imported_roots(path: Path) -> set[str]:
+    """Top-level names of every absolute import in ``path``, including imports inside functions."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _sources(*folders: str) -> list[Path]:
+    return sorted(path for folder in folders for path in (ROOT / folder).rglob("*.py"))
+
+
+#: What each layer may import from the project's own packages. The HTTP layer and the worker both
+#: stand on the domain (jobs) and storage; neither reaches into the other; settings sit at the bottom.
+OWN = {"settings", "core", "storage", "jobs", "service", "worker", "cli", "migrations", "sdk", "mmkd_client"}
+ALLOWED_OWN: dict[str, set[str]] = {
+    "settings": set(),
+    "storage": {"settings", "core", "storage"},  # from core: core.errors.StorageError only
+    "core": {"core", "storage"},  # the data loader reads through storage
+    "jobs": {"settings", "core", "storage", "jobs", "migrations"},
+    "service": {"settings", "core", "storage", "jobs", "service"},
+    "worker": {"settings", "core", "storage", "jobs", "worker"},
+}
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED_OWN))
+def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
+    paths = [ROOT / "settings.py"] if layer == "settings" else _sources(layer)
+    for path in paths:
+        own = _imported_roots(path) & OWN
+        assert own <= ALLOWED_OWN[layer], f"{path.relative_to(ROOT)} imports {sorted(own - ALLOWED_OWN[layer])}"
+
+
+def test_the_domain_and_storage_know_no_http_and_no_torch() -> None:
+    for path in [*_sources("jobs", "storage"), ROOT / "settings.py"]:
+        web = _imported_roots(path) & {"fastapi", "starlette", "uvicorn", "httpx", "torch"}
+        assert not web, f"{path.relative_to(ROOT)} imports {sorted(web)}"
+
+
+def test_only_the_storage_module_talks_to_s3() -> None:
+    for path in _sources("core", "jobs", "service", "worker", "cli"):
+        assert not _imported_roots(path) & {"boto3", "botocore"}, f"{path.relative_to(ROOT)} reaches S3 itself"
+
+
+def test_only_the_publisher_sends_tasks() -> None:
+    senders = [path for path in _sources("jobs", "service", "worker", "cli") if ".send_task(" in path.read_text()]
+    assert [path.relative_to(ROOT).as_posix() for path in senders] == ["jobs/publish.py"]
