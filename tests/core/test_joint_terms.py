@@ -145,3 +145,16 @@ def test_every_distillation_term_is_off_in_warm_up_and_scaled_by_the_ramp() -> N
         terms = terms_at(ramped, epoch)
         for name, value in full.items():
             assert terms[name].item() == pytest.approx(scale * value.item(), abs=1e-6), (epoch, name)
+
+
+@pytest.mark.parametrize(("layers", "kind"), [(1, nn.Linear), (2, nn.Sequential)])
+def test_every_projection_head_follows_proj_layers(layers: int, kind: type[nn.Module]) -> None:
+    objective = joint_objective("mi_joint_aux", proj_layers=layers)
+    assert isinstance(objective, MIJointAuxObjective)
+    heads = (
+        objective.proj_ts_teacher,
+        objective.proj_ts_student,
+        objective.proj_ta_teacher,
+        objective.proj_ta_auxiliary,
+    )
+    assert all(isinstance(head, kind) for head in heads)

@@ -55,6 +55,8 @@ def test_task_loss_regression_averages_l1_over_labelled_rows_and_targets() -> No
     targets = torch.tensor([[0.0, 0.0], [float("nan"), 1.0], [1.0, 0.0]])
     assert task_loss("regression", output, targets).item() == pytest.approx((1 + 2 + 1 + 4) / 4)
     assert task_loss("regression", output, torch.full((3, 2), float("nan"))).item() == 0.0
+    one_target = task_loss("regression", torch.tensor([[3.0], [1.0]]), torch.tensor([1.0, float("nan")]))
+    assert one_target.item() == pytest.approx(2.0)  # one labelled row, one target: divided by 1
 
 
 def test_task_loss_classification_divides_by_the_labelled_count() -> None:
