@@ -51,7 +51,8 @@ class LoopClock(NullTracker):
 
 
 def plain_loop(spec: JobSpec, data: object) -> float:
-    """The reference: the same computation, hand-written. Returns the loop's seconds."""
+    """The reference: the same computation, hand-written (under bf16 autocast when the spec asks for
+    it on CUDA, as the trainer does). Returns the loop's seconds."""
     run = build_run(spec, data)  # type: ignore[arg-type]  # same init, same optimisers
     started = time.perf_counter()
     nets, objective = run.nets, run.objective
@@ -63,33 +64,38 @@ def plain_loop(spec: JobSpec, data: object) -> float:
         for rows in epoch_batches(run, epoch):
             x, y = {k: v[rows] for k, v in x_all.items()}, y_all[rows]
             nets.train()
-            z_s, out_s = nets.student(x)
-            z_t, out_t = nets.teacher(x)
-            z_a, out_a = nets.auxiliary(x)
-            loss = F.cross_entropy(out_s, y) + F.cross_entropy(out_t, y) + F.cross_entropy(out_a, y)
-            tau = method.temperature
-            loss = loss + method.alpha * info_nce(objective.proj_ts_teacher(z_t), objective.proj_ts_student(z_s), tau)
-            loss = loss + method.beta * info_nce(objective.proj_ta_teacher(z_t), objective.proj_ta_auxiliary(z_a), tau)
-            fake = objective.generate(z_s)
-            logit = objective.critic(z_s, fake)
-            fool = F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
-            loss = loss + method.gamma * (fool + method.recon_weight * F.mse_loss(fake, z_t.detach()))
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+                z_s, out_s = nets.student(x)
+                z_t, out_t = nets.teacher(x)
+                z_a, out_a = nets.auxiliary(x)
+                loss = F.cross_entropy(out_s, y) + F.cross_entropy(out_t, y) + F.cross_entropy(out_a, y)
+                tau = method.temperature
+                ts = info_nce(objective.proj_ts_teacher(z_t), objective.proj_ts_student(z_s), tau)
+                ta = info_nce(objective.proj_ta_teacher(z_t), objective.proj_ta_auxiliary(z_a), tau)
+                loss = loss + method.alpha * ts + method.beta * ta
+                fake = objective.generate(z_s)
+                logit = objective.critic(z_s, fake)
+                fool = F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+                loss = loss + method.gamma * (fool + method.recon_weight * F.mse_loss(fake, z_t.detach()))
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(run.main_parameters, spec.train.grad_clip or float("inf"))
             run.optimizer.step()
-            real_logit, fake_logit = (
-                objective.critic(z_s.detach(), z_t.detach()),
-                objective.critic(z_s.detach(), fake.detach()),
-            )
-            disc = F.binary_cross_entropy_with_logits(
-                real_logit, torch.ones_like(real_logit)
-            ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+                real_logit, fake_logit = (
+                    objective.critic(z_s.detach(), z_t.detach()),
+                    objective.critic(z_s.detach(), fake.detach()),
+                )
+                disc = F.binary_cross_entropy_with_logits(
+                    real_logit, torch.ones_like(real_logit)
+                ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
             assert run.disc_optimizer is not None
             run.disc_optimizer.zero_grad(set_to_none=True)
             disc.backward()
             run.disc_optimizer.step()
         run.scheduler.step()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()  # the trainer syncs once a step (its losses are read back); count all the work
     return time.perf_counter() - started
 
 
