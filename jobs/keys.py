@@ -7,6 +7,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -38,15 +39,16 @@ class AuthCache:
 
     MAX_ENTRIES = 10_000
 
-    def __init__(self, ttl_seconds: float) -> None:
+    def __init__(self, ttl_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_seconds = ttl_seconds
+        self._clock = clock
         self._entries: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
     def get(self, key_hash: str) -> Principal | None:
         """The cached principal, if still fresh."""
         entry = self._entries.get(key_hash)
-        if entry is None or entry[0] < time.monotonic():
+        if entry is None or entry[0] < self._clock():
             return None
         return entry[1]
 
@@ -57,7 +59,7 @@ class AuthCache:
         with self._lock:
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[key_hash] = (time.monotonic() + self.ttl_seconds, principal)
+            self._entries[key_hash] = (self._clock() + self.ttl_seconds, principal)
 
 
 def hash_key(token: str) -> str:

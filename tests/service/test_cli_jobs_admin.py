@@ -15,6 +15,7 @@ from tests_support import add_metric_points
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.worker import wait_until_up
 from jobs import lifecycle
 from service.config import get_settings
 
@@ -152,13 +153,7 @@ def test_serve_migrates_sqlite_and_answers(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # serve migrates first, then uvicorn binds
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_up(f"http://127.0.0.1:{port}", [server])  # serve migrates first, then uvicorn binds
         token = subprocess.run(
             [mmkd, "keys", "create", "--owner", "eve"], env=env, capture_output=True, text=True, check=True
         ).stdout.strip()
