@@ -1,5 +1,5 @@
-"""Jobs, their events, metric points and artifacts. Imports only SQLAlchemy, so the worker can use
-these models without the web stack."""
+"""Jobs, their events, metric points and artifacts; owners, keys and uploaded datasets. Imports only
+SQLAlchemy, so the worker can use these models without the web stack."""
 
 from __future__ import annotations
 
@@ -134,3 +134,37 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+
+
+class Dataset(Base):
+    """An uploaded .npz, validated once at upload; ``summary`` says what it holds (modalities with
+    per-sample shapes and dtypes, label, split sizes). The row is written after the object."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_owner_id_id", "owner_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigId)
+    sha256: Mapped[str] = mapped_column(String(64))
+    n_samples: Mapped[int]
+    summary: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class DatasetUpload(Base):
+    """A presigned multipart upload to S3 in progress: its parts go to ``key`` (a temporary object)
+    until the owner completes it (validated, then stored as a :class:`Dataset`) or aborts it."""
+
+    __tablename__ = "dataset_uploads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(1024))
+    multipart_id: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigId)
+    part_size: Mapped[int] = mapped_column(BigId)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -158,15 +158,20 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected_error)
 
 
+#: Routes that stream their body to disk under a limit of their own (``MMKD_MAX_DATASET_BYTES``).
+OWN_BODY_LIMIT = frozenset({("POST", "/v1/datasets")})
+
+
 class BodySizeLimit:
-    """ASGI middleware: a body over ``max_bytes`` is a 413, whether declared or streamed."""
+    """ASGI middleware: a body over ``max_bytes`` is a 413, whether declared or streamed (except on
+    the routes in ``OWN_BODY_LIMIT``)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"], scope["path"].rstrip("/")) in OWN_BODY_LIMIT:
             await self.app(scope, receive, send)
             return
         too_large = f"request body is larger than {self.max_bytes} bytes"

@@ -15,6 +15,7 @@ from jobs.db import autocommit_session_factory, engine_for, session_factory
 from jobs.keys import AuthCache
 from jobs.publish import publisher
 from service.config import ApiSettings, get_settings
+from service.datasets.router import router as datasets_router
 from service.errors import BodySizeLimit, install_error_handlers, problem_openapi
 from service.health import router as health_router
 from service.jobs.router import router as jobs_router
@@ -61,7 +62,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
-    for router in (health_router, jobs_router, keys_router):
+    for router in (health_router, jobs_router, keys_router, datasets_router):
         app.include_router(router)
     if not settings.auth:
         log.warning("authentication is OFF: every loopback client acts as owner 'local'")

@@ -24,6 +24,8 @@ from storage.store import StoredObject, check_key, digest_file
 T = TypeVar("T")
 #: Treated alike as "no such object": a denied read must not tell whether the object exists.
 _MISSING = {"NoSuchKey", "404", "NotFound", "403", "AccessDenied", "Forbidden", "NoSuchBucket"}
+#: A client's mistake in a multipart upload, not an outage.
+_BAD_PARTS = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall", "NoSuchUpload", "MalformedXML"})
 
 
 class S3Store:
@@ -60,13 +62,23 @@ class S3Store:
         key = check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _call(self, what: str, key: str, operation: Callable[[], T], *, may_be_missing: bool = False) -> T:
+    def _call(
+        self,
+        what: str,
+        key: str,
+        operation: Callable[[], T],
+        *,
+        may_be_missing: bool = False,
+        refused: frozenset[str] = frozenset(),
+    ) -> T:
         try:
             return operation()
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if may_be_missing and code in _MISSING:
                 raise FileNotFoundError(f"s3://{self.bucket}/{self._full(key)}") from error
+            if code in refused:
+                raise ValueError(f"S3 refused the {what}: {code}") from error
             raise StorageError(f"S3 {what} s3://{self.bucket}/{key} failed: {code or error}") from error
         except BotoCoreError as error:
             raise StorageError(f"S3 {what} s3://{self.bucket}/{key} failed after retries: {error}") from error
@@ -144,6 +156,43 @@ class S3Store:
             lambda: self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_s
             ),
+        )
+
+    def start_multipart(self, key: str) -> str:
+        """Begin a multipart upload to ``key`` (parts PUT through presigned URLs); returns its id."""
+        created = self._call(
+            "create-multipart",
+            key,
+            lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=self._full(key)),
+        )
+        return str(created["UploadId"])
+
+    def presign_part(self, key: str, upload_id: str, part_number: int, *, expires_s: int = 3600) -> str:
+        """A presigned PUT URL for one part of a multipart upload (signed locally, no request)."""
+        params = {"Bucket": self.bucket, "Key": self._full(key), "UploadId": upload_id, "PartNumber": part_number}
+        presign = self.client.generate_presigned_url
+        return self._call("presign", key, lambda: presign("upload_part", Params=params, ExpiresIn=expires_s))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Assemble the parts ``(part number, ETag)``; ValueError when S3 refuses them (wrong or
+        missing parts, a part too small, an unknown or finished upload)."""
+        document: Any = {"Parts": [{"PartNumber": number, "ETag": etag} for number, etag in parts]}
+        self._call(
+            "complete-multipart",
+            key,
+            lambda: self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self._full(key), UploadId=upload_id, MultipartUpload=document
+            ),
+            refused=_BAD_PARTS,
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop a multipart upload and the parts it holds; ValueError for an unknown upload."""
+        self._call(
+            "abort-multipart",
+            key,
+            lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._full(key), UploadId=upload_id),
+            refused=_BAD_PARTS,
         )
 
     def local_path(self, key: str) -> Path | None:

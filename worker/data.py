@@ -9,16 +9,22 @@ object exists or what it holds.
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.data.arrays import DataReader, read_local_or_s3
 from core.errors import DataError
+from jobs.models import Dataset
 from storage.store import ArtifactStore, is_allowed
 from worker.config import WorkerSettings
 
 NOT_ALLOWED = "not under a data prefix this server allows (MMKD_DATA_ALLOW); upload it with POST /v1/datasets"
+#: One reason for a dataset deleted since submit, another owner's and one that never existed.
+NO_DATASET = "no such dataset of this job's owner (deleted since the job was submitted?); upload it again"
+FILE_MISSING = "the dataset's stored file is missing; upload it again"
 
 
 def job_reader(
@@ -35,7 +41,9 @@ def job_reader(
     def read(ref: str, *, max_bytes: int | None) -> bytes:
         if ref.startswith("dataset:"):
             return read_uploaded(store, sessions, ref, owner_id=owner_id, max_bytes=max_bytes)
-        if not is_allowed(ref, settings.data_allow):
+        # The service's own store is never raw data, whatever the allow-list: it holds every
+        # owner's uploads, checkpoints and models.
+        if not is_allowed(ref, settings.data_allow) or is_allowed(ref, [settings.resolved_storage_url]):
             raise DataError(ref, NOT_ALLOWED)
         return read_raw(ref, max_bytes=max_bytes)
 
@@ -45,5 +53,24 @@ def job_reader(
 def read_uploaded(
     store: ArtifactStore, sessions: sessionmaker[Session], ref: str, *, owner_id: int, max_bytes: int | None
 ) -> bytes:
-    """The bytes of the owner's uploaded dataset ``dataset:<id>``."""
-    raise DataError(ref, "uploaded datasets are not readable yet")
+    """The bytes of the owner's uploaded dataset ``dataset:<id>``: the row must belong to
+    ``owner_id``, the object's size is checked before it is read and its SHA-256 after."""
+    dataset_id = ref.removeprefix("dataset:")
+    if not dataset_id.isdigit():
+        raise DataError(ref, NO_DATASET)
+    with sessions() as session:
+        query = select(Dataset.key, Dataset.sha256).where(Dataset.id == int(dataset_id), Dataset.owner_id == owner_id)
+        row = session.execute(query).one_or_none()
+    if row is None:
+        raise DataError(ref, NO_DATASET)
+    key, sha256 = row
+    try:
+        size = store.size(key)
+        if max_bytes is not None and size > max_bytes:
+            raise DataError(ref, f"the data is {size} bytes, over the limit of {max_bytes} bytes")
+        payload = store.get_bytes(key)
+    except FileNotFoundError as exc:
+        raise DataError(ref, FILE_MISSING) from exc
+    if hashlib.sha256(payload).hexdigest() != sha256:
+        raise DataError(ref, "the dataset's stored file does not match the checksum recorded at upload")
+    return payload

@@ -9,18 +9,32 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
 
 import numpy as np
 
 from core.errors import DataError
-from core.spec import DatasetSpec, TaskKind
-from storage.store import ObjectTooLarge, read_uri
+from core.spec import MODALITY_NAME, RESERVED_KEYS, DatasetSpec, TaskKind
+from storage.store import ObjectTooLarge, digest_file, read_uri
 
 SPLIT_VALUES = ("train", "val", "test")
 MAX_CLASSES = 10_000  # the default cap on class ids: a model allocates memory per class
+MAX_ARRAYS = 64  # members of one .npz: modalities plus label, split and class_names
+LabelKind = Literal["classes", "multilabel", "continuous"]
+#: The task a label of each kind is checked as when no spec says (an upload).
+_TASK_OF_KIND: dict[LabelKind | None, TaskKind] = {
+    "classes": "classification",
+    "multilabel": "multilabel",
+    "continuous": "regression",
+    None: "retrieval",
+}
 
 
 @dataclass(frozen=True)
@@ -88,17 +102,52 @@ def read_local_or_s3(
         raise DataError(ref, f"cannot be read: {exc}") from exc
 
 
-def read_npz(source: str, payload: bytes) -> dict[str, np.ndarray]:
-    """Open an .npz without pickles (object arrays are refused, never executed)."""
-    if not payload.startswith(b"PK"):
-        raise DataError(source, "not a valid .npz file (not a zip archive)")
-    try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except ValueError as exc:
-        raise DataError(source, f"not a readable .npz without pickled objects ({exc})") from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(source, f"not a valid .npz file ({exc})") from exc
+def read_npz(source: str, payload: bytes | Path, *, max_array_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Open an .npz (bytes or a file) without pickles: object arrays are refused, never executed.
+
+    Every member must be an ``.npy`` array; their headers are read first, so a file whose arrays
+    would take more than ``max_array_bytes`` once decompressed is refused before any is loaded.
+    """
+    with io.BytesIO(payload) if isinstance(payload, bytes) else Path(payload).open("rb") as handle:
+        if handle.read(2) != b"PK":
+            raise DataError(source, "not a valid .npz file (not a zip archive)")
+        handle.seek(0)
+        try:
+            _check_members(source, handle, max_array_bytes)
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except ValueError as exc:
+            raise DataError(source, f"not a readable .npz without pickled objects ({exc})") from exc
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+            raise DataError(source, f"not a valid .npz file ({exc})") from exc
+
+
+def _check_members(source: str, handle: IO[bytes], max_array_bytes: int | None) -> None:
+    """Refuse non-array members, object arrays and (with a limit) too many bytes, from the headers."""
+    total = 0
+    with zipfile.ZipFile(handle) as archive:
+        members = archive.infolist()
+        if len(members) > MAX_ARRAYS:
+            raise DataError(source, f"holds {len(members)} arrays; the limit is {MAX_ARRAYS}")
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                raise DataError(source, f"member {info.filename[:80]!r} is not an .npy array")
+            name = info.filename[:-4][:80]
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            if dtype.hasobject:
+                objects = f"array {name!r} holds Python objects; not a readable .npz without pickled objects"
+                raise DataError(source, objects)
+            total += math.prod(shape) * dtype.itemsize
+            if max_array_bytes is not None and total > max_array_bytes:
+                raise DataError(
+                    source, f"array {name!r}: the arrays take over {max_array_bytes} bytes once decompressed"
+                )
 
 
 def _check_modality(source: str, name: str, array: np.ndarray) -> np.ndarray:
@@ -114,8 +163,9 @@ def _check_modality(source: str, name: str, array: np.ndarray) -> np.ndarray:
 
 
 def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int, max_classes: int) -> np.ndarray:
-    if label.shape[0] != n:
-        raise DataError(source, f"array 'label' has {label.shape[0]} samples, the modalities have {n}")
+    count = label.shape[0] if label.ndim else 0
+    if count != n:
+        raise DataError(source, f"array 'label' has {count} samples, the modalities have {n}")
     if label.dtype.kind not in "biuf":
         raise DataError(source, f"array 'label' must be numeric, got dtype {label.dtype}")
     if task == "classification":
@@ -152,32 +202,27 @@ def _check_split(source: str, split: np.ndarray, n: int) -> np.ndarray:
     return split
 
 
-def load_raw(
-    spec: DatasetSpec,
-    task: TaskKind,
-    *,
-    max_bytes: int | None = None,
-    max_classes: int = MAX_CLASSES,
-    read: DataReader = read_local_or_s3,
-) -> RawDataset:
-    """Read (through ``read``) and check the dataset a spec names; refuse a file over ``max_bytes``
-    or a class id >= ``max_classes``."""
-    if spec.name:
-        source, payload = _builtin_bytes(spec.name)
-    else:
-        source = dataset_ref(spec)
-        payload = read(source, max_bytes=max_bytes)
-    _refuse_oversize(source, len(payload), max_bytes)
-    arrays = read_npz(source, payload)
-    wanted = [*spec.primary, *spec.auxiliary]
-    if spec.retrieval_target:
-        wanted.append(spec.retrieval_target)
-    missing = [name for name in wanted if name not in arrays]
+@dataclass(frozen=True)
+class CheckedArrays:
+    """A file's arrays after the checks: modalities as float32, label, split and class names."""
+
+    modalities: dict[str, np.ndarray]
+    label: np.ndarray | None
+    split: np.ndarray | None
+    class_names: list[str] | None
+
+
+def check_arrays(
+    source: str, arrays: dict[str, np.ndarray], *, modalities: list[str], task: TaskKind, max_classes: int
+) -> CheckedArrays:
+    """Check ``modalities`` (numeric, 2-D or 3-D, finite, equal sample counts, at least 10) and the
+    label (for ``task``), split and class names; every problem names the array."""
+    missing = [name for name in modalities if name not in arrays]
     if missing:
-        present = sorted(set(arrays) - {"label", "split", "class_names"})
+        present = sorted(set(arrays) - RESERVED_KEYS)
         raise DataError(source, f"modality {missing} not in the file; it has {present}")
-    modalities = {name: _check_modality(source, name, arrays[name]) for name in wanted}
-    counts = {name: array.shape[0] for name, array in modalities.items()}
+    checked = {name: _check_modality(source, name, arrays[name]) for name in modalities}
+    counts = {name: array.shape[0] for name, array in checked.items()}
     if len(set(counts.values())) != 1:
         raise DataError(source, f"modalities have different sample counts: {counts}")
     n = next(iter(counts.values()))
@@ -193,5 +238,98 @@ def load_raw(
     if names is not None and names.size > max_classes:
         raise DataError(source, f"array 'class_names' has {names.size} names; the limit is {max_classes} classes")
     class_names = None if names is None else [str(value) for value in names.tolist()]
+    return CheckedArrays(checked, checked_label, checked_split, class_names)
+
+
+def load_raw(
+    spec: DatasetSpec,
+    task: TaskKind,
+    *,
+    max_bytes: int | None = None,
+    max_classes: int = MAX_CLASSES,
+    read: DataReader = read_local_or_s3,
+) -> RawDataset:
+    """Read (through ``read``) and check the dataset a spec names; refuse a file over ``max_bytes``
+    (compressed or not) or a class id >= ``max_classes``."""
+    if spec.name:
+        source, payload = _builtin_bytes(spec.name)
+    else:
+        source = dataset_ref(spec)
+        payload = read(source, max_bytes=max_bytes)
+    _refuse_oversize(source, len(payload), max_bytes)
+    arrays = read_npz(source, payload, max_array_bytes=max_bytes)
+    wanted = [*spec.primary, *spec.auxiliary]
+    if spec.retrieval_target:
+        wanted.append(spec.retrieval_target)
+    checked = check_arrays(source, arrays, modalities=wanted, task=task, max_classes=max_classes)
     digest = hashlib.sha256(payload).hexdigest()
-    return RawDataset(source, modalities, checked_label, checked_split, class_names, digest)
+    return RawDataset(source, checked.modalities, checked.label, checked.split, checked.class_names, digest)
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """What an uploaded file holds, as stored and shown: per-sample shapes and dtypes of each
+    modality, the label, the split sizes, the size in bytes and the SHA-256."""
+
+    n_samples: int
+    modalities: dict[str, dict[str, Any]]
+    label: dict[str, Any] | None
+    splits: dict[str, int] | None
+    size_bytes: int
+    sha256: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary as a JSON document (the database column, the API's ``summary``)."""
+        return {"modalities": self.modalities, "label": self.label, "splits": self.splits}
+
+
+def label_kind(label: np.ndarray | None) -> LabelKind | None:
+    """How a file's label reads without a spec: integer class ids, 0/1 rows, or other numbers."""
+    if label is None:
+        return None
+    if label.dtype.kind == "f":
+        finite = label[np.isfinite(label)]
+        return "multilabel" if label.ndim == 2 and np.isin(finite, (0.0, 1.0)).all() else "continuous"
+    return "multilabel" if label.ndim == 2 else "classes"  # other dtypes: the class check names them
+
+
+def summarise_npz(
+    source: str, path: Path, *, max_bytes: int | None = None, max_classes: int = MAX_CLASSES
+) -> FileSummary:
+    """Check a whole file without a spec, as an upload must pass: every array but label, split and
+    class_names is a modality with a valid name; the label is checked as its kind reads."""
+    size, sha256 = digest_file(path)
+    _refuse_oversize(source, size, max_bytes)
+    arrays = read_npz(source, path, max_array_bytes=max_bytes)
+    names = sorted(set(arrays) - RESERVED_KEYS)
+    for name in names:
+        if not re.fullmatch(MODALITY_NAME, name):
+            raise DataError(
+                source, f"array {name[:80]!r} is not a modality name (a letter, then letters, digits or _; 64 at most)"
+            )
+    if not names:
+        raise DataError(source, "holds no modality array (only label, split or class_names)")
+    kind = label_kind(arrays.get("label"))
+    checked = check_arrays(source, arrays, modalities=names, task=_TASK_OF_KIND[kind], max_classes=max_classes)
+    modalities = {name: {"shape": list(arrays[name].shape[1:]), "dtype": str(arrays[name].dtype)} for name in names}
+    n_samples = int(arrays[names[0]].shape[0])
+    splits = None
+    if checked.split is not None:
+        splits = {value: int((checked.split == value).sum()) for value in SPLIT_VALUES}
+    return FileSummary(n_samples, modalities, _label_summary(kind, checked), splits, size, sha256)
+
+
+def _label_summary(kind: LabelKind | None, checked: CheckedArrays) -> dict[str, Any] | None:
+    label = checked.label
+    if kind is None or label is None:
+        return None
+    from core.data.prepare import is_labelled  # prepare imports this module: import it late
+
+    summary: dict[str, Any] = {
+        "kind": kind,
+        "shape": list(label.shape[1:]),
+        "labelled": int(is_labelled(label).sum()),
+    }
+    if kind == "classes":
+        summary["classes"] = max(int(label.max()) + 1, len(checked.class_names or []))
+    return summary

@@ -48,6 +48,13 @@ def test_operation_ids_are_stable(api: Api) -> None:
         "healthz",
         "readyz",
         "whoami",
+        "upload_dataset",
+        "list_datasets",
+        "get_dataset",
+        "delete_dataset",
+        "start_dataset_upload",
+        "complete_dataset_upload",
+        "abort_dataset_upload",
     }
 
 

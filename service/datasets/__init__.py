@@ -1,0 +1,1 @@
+"""HTTP for datasets: upload, list, read, delete, and presigned multipart uploads."""

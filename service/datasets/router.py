@@ -1,0 +1,188 @@
+"""HTTP for datasets: thin handlers over ``jobs.datasets`` and ``jobs.dataset_uploads``.
+
+``POST /v1/datasets`` takes the .npz itself as the body, streamed to a temporary file under the
+``MMKD_MAX_DATASET_BYTES`` cap (a declared length over it is refused before a byte is read), then
+validated from that file. Another owner's dataset or upload is a 404 like a missing one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+
+from jobs import dataset_uploads, datasets
+from jobs.models import Dataset
+from service.datasets.schemas import DATASET_NAME, CompleteRequest, DatasetOut, DatasetPage, UploadOut, UploadRequest
+from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
+from service.errors import ERROR_RESPONSES
+from service.pagination import decode_cursor, encode_cursor
+
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]}
+)
+CURSOR_KIND = "d"
+NPZ_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def get_owned_dataset(
+    dataset_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="The dataset's id.")],
+    session: AutocommitSessionDep,
+    owner: CurrentOwner,
+) -> Dataset:
+    """The path's dataset if it belongs to the caller, else a 404."""
+    return datasets.get_dataset(session, owner_id=owner.id, dataset_id=dataset_id)
+
+
+DatasetDep = Annotated[Dataset, Depends(get_owned_dataset)]
+
+
+async def spool(chunks: AsyncIterator[bytes], path: Path, *, max_bytes: int) -> int:
+    """Write ``chunks`` to ``path``; stop with a 413 at the first byte past ``max_bytes``."""
+    received = 0
+    with path.open("wb") as out:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > max_bytes:
+                raise datasets.too_large(max_bytes)
+            await run_in_threadpool(out.write, chunk)
+    return received
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    openapi_extra=NPZ_BODY,
+    responses={413: ERROR_RESPONSES[413], 503: {"description": "Storage unreachable; nothing was stored."}},
+)
+async def upload_dataset(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    name: Annotated[str, Query(pattern=DATASET_NAME, description="A label for the dataset.")] = "dataset",
+) -> DatasetOut:
+    """Upload an .npz as the request body; validated, stored under your prefix, summarised."""
+    limit = settings.max_dataset_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise datasets.too_large(limit)
+    with tempfile.TemporaryDirectory(prefix="mmkd-upload-") as folder:
+        path = Path(folder) / "upload.npz"
+        await spool(request.stream(), path, max_bytes=limit)
+        create = partial(
+            datasets.create_dataset,
+            session,
+            owner_id=owner.id,
+            name=name,
+            path=path,
+            store=request.app.state.store,
+            max_bytes=limit,
+        )
+        dataset = await run_in_threadpool(create)
+    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+    return DatasetOut.of(dataset)
+
+
+@router.get("", response_model=DatasetPage)
+def list_datasets(
+    session: AutocommitSessionDep,
+    owner: CurrentOwner,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> DatasetPage:
+    """Your datasets, newest first; keyset-paginated like jobs."""
+    before_id = decode_cursor(CURSOR_KIND, cursor) if cursor else None
+    page, next_id = datasets.list_datasets(session, owner_id=owner.id, limit=limit, before_id=before_id)
+    return DatasetPage(
+        items=[DatasetOut.of(dataset) for dataset in page],
+        next_cursor=encode_cursor(CURSOR_KIND, next_id) if next_id is not None else None,
+    )
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+async def get_dataset(dataset: DatasetDep) -> DatasetOut:
+    """One dataset and its summary."""
+    return DatasetOut.of(dataset)
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses={409: ERROR_RESPONSES[409]})
+def delete_dataset(
+    dataset_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], session: SessionDep, owner: CurrentOwner, request: Request
+) -> Response:
+    """Delete a dataset (409 while queued or running jobs of yours use it)."""
+    store = request.app.state.store
+    datasets.delete_dataset(session, owner_id=owner.id, dataset_id=dataset_id, store=store)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/uploads",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UploadOut,
+    responses={409: {"description": "The server has no S3 store."}, 413: ERROR_RESPONSES[413]},
+)
+def start_dataset_upload(
+    body: UploadRequest, session: SessionDep, owner: CurrentOwner, settings: SettingsDep, request: Request
+) -> UploadOut:
+    """Start a presigned multipart upload (S3 store only): PUT the parts, then complete it."""
+    plan = dataset_uploads.begin_upload(
+        session,
+        owner_id=owner.id,
+        name=body.name,
+        size_bytes=body.size_bytes,
+        store=request.app.state.store,
+        max_bytes=settings.max_dataset_bytes,
+    )
+    return UploadOut.of(plan)
+
+
+@router.post(
+    "/uploads/{upload_id}/complete",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    responses={409: ERROR_RESPONSES[409], 413: ERROR_RESPONSES[413]},
+)
+def complete_dataset_upload(
+    upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID)],
+    body: CompleteRequest,
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    request: Request,
+    response: Response,
+) -> DatasetOut:
+    """Assemble the parts, validate the file and register it as a dataset."""
+    dataset = dataset_uploads.complete_upload(
+        session,
+        owner_id=owner.id,
+        upload_id=upload_id,
+        parts=[(part.part_number, part.etag) for part in body.parts],
+        store=request.app.state.store,
+        max_bytes=settings.max_dataset_bytes,
+    )
+    response.headers["Location"] = f"/v1/datasets/{dataset.id}"
+    return DatasetOut.of(dataset)
+
+
+@router.delete("/uploads/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, responses={409: ERROR_RESPONSES[409]})
+def abort_dataset_upload(
+    upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], session: SessionDep, owner: CurrentOwner, request: Request
+) -> Response:
+    """Abort an upload and drop the parts sent so far."""
+    store = request.app.state.store
+    dataset_uploads.abort_upload(session, owner_id=owner.id, upload_id=upload_id, store=store)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
