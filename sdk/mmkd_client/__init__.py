@@ -14,7 +14,7 @@ from mmkd_client.errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from mmkd_client.models import Artifact, Event, Job, JobSummary, MetricPoint, Progress
+from mmkd_client.models import Artifact, Dataset, DatasetLabel, Event, Job, JobSummary, MetricPoint, Modality, Progress
 
 __all__ = [
     "ApiError",
@@ -23,6 +23,8 @@ __all__ = [
     "Client",
     "Conflict",
     "ConnectionFailed",
+    "Dataset",
+    "DatasetLabel",
     "Event",
     "Job",
     "JobCancelled",
@@ -30,6 +32,7 @@ __all__ = [
     "JobSummary",
     "MetricPoint",
     "MmkdError",
+    "Modality",
     "NotFound",
     "Progress",
     "ServerError",

@@ -1,15 +1,19 @@
-"""``Client``: submit, inspect, wait for and download mmkd jobs over HTTP.
+"""``Client``: submit, inspect, wait for and download mmkd jobs over HTTP; upload, list and delete
+datasets.
 
 Connection errors and 502/503/504 answers are retried with exponential backoff. Every submit
 carries an ``Idempotency-Key`` (generated when the caller gives none), so a retried submit returns
-the job the first attempt created instead of creating a second one.
+the job the first attempt created instead of creating a second one. Dataset files are streamed
+from disk, never read whole into memory.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -19,9 +23,22 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from mmkd_client.errors import ConnectionFailed, JobCancelled, JobFailed, NotFound, WaitTimeout, error_for
-from mmkd_client.models import Artifact, Event, Job, JobSummary, MetricPoint
+from mmkd_client.errors import (
+    ApiError,
+    Conflict,
+    ConnectionFailed,
+    JobCancelled,
+    JobFailed,
+    MmkdError,
+    NotFound,
+    WaitTimeout,
+    error_for,
+)
+from mmkd_client.models import Artifact, Dataset, Event, Job, JobSummary, MetricPoint
 
+#: Files larger than this go through the presigned multipart flow when the server has S3.
+MULTIPART_THRESHOLD = 64 << 20
+_CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({502, 503, 504})
 RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 SpecLike = Mapping[str, Any] | BaseModel | str | Path
@@ -45,9 +62,7 @@ class Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff = retries, backoff
-        self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
-        )
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -182,11 +197,85 @@ class Client:
         partial.replace(target)
         return target
 
+    def upload_dataset(self, path: str | Path, name: str | None = None, *, multipart: bool | None = None) -> Dataset:
+        """Upload an .npz (streamed from disk); the server validates it and returns its summary.
+
+        ``multipart`` None sends files over ``MULTIPART_THRESHOLD`` bytes through presigned part
+        URLs when the server stores in S3 (and directly otherwise); True insists on presigned parts.
+        """
+        source = Path(path)
+        size = source.stat().st_size
+        label = name or _dataset_name(source)
+        if multipart or (multipart is None and size > MULTIPART_THRESHOLD):
+            try:
+                return self._upload_in_parts(source, label, size)
+            except Conflict:
+                if multipart:
+                    raise
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        body = _FileChunks(source)
+        response = self._request("POST", "/v1/datasets", params={"name": label}, content=body, headers=headers)
+        return Dataset.model_validate(response.json())
+
+    def _upload_in_parts(self, source: Path, name: str, size: int) -> Dataset:
+        plan = self._request("POST", "/v1/datasets/uploads", json={"name": name, "size_bytes": size}).json()
+        parts = []
+        try:
+            with httpx.Client(timeout=self._http.timeout) as storage, source.open("rb") as handle:
+                for part in plan["parts"]:
+                    handle.seek((part["part_number"] - 1) * plan["part_size"])
+                    answer = storage.put(part["url"], content=handle.read(plan["part_size"]))
+                    if answer.is_error:
+                        raise error_for(answer.status_code, answer.text)
+                    parts.append({"part_number": part["part_number"], "etag": answer.headers["ETag"]})
+            done = self._request("POST", plan["complete"], json={"parts": parts})
+        except (httpx.HTTPError, ApiError):
+            with contextlib.suppress(MmkdError):
+                self._request("DELETE", f"/v1/datasets/uploads/{plan['id']}")
+            raise
+        return Dataset.model_validate(done.json())
+
+    def datasets(self, page_size: int = 100) -> Iterator[Dataset]:
+        """Every dataset of this owner, newest first, following the cursor page by page."""
+        params: dict[str, Any] = {"limit": page_size}
+        while True:
+            page = self._request("GET", "/v1/datasets", params=params).json()
+            yield from (Dataset.model_validate(item) for item in page["items"])
+            if not page["next_cursor"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def dataset(self, dataset_id: int) -> Dataset:
+        """One dataset and its summary."""
+        return Dataset.model_validate(self._request("GET", f"/v1/datasets/{dataset_id}").json())
+
+    def delete_dataset(self, dataset_id: int) -> None:
+        """Delete a dataset (``Conflict`` while queued or running jobs use it)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
     def _find_artifact(self, job_id: int, ref: int | str) -> Artifact:
         for item in self.artifacts(job_id):
             if ref in (item.id, item.key):
                 return item
         raise NotFound(404, f"job {job_id} has no artifact {ref!r}")
+
+
+class _FileChunks:
+    """A file's bytes in chunks, read afresh on every iteration (so a retried request resends it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.path.open("rb") as handle:
+            while block := handle.read(_CHUNK):
+                yield block
+
+
+def _dataset_name(path: Path) -> str:
+    """The file's name as the server accepts dataset names (letters, digits, ``_.-``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-]", "_", path.name).lstrip("_.-")[:200]
+    return cleaned or "dataset"
 
 
 def _body(response: httpx.Response) -> Any:

@@ -93,3 +93,33 @@ class Artifact(_Model):
     def filename(self) -> str:
         """The last part of the key."""
         return self.key.rstrip("/").rsplit("/", 1)[-1]
+
+
+class Modality(_Model):
+    """One modality of a dataset: its per-sample shape and stored dtype."""
+
+    shape: list[int]
+    dtype: str
+
+
+class DatasetLabel(_Model):
+    """A dataset's label: ``classes``, ``multilabel`` (0/1 rows) or ``continuous``."""
+
+    kind: str
+    shape: list[int] = Field(default_factory=list)
+    labelled: int
+    classes: int | None = None
+
+
+class Dataset(_Model):
+    """An uploaded dataset and the summary its validation produced."""
+
+    id: int
+    name: str
+    size_bytes: int
+    sha256: str
+    n_samples: int
+    modalities: dict[str, Modality]
+    label: DatasetLabel | None = None
+    splits: dict[str, int] | None = None
+    created_at: dt.datetime
