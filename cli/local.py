@@ -1,4 +1,5 @@
-"""Local commands: ``mmkd train``, ``mmkd predict``, ``mmkd datasets``. torch loads inside them only."""
+"""Local commands: ``mmkd train``, ``mmkd predict`` (and the table behind ``mmkd datasets builtin``).
+torch loads inside them only."""
 
 from __future__ import annotations
 
@@ -134,7 +135,6 @@ def datasets_command() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the local commands to ``app``."""
+    """Add the local commands to ``app`` (``mmkd datasets builtin`` lives in ``cli.datasets``)."""
     app.command("train")(train_command)
     app.command("predict")(predict_command)
-    app.command("datasets")(datasets_command)

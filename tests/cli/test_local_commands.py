@@ -1,4 +1,4 @@
-"""`mmkd train`, `mmkd predict`, `mmkd datasets` as a user runs them: real processes, exit codes, files."""
+"""`mmkd train`, `mmkd predict`, `mmkd datasets builtin` as a user runs them: real processes, exit codes, files."""
 
 from __future__ import annotations
 
@@ -76,6 +76,6 @@ def test_predict_names_the_missing_modality(tmp_path: Path) -> None:
 
 
 def test_datasets_lists_the_builtins() -> None:
-    result = mmkd("datasets")
+    result = mmkd("datasets", "builtin")
     assert result.returncode == 0
     assert "mfeat" in result.stdout and "basic_motions" in result.stdout and "accelerometer" in result.stdout
