@@ -71,17 +71,15 @@ def train_command(
     from core.data import prepare
     from core.engine.checkpoint import LocalCheckpointStore
     from core.engine.evaluation import PRIMARY_METRIC
-    from core.engine.tracking_local import FanOutTracker, JsonlTracker, RichProgressTracker
+    from core.engine.tracking_local import FanOutTracker, MetricsFileTracker, RichProgressTracker
     from core.engine.trainer import train
     from core.errors import MmkdError
 
     store = LocalCheckpointStore(out / "checkpoints", keep_last=spec.checkpoint.keep_last)
     if not resume and (store.load_latest() is not None or (out / "summary.json").exists()):
         fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    metrics_file = out / "metrics.jsonl"
-    if not resume:
-        metrics_file.unlink(missing_ok=True)
-    tracker = FanOutTracker(JsonlTracker(metrics_file), RichProgressTracker(PRIMARY_METRIC[spec.task]))
+    # metrics.jsonl is the run's metric record (core.metrics); a resume keeps it up to its checkpoint.
+    tracker = FanOutTracker(MetricsFileTracker(out / "metrics.jsonl"), RichProgressTracker(PRIMARY_METRIC[spec.task]))
     try:
         data = prepare(spec.dataset, spec.task, read=_reader())
         summary = train(spec, workdir=out, tracker=tracker, checkpoints=store, data=data)

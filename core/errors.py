@@ -47,3 +47,24 @@ class StorageError(MmkdError):
 
     kind = "storage_unreachable"
     retryable = True
+
+
+class TimedOut(MmkdError):
+    """The attempt ran past the spec's ``train.max_minutes``; raised at a step boundary, or recorded
+    by the worker's heartbeat when the loop never reached one. Not retried: it would time out again."""
+
+    kind = "timed_out"
+
+    def __init__(self, max_minutes: float, where: str) -> None:
+        super().__init__(f"timed out: ran past train.max_minutes={max_minutes:g} {where}")
+
+
+class Stalled(MmkdError):
+    """The training loop showed no progress for longer than the worker's stall limit (a hung step).
+    Recorded by the worker's heartbeat; not retried: a deterministic hang would hang again."""
+
+    kind = "stalled"
+
+    def __init__(self, idle_seconds: float, limit_seconds: float, where: str) -> None:
+        limit = f"MMKD_STALL_SECONDS={limit_seconds:g}"
+        super().__init__(f"stalled: no training progress for {idle_seconds:.0f} s (limit {limit}) {where}")

@@ -231,6 +231,13 @@ class TrainSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=False, description="bfloat16 autocast on CUDA; ignored on CPU.")
     eval_every_epochs: int = Field(default=1, ge=1)
+    max_minutes: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=43_200.0,
+        description="Wall-clock limit of one attempt in minutes (fractions allowed); past it the worker "
+        "fails the job as timed_out, keeping its last checkpoint. null: no limit.",
+    )
 
 
 class CheckpointSpec(StrictModel):

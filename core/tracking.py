@@ -1,13 +1,15 @@
 """The two small protocols through which the trainer talks to the outside world.
 
 ``Tracker`` receives progress and metrics (the CLI writes metrics.jsonl and a progress bar; the
-worker writes to the database) and may ask the trainer to stop. ``CheckpointStore`` keeps opaque
-checkpoint blobs (a local folder for the CLI, S3 for the worker). Neither knows about torch.
+worker writes to the database and watches for a stalled loop) and may ask the trainer to stop.
+``CheckpointStore`` keeps opaque checkpoint blobs (a local folder for the CLI, S3 for the worker).
+Neither knows about torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 
@@ -26,8 +28,13 @@ class Tracker(Protocol):
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """A checkpoint was stored under ``key``."""
 
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        """Brackets a stretch that is progress without steps (setup, an evaluation, a checkpoint,
+        the export): a worker's stall watch must not take it for a hung loop."""
+
     def should_stop(self) -> bool:
-        """True to stop at the next step boundary (a cancel request)."""
+        """True to stop at the next step boundary (a cancel request). May raise instead, with
+        the reason (a worker's time limit)."""
 
     def on_finish(self, *, summary: Mapping[str, Any]) -> None:
         """Training and the final test evaluation are done."""
@@ -57,6 +64,10 @@ class NullTracker:
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """Ignore."""
+
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        """Ignore."""
+        return nullcontext()
 
     def should_stop(self) -> bool:
         """Never stop."""

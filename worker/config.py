@@ -33,6 +33,11 @@ class WorkerSettings(Settings):
     heartbeat_seconds: float = Field(
         default=0.0, ge=0.0, description="Lease renewal period; 0 means a quarter of lease_seconds."
     )
+    stall_seconds: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="A job whose training shows no progress this long fails as stalled (its lease is not renewed).",
+    )
     cancel_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often training reads the status.")
     metrics_flush_seconds: float = Field(default=2.0, gt=0.0, description="Metric points are written in batches.")
     visibility_timeout_seconds: int = Field(default=7200, ge=60, description="Redis redelivery timeout.")

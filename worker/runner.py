@@ -1,22 +1,27 @@
 """One delivery of the train task: claim the job, train it under a heartbeat, publish what it made,
 and record how it ended. Everything the job writes to the database is conditional on still
-holding the lease, so a worker that lost its job never overwrites the new owner's progress."""
+holding the lease, so a worker that lost its job never overwrites the new owner's progress.
+
+The heartbeat renews the lease only while training makes progress; it fails a stalled or
+timed-out attempt itself and then ends this process (:func:`exit_stuck_process`)."""
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import shutil
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.metrics import Point, series, to_jsonl
 from core.spec import JobSpec
 from jobs.db import engine_for, session_factory
-from jobs.leases import Heartbeat, Lease, claim, new_lease_owner
+from jobs.leases import Heartbeat, Lease, LeaseLost, Liveness, claim, new_lease_owner
 from jobs.lifecycle import record_artifact, transition
 from jobs.models import Job, MetricPoint
 from jobs.publish import publisher
@@ -27,9 +32,14 @@ from worker import outcomes
 from worker.config import WorkerSettings, get_worker_settings
 from worker.data import job_reader
 from worker.report import write_report
-from worker.tracking import DatabaseTracker
+from worker.tracking import DatabaseTracker, LeasedCheckpoints
+
+if TYPE_CHECKING:
+    from core.data.prepare import PreparedData
 
 log = logging.getLogger(__name__)
+#: The exit status of a worker process ended because its training attempt was stuck.
+EXIT_STUCK = 75
 
 
 @lru_cache(maxsize=1)
@@ -37,8 +47,12 @@ def _sessions(url: str) -> sessionmaker[Session]:
     return session_factory(engine_for(url, pool_size=2))
 
 
-def run_job(job_id: int) -> str:
-    """Handle one delivery of ``job_id``; returns the outcome (``skipped`` for a duplicate)."""
+def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None) -> str:
+    """Handle one delivery of ``job_id``; returns the outcome (``skipped`` for a duplicate).
+
+    ``end_stuck_attempt`` runs after the heartbeat failed a stalled or timed-out attempt; the
+    default, :func:`exit_stuck_process`, ends this process so a hung step cannot keep the GPU.
+    """
     settings = get_worker_settings()
     sessions = _sessions(settings.resolved_database_url)
     with sessions() as session:
@@ -47,23 +61,44 @@ def run_job(job_id: int) -> str:
         log.info("job %s is not queued (duplicate delivery, cancelled or finished): skipped", job_id)
         return "skipped"
     beat = Heartbeat(
-        sessions, lease, lease_seconds=settings.lease_seconds, interval=settings.resolved_heartbeat_seconds
+        sessions,
+        lease,
+        lease_seconds=settings.lease_seconds,
+        interval=settings.resolved_heartbeat_seconds,
+        liveness=Liveness(stall_seconds=settings.stall_seconds),
+        on_give_up=end_stuck_attempt or exit_stuck_process,
     )
     workdir = settings.resolved_work_dir / f"job-{job_id}-attempt-{lease.attempt}"
     with beat:
         try:
             outcome = _train_and_publish(settings, sessions, lease, beat, workdir)
         except Exception as error:
-            ending = outcomes.classify(error, attempt=lease.attempt, max_attempts=lease.max_attempts)
-            unexpected = ending.kind == "internal"
-            log.warning("job %s attempt %s: %s", job_id, lease.attempt, ending.reason, exc_info=unexpected)
-            outcome = outcomes.record(sessions, lease, ending)
+            outcome = _record_failure(sessions, lease, beat, error)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     if outcome == "queued":
         _publish_retry(settings, job_id)
     log.info("job %s attempt %s: %s", job_id, lease.attempt, outcome)
     return outcome
+
+
+def exit_stuck_process() -> None:
+    """End this process now: its training thread is stuck where no exception reaches it, holding the
+    GPU. The job is already failed; under Celery's prefork pool a fresh child replaces this one, and
+    the message, rejected because its worker was lost, comes back only to be skipped."""
+    log.critical("worker process %s ends: its training attempt is stuck", os.getpid())
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
+
+
+def _record_failure(sessions: sessionmaker[Session], lease: Lease, beat: Heartbeat, error: Exception) -> str:
+    if beat.lost.is_set():  # the job is no longer ours, or the heartbeat already failed it
+        log.warning("job %s attempt %s: lease lost (%s); nothing recorded", lease.job_id, lease.attempt, error)
+        return "lease_lost"
+    ending = outcomes.classify(error, attempt=lease.attempt, max_attempts=lease.max_attempts)
+    unexpected = ending.kind == "internal"
+    log.warning("job %s attempt %s: %s", lease.job_id, lease.attempt, ending.reason, exc_info=unexpected)
+    return outcomes.record(sessions, lease, ending)
 
 
 def _publish_retry(settings: WorkerSettings, job_id: int) -> None:
@@ -76,49 +111,64 @@ def _publish_retry(settings: WorkerSettings, job_id: int) -> None:
 def _train_and_publish(
     settings: WorkerSettings, sessions: sessionmaker[Session], lease: Lease, beat: Heartbeat, workdir: Path
 ) -> str:
-    from core.data import prepare
-    from core.engine.tracking_local import FanOutTracker, JsonlTracker
-    from core.engine.trainer import train  # torch loads here
+    with beat.liveness.busy("preparing the job"):
+        from core.engine.trainer import train  # torch loads here
 
-    with sessions() as session:
-        spec_json, owner_id = session.execute(select(Job.spec, Job.owner_id).where(Job.id == lease.job_id)).one()
-    spec = JobSpec.model_validate(spec_json)
-    store = store_from_settings(settings)
-    read = job_reader(settings, store, sessions, owner_id=owner_id)
-    data = prepare(spec.dataset, spec.task, max_bytes=settings.max_dataset_bytes, read=read)
-    database = DatabaseTracker(
+        spec, store, data = _prepare(settings, sessions, lease.job_id)
+    beat.liveness.limit(spec.train.max_minutes)
+    tracker = DatabaseTracker(
         sessions,
         job_id=lease.job_id,
         lease_owner=lease.owner,
         lease_lost=beat.lost,
+        liveness=beat.liveness,
         flush_seconds=settings.metrics_flush_seconds,
         poll_seconds=settings.cancel_poll_seconds,
     )
-    checkpoints = StorageCheckpointStore(store, lease.job_id, keep_last=spec.checkpoint.keep_last)
+    stored_checkpoints = StorageCheckpointStore(store, lease.job_id, keep_last=spec.checkpoint.keep_last)
+    checkpoints = LeasedCheckpoints(stored_checkpoints, lease_lost=beat.lost)
     workdir.mkdir(parents=True, exist_ok=True)
-    tracker = FanOutTracker(database, JsonlTracker(workdir / "metrics.jsonl"))
     summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints, data=data)
-    if summary.get("resumed_from_step"):
-        prepend_history(sessions, lease.job_id, workdir / "metrics.jsonl", upto_step=summary["resumed_from_step"])
-    write_report(workdir, summary, job_id=lease.job_id)
-    stored = upload_results(store, lease.job_id, workdir)
+    if beat.lost.is_set():
+        raise LeaseLost("lease lost before the results were published")
+    with beat.liveness.busy("publishing the results"):
+        stored = publish_results(sessions, store, lease.job_id, workdir, summary)
     return _record_success(sessions, lease, summary, stored)
 
 
-def prepend_history(sessions: sessionmaker[Session], job_id: int, path: Path, *, upto_step: int) -> None:
-    """Complete a resumed attempt's metrics.jsonl with the earlier attempts' points (from the database)."""
+def _prepare(
+    settings: WorkerSettings, sessions: sessionmaker[Session], job_id: int
+) -> tuple[JobSpec, ArtifactStore, PreparedData]:
+    """The job's spec, the artifact store and the dataset, read through the store and the allow-list."""
+    from core.data import prepare
+
+    with sessions() as session:
+        spec_json, owner_id = session.execute(select(Job.spec, Job.owner_id).where(Job.id == job_id)).one()
+    spec = JobSpec.model_validate(spec_json)
+    store = store_from_settings(settings)
+    read = job_reader(settings, store, sessions, owner_id=owner_id)
+    return spec, store, prepare(spec.dataset, spec.task, max_bytes=settings.max_dataset_bytes, read=read)
+
+
+def metric_points(sessions: sessionmaker[Session], job_id: int) -> list[Point]:
+    """The job's metric record: its points in the database, by step, in the order they were written."""
     with sessions() as session:
         rows = session.execute(
             select(MetricPoint.step, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
-            .where(MetricPoint.job_id == job_id, MetricPoint.step <= upto_step)
+            .where(MetricPoint.job_id == job_id)
             .order_by(MetricPoint.step, MetricPoint.id)
         ).all()
-    records: dict[tuple[int, str], dict[str, Any]] = {}
-    for step, epoch, name, value in rows:
-        kind, metric = name.split("/", 1)
-        records.setdefault((step, kind), {"kind": kind, "epoch": epoch, "step": step})[metric] = value
-    earlier = "".join(json.dumps(record) + "\n" for record in records.values())
-    path.write_text(earlier + (path.read_text() if path.exists() else ""))
+    return [Point(*row) for row in rows]
+
+
+def publish_results(
+    sessions: sessionmaker[Session], store: ArtifactStore, job_id: int, workdir: Path, summary: dict[str, Any]
+) -> list[tuple[str, StoredObject]]:
+    """Render ``metrics.jsonl`` and the report once from the database's points, then upload everything."""
+    points = metric_points(sessions, job_id)
+    (workdir / "metrics.jsonl").write_text(to_jsonl(points))
+    write_report(workdir, summary, series(points), job_id=job_id)
+    return upload_results(store, job_id, workdir)
 
 
 def upload_results(store: ArtifactStore, job_id: int, workdir: Path) -> list[tuple[str, StoredObject]]:

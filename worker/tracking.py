@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import CursorResult, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.errors import TimedOut
+from core.metrics import Point, train_points, validation_points
+from core.tracking import CheckpointStore
+from jobs.leases import LeaseLost, Liveness, last_checkpoint
 from jobs.lifecycle import record_event
 from jobs.models import Job, MetricPoint
 from jobs.orm import utcnow
@@ -20,8 +26,11 @@ class DatabaseTracker:
     """Writes a job's progress, ETA and metric series to the database.
 
     Step losses are buffered and written in one transaction every ``flush_seconds`` (and at each
-    epoch, checkpoint and the finish), never one transaction per scalar. ``should_stop`` reads the
-    job's status at most every ``poll_seconds`` and turns true on ``cancelling`` or a lost lease.
+    epoch, checkpoint and the finish), never one transaction per scalar; the points are the job's
+    metric record (``core.metrics`` names them). ``should_stop`` reads the job's status at most every
+    ``poll_seconds`` and turns true on ``cancelling`` or a lost lease; past the attempt's deadline it
+    raises :class:`TimedOut`. Every step, evaluation and checkpoint tells ``liveness`` that training
+    moves, which is what keeps the lease renewed. Once the lease is lost nothing is written.
     """
 
     def __init__(
@@ -31,6 +40,7 @@ class DatabaseTracker:
         job_id: int,
         lease_owner: str,
         lease_lost: threading.Event,
+        liveness: Liveness,
         flush_seconds: float = 2.0,
         poll_seconds: float = 1.0,
     ) -> None:
@@ -38,9 +48,10 @@ class DatabaseTracker:
         self.job_id = job_id
         self.lease_owner = lease_owner
         self.lease_lost = lease_lost
+        self.liveness = liveness
         self.flush_seconds = flush_seconds
         self.poll_seconds = poll_seconds
-        self._points: list[dict[str, Any]] = []
+        self._points: list[Point] = []
         self._progress: dict[str, Any] = {}
         self._latest: dict[str, float] = {}
         self._last_flush = self._last_poll = time.monotonic()
@@ -52,6 +63,7 @@ class DatabaseTracker:
     def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
         """Record the totals. A start past step 0 is a resume: it gets a ``resumed`` event, and the
         points the lost attempt wrote after its checkpoint are dropped (they are trained again)."""
+        self.liveness.advanced(f"the start at step {start_step}")
         self._total_steps = total_epochs * steps_per_epoch
         self._timer_start, self._timer_step = time.monotonic(), start_step
         self._progress = {"total_epochs": total_epochs, "total_steps": self._total_steps, "step": start_step}
@@ -71,26 +83,39 @@ class DatabaseTracker:
 
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
         """Buffer the step's loss terms; flush when the batch is old enough."""
-        self._add(step, epoch, {f"train/{name}": value for name, value in losses.items()})
+        self.liveness.advanced(f"step {step}")
+        self._add(train_points(step=step, epoch=epoch, losses=losses))
         self._progress.update(epoch=epoch, step=step, eta_seconds=self._eta(step))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
         """Record validation metrics and flush."""
-        self._add(step, epoch, {f"val/{name}": value for name, value in metrics.items()})
+        self.liveness.advanced(f"the validation at step {step}")
+        self._add(validation_points(step=step, epoch=epoch, metrics=metrics))
         self._progress.update(epoch=epoch, step=step, eta_seconds=self._eta(step))
         self.flush()
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """Remember the newest checkpoint's key (written only after the checkpoint is stored)."""
+        self.liveness.advanced(f"the checkpoint at step {step}")
         self._progress["last_checkpoint_key"] = key
         self.flush()
 
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        """A long stretch without steps: progress for the stall watch."""
+        return self.liveness.busy(what)
+
     def should_stop(self) -> bool:
-        """True once the job is ``cancelling`` or this worker lost its lease."""
+        """True once the job is ``cancelling`` or this worker lost its lease; raises
+        :class:`TimedOut` (after writing what is buffered) once the attempt is past its deadline."""
         if self.lease_lost.is_set():
             return True
+        if self.liveness.past_deadline():
+            self.flush()
+            with self.sessions() as session:
+                kept = last_checkpoint(session, self.job_id)
+            raise TimedOut(self.liveness.max_minutes or 0.0, f"at step {self._progress.get('step')}; {kept}")
         now = time.monotonic()
         if not self._cancel_seen and now - self._last_poll >= self.poll_seconds:
             self._last_poll = now
@@ -111,6 +136,9 @@ class DatabaseTracker:
 
     def _write(self, session: Session) -> None:
         """Update the job only while this worker holds its lease; otherwise drop the batch."""
+        if self.lease_lost.is_set():
+            self._points, self._latest = [], {}
+            return
         values = dict(self._progress, updated_at=utcnow())
         if self._latest:
             current = session.scalar(select(Job.latest_metrics).where(Job.id == self.job_id))
@@ -126,17 +154,15 @@ class DatabaseTracker:
             self.lease_lost.set()
         else:
             if self._points:
-                session.execute(insert(MetricPoint), self._points)
+                session.execute(insert(MetricPoint), [{"job_id": self.job_id, **asdict(p)} for p in self._points])
             session.commit()
         self._points, self._latest = [], {}
         self._last_flush = time.monotonic()
 
-    def _add(self, step: int, epoch: int, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            self._points.append(
-                {"job_id": self.job_id, "step": step, "epoch": epoch, "name": name, "value": float(value)}
-            )
-            self._latest[name] = float(value)
+    def _add(self, points: Iterable[Point]) -> None:
+        for point in points:
+            self._points.append(point)
+            self._latest[point.name] = point.value
 
     def _eta(self, step: int) -> float | None:
         done = step - self._timer_step
@@ -144,3 +170,22 @@ class DatabaseTracker:
             return None
         per_step = (time.monotonic() - self._timer_start) / done
         return max(self._total_steps - step, 0) * per_step
+
+
+class LeasedCheckpoints:
+    """A job's checkpoint store that refuses writes once the lease is lost: a stuck attempt that
+    wakes after its heartbeat gave up must not add (or prune) checkpoints of a job it no longer owns."""
+
+    def __init__(self, store: CheckpointStore, *, lease_lost: threading.Event) -> None:
+        self.store = store
+        self.lease_lost = lease_lost
+
+    def save(self, step: int, payload: bytes) -> str:
+        """Store the checkpoint while the lease is held."""
+        if self.lease_lost.is_set():
+            raise LeaseLost(f"lease lost; checkpoint at step {step} not written")
+        return self.store.save(step, payload)
+
+    def load_latest(self) -> tuple[int, bytes] | None:
+        """The newest checkpoint."""
+        return self.store.load_latest()

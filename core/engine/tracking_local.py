@@ -1,55 +1,71 @@
-"""Trackers for local runs: a metrics.jsonl writer, a rich progress bar, and a fan-out."""
+"""Trackers for local runs: the metrics.jsonl record, a rich progress bar, and a fan-out."""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from core.metrics import Point, from_jsonl, to_jsonl, train_points, validation_points
 from core.tracking import Tracker
 
 
-class JsonlTracker:
-    """Appends one JSON object per event to ``path``: kind, step, epoch, and the values."""
+class MetricsFileTracker:
+    """A local run's record of its metric points: ``metrics.jsonl``, written through ``core.metrics``.
+
+    Points are appended as they come, so a run that crashes keeps what it wrote; a run resumed from
+    a checkpoint first drops the points written after that checkpoint's step (it trains them again),
+    so the file holds each step once.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = path.open("a")
-
-    def _write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        self.path = path
+        self._file: IO[str] | None = None
 
     def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
-        """Record the plan (and where a resumed run starts)."""
-        self._write(
-            {"kind": "start", "total_epochs": total_epochs, "steps_per_epoch": steps_per_epoch, "step": start_step}
-        )
+        """Keep the points up to ``start_step`` (none for a fresh run) and open the file for appending."""
+        earlier = from_jsonl(self.path.read_text()) if start_step and self.path.exists() else []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(to_jsonl(point for point in earlier if point.step <= start_step))
+        self._file = self.path.open("a")
+
+    def _append(self, points: list[Point]) -> None:
+        assert self._file is not None, "on_start opens the file"
+        self._file.write(to_jsonl(points))
 
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
-        """One line per step with every loss term."""
-        self._write({"kind": "train", "epoch": epoch, "step": step, **losses})
+        """The step's loss terms."""
+        self._append(train_points(step=step, epoch=epoch, losses=losses))
 
     def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
         """Validation metrics; flushed so a reader sees whole epochs."""
-        self._write({"kind": "val", "epoch": epoch, "step": step, **metrics})
-        self._file.flush()
+        self._append(validation_points(step=step, epoch=epoch, metrics=metrics))
+        self.flush()
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
-        """Where the checkpoint went."""
-        self._write({"kind": "checkpoint", "epoch": epoch, "step": step, "key": key})
+        """Flush: a resume from this checkpoint finds every point up to its step."""
+        self.flush()
+
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        """Nothing to record."""
+        return nullcontext()
 
     def should_stop(self) -> bool:
         """A file never asks to stop."""
         return False
 
     def on_finish(self, *, summary: Mapping[str, Any]) -> None:
-        """The test metrics, then close the file."""
-        self._write({"kind": "test", **{k: summary[k] for k in ("student", "teacher", "auxiliary")}})
-        self._file.close()
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+        if self._file is not None:
+            self._file.flush()
 
 
 class RichProgressTracker:
@@ -97,6 +113,10 @@ class RichProgressTracker:
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """Nothing to show."""
 
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        """Nothing to show."""
+        return nullcontext()
+
     def should_stop(self) -> bool:
         """Ctrl-C is the local way to stop."""
         return False
@@ -131,6 +151,14 @@ class FanOutTracker:
         """Forward."""
         for tracker in self.trackers:
             tracker.on_checkpoint(epoch=epoch, step=step, key=key)
+
+    @contextmanager
+    def busy(self, what: str) -> Iterator[None]:
+        """Every tracker's, entered in order."""
+        with ExitStack() as stack:
+            for tracker in self.trackers:
+                stack.enter_context(tracker.busy(what))
+            yield
 
     def should_stop(self) -> bool:
         """True when any tracker asks."""

@@ -104,7 +104,8 @@ def save_checkpoint(run: Run, checkpoints: CheckpointStore | None, tracker: Trac
     """Store the full training state at the current step boundary."""
     if checkpoints is None:
         return
-    key = checkpoints.save(run.state.step, ckpt.to_bytes(run.state_dict()))
+    with tracker.busy(f"checkpoint at step {run.state.step}"):
+        key = checkpoints.save(run.state.step, ckpt.to_bytes(run.state_dict()))
     tracker.on_checkpoint(epoch=run.state.epoch, step=run.state.step, key=key)
 
 
@@ -186,8 +187,9 @@ def train(
     started = time.monotonic()
     tracker = tracker or NullTracker()
     workdir.mkdir(parents=True, exist_ok=True)
-    run = build_run(spec, data if data is not None else prepare(spec.dataset, spec.task))
-    resume(run, checkpoints)
+    with tracker.busy("setup"):  # long stretches without steps are progress, not a stall
+        run = build_run(spec, data if data is not None else prepare(spec.dataset, spec.task))
+        resume(run, checkpoints)
     tracker.on_start(
         total_epochs=run.objective.total_epochs,
         steps_per_epoch=len(epoch_batches(run, 0)),
@@ -200,10 +202,13 @@ def train(
         run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
         last = epoch + 1 == run.objective.total_epochs
         if last or (epoch + 1) % spec.train.eval_every_epochs == 0:
-            tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=evaluate(run, "val"))
+            with tracker.busy(f"validation after epoch {epoch + 1}"):
+                metrics = evaluate(run, "val")
+            tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=metrics)
         every = spec.checkpoint.every_epochs
         if every and ((epoch + 1) % every == 0 or last):
             save_checkpoint(run, checkpoints, tracker)
-    summary = finish(run, workdir, started)
+    with tracker.busy("test evaluation and export"):
+        summary = finish(run, workdir, started)
     tracker.on_finish(summary=summary)
     return summary

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.metrics import from_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 MMKD = str(Path(sys.executable).with_name("mmkd"))
 SPEC = """
@@ -33,8 +35,9 @@ def test_train_then_predict_from_primary_modalities_only(tmp_path: Path) -> None
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "paper" and summary["dataset"] == "basic_motions"
     assert set(summary) >= {"student", "teacher", "auxiliary"} and "accuracy" in summary["student"]
-    kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert kinds[0] == "start" and kinds.count("val") == 2 and kinds[-1] == "test"
+    points = from_jsonl((out / "metrics.jsonl").read_text())
+    assert [p.step for p in points if p.name == "train/total"] == [1, 2, 3, 4]
+    assert [p.step for p in points if p.name == "val/student/accuracy"] == [2, 4]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2.pt", "step-4.pt"]
 
     raw = np.load(ROOT / "core/data/builtin/basic_motions.npz")
@@ -51,6 +54,7 @@ def test_train_then_predict_from_primary_modalities_only(tmp_path: Path) -> None
     resumed = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 4
+    assert from_jsonl((out / "metrics.jsonl").read_text()) == points  # the record holds each step once
 
 
 def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.db import engine_for
+from jobs.migrate import upgrade
 from jobs.models import Base, Job, Owner
 from jobs.orm import utcnow
+from worker.config import get_worker_settings
 
 
 @contextlib.contextmanager
@@ -74,3 +76,15 @@ def make_job(sessions: sessionmaker[Session]) -> Callable[..., int]:
             return job.id
 
     return make
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
+    """Embedded settings in a temporary home, with a migrated SQLite database."""
+    monkeypatch.setenv("MMKD_HOME", str(tmp_path))
+    get_worker_settings.cache_clear()
+    upgrade(get_worker_settings().resolved_database_url)
+    engine = create_engine(get_worker_settings().resolved_database_url)
+    yield sessionmaker(bind=engine, expire_on_commit=False)
+    engine.dispose()
+    get_worker_settings.cache_clear()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
+from tests_support import wait_until
 
-from jobs.leases import Heartbeat, claim, renew
+from jobs.leases import Heartbeat, Liveness, claim, renew
 from jobs.models import Job, JobEvent, MetricPoint
 from worker.tracking import DatabaseTracker
 
@@ -76,23 +77,32 @@ def test_renew_and_lose_the_lease(sessions, make_job) -> None:
         assert not renew(session, lease=lease, lease_seconds=60)
 
 
+def _heartbeat(sessions, lease, liveness: Liveness | None = None, on_give_up=lambda: None) -> Heartbeat:
+    liveness = liveness or Liveness(stall_seconds=60)
+    return Heartbeat(sessions, lease, lease_seconds=30, interval=0.05, liveness=liveness, on_give_up=on_give_up)
+
+
 def test_heartbeat_renews_and_reports_loss(sessions, make_job) -> None:
     job_id = make_job()
     with sessions() as session:
         lease = claim(session, job_id=job_id, owner="w1", lease_seconds=1)
-    with Heartbeat(sessions, lease, lease_seconds=30, interval=0.05) as beat:
-        time.sleep(0.3)
-        assert not beat.lost.is_set()
-        job = _job(sessions, job_id)
-        assert (job.lease_expires_at - job.updated_at).total_seconds() > 20
+    with _heartbeat(sessions, lease) as beat:
+        job = wait_until(
+            lambda: (j := _job(sessions, job_id)).lease_expires_at - j.updated_at > dt.timedelta(seconds=20) and j
+        )
+        assert not beat.lost.is_set() and job.status == "running"
         with sessions() as session:
             session.get(Job, job_id).lease_owner = "thief"
             session.commit()
         assert beat.lost.wait(2)
 
 
-def _tracker(sessions, job_id: int, lost: threading.Event | None = None, **kw) -> DatabaseTracker:
-    return DatabaseTracker(sessions, job_id=job_id, lease_owner="w1", lease_lost=lost or threading.Event(), **kw)
+def _tracker(
+    sessions, job_id: int, lost: threading.Event | None = None, liveness: Liveness | None = None, **kw
+) -> DatabaseTracker:
+    lost = lost or threading.Event()
+    liveness = liveness or Liveness(stall_seconds=60)
+    return DatabaseTracker(sessions, job_id=job_id, lease_owner="w1", lease_lost=lost, liveness=liveness, **kw)
 
 
 def test_tracker_writes_progress_metrics_in_batches(sessions, make_job) -> None:
@@ -139,8 +149,7 @@ def test_should_stop_on_cancelling_and_lost_lease(sessions, make_job) -> None:
     with sessions() as session:
         session.get(Job, job_id).status = "cancelling"
         session.commit()
-    time.sleep(0.02)
-    assert tracker.should_stop()
+    wait_until(tracker.should_stop, what="the cancel seen")
 
     lost = threading.Event()
     other = _tracker(sessions, make_job(), lost)  # never claimed by w1: writes find no lease

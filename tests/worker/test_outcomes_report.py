@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from core.errors import DataError, NonFiniteLossError, StorageError, TrainingCancelled
+from core.errors import DataError, NonFiniteLossError, Stalled, StorageError, TimedOut, TrainingCancelled
+from core.metrics import from_jsonl, series, to_jsonl, train_points, validation_points
 from core.spec import JobSpec
 from jobs.leases import claim
 from jobs.models import Job
 from worker import outcomes
-from worker.report import read_series, result_table, write_report
+from worker.report import result_table, write_report
 
 
 def _classify(error: BaseException, attempt: int = 1) -> outcomes.Outcome:
@@ -32,6 +32,9 @@ def test_deterministic_failures_are_not_retried() -> None:
     oom = _classify(MemoryError("cannot allocate"))
     assert (oom.status, oom.kind) == ("failed", "out_of_memory") and "batch_size" in oom.reason
     assert _classify(RuntimeError("boom")).reason == "internal error: RuntimeError: boom"
+    for error in (TimedOut(5, "at step 3"), Stalled(700, 600, "after step 3")):
+        ending = _classify(error)
+        assert (ending.status, ending.kind, ending.reason) == ("failed", error.kind, str(error))
 
 
 def test_storage_errors_retry_then_fail() -> None:
@@ -95,15 +98,19 @@ def test_report_table_and_curves(tmp_path: Path) -> None:
     assert table[0] == "| network | accuracy | macro_f1 |"
     assert table[2] == "| student | 0.9000 | 0.8800 |"
     assert table[4] == "| auxiliary | 0.8000 |  |"
-    lines: list[dict] = [{"kind": "start", "step": 0, "total_epochs": 4, "steps_per_epoch": 10}]
-    lines += [{"kind": "train", "step": s, "epoch": s // 10, "total": 1 / s, "task": 0.5 / s} for s in range(1, 41)]
-    lines += [{"kind": "val", "step": s, "epoch": s // 10, "student/accuracy": s / 50} for s in (10, 20, 30, 40)]
-    lines += [{"kind": "checkpoint", "step": 40, "epoch": 4, "key": "k"}, {"kind": "test", "student": {}}]
-    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    series = read_series(tmp_path / "metrics.jsonl")
-    assert set(series) == {"train/total", "train/task", "val/student/accuracy"}
-    assert series["val/student/accuracy"][-1] == (40, 0.8)
-    folder = write_report(tmp_path, SUMMARY, job_id=7)
+    points = [
+        p for s in range(1, 41) for p in train_points(step=s, epoch=s // 10, losses={"total": 1 / s, "task": 0.5})
+    ]
+    points += [
+        p
+        for s in (10, 20, 30, 40)
+        for p in validation_points(step=s, epoch=s // 10, metrics={"student/accuracy": s / 50})
+    ]
+    assert from_jsonl(to_jsonl(points)) == points
+    curves = series(points)
+    assert set(curves) == {"train/total", "train/task", "val/student/accuracy"}
+    assert curves["val/student/accuracy"][-1] == (40, 0.8)
+    folder = write_report(tmp_path, SUMMARY, curves, job_id=7)
     assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (folder / "report.md").read_text()
     assert "| student | 0.9000 | 0.8800 |" in text and "resumed from step: 20" in text

@@ -4,55 +4,22 @@ delivery, non-finite loss. The integration tests repeat these through Celery, Po
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from worker_helpers import TINY, submit
 
-from core.spec import JobSpec
-from jobs.keys import get_or_create_owner
-from jobs.lifecycle import submit_job
-from jobs.migrate import upgrade
 from jobs.models import Artifact, Job, JobEvent
 from worker import runner
 from worker.config import get_worker_settings
 
-TINY = {
-    "name": "tiny",
-    "dataset": {"name": "basic_motions", "primary": ["accelerometer"], "auxiliary": ["gyroscope"]},
-    "model": {"hidden_dim": 16, "repr_dim": 8},
-    "method": {"name": "paper"},
-    "train": {"epochs": 2, "batch_size": 16, "device": "cpu"},
-}
 DIVERGING = {**TINY, "train": {**TINY["train"], "lr": 10.0, "optimizer": "sgd", "grad_clip": None}}
 
 
-@pytest.fixture
-def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
-    """Embedded settings in a temporary home, with a migrated SQLite database."""
-    monkeypatch.setenv("MMKD_HOME", str(tmp_path))
-    get_worker_settings.cache_clear()
-    upgrade(get_worker_settings().resolved_database_url)
-    engine = create_engine(get_worker_settings().resolved_database_url)
-    yield sessionmaker(bind=engine, expire_on_commit=False)
-    engine.dispose()
-    get_worker_settings.cache_clear()
-
-
-def _submit(sessions: sessionmaker[Session], spec: dict) -> int:
-    with sessions() as session:
-        owner = get_or_create_owner(session, name="local")
-        session.commit()
-        job, _ = submit_job(
-            session, owner_id=owner.id, spec=JobSpec.model_validate(spec), idempotency_key=None, max_attempts=3
-        )
-        return job.id
-
-
 def test_success_publishes_artifacts_and_result(embedded: sessionmaker[Session], tmp_path: Path) -> None:
-    job_id = _submit(embedded, TINY)
+    job_id = submit(embedded, TINY)
     assert runner.run_job(job_id) == "succeeded"
     assert runner.run_job(job_id) == "skipped"  # a second delivery does nothing
     with embedded() as session:
@@ -73,7 +40,7 @@ def test_success_publishes_artifacts_and_result(embedded: sessionmaker[Session],
 
 
 def test_non_finite_loss_fails_with_step(embedded: sessionmaker[Session]) -> None:
-    job_id = _submit(embedded, DIVERGING)
+    job_id = submit(embedded, DIVERGING)
     assert runner.run_job(job_id) == "failed"
     with embedded() as session:
         job = session.get(Job, job_id)
@@ -93,7 +60,7 @@ def test_invalid_data_fails_naming_the_file_and_is_not_retried(
     data = allowed / "broken.npz"
     np.savez(data, cheap=np.zeros((20, 3), np.float32), rich=np.zeros((20, 5), np.float32))  # no labels
     spec = {**TINY, "dataset": {"uri": str(data), "primary": ["cheap"], "auxiliary": ["rich"]}}
-    job_id = _submit(embedded, spec)
+    job_id = submit(embedded, spec)
     assert runner.run_job(job_id) == "failed"
     with embedded() as session:
         job = session.get(Job, job_id)
@@ -123,10 +90,56 @@ def test_worker_reads_no_file_outside_the_allowed_prefixes(
         f"{allowed}/../other-owner.npz",
     ):
         spec = {**TINY, "dataset": {"uri": uri, "primary": ["cheap"], "auxiliary": ["rich"]}}
-        job_id = _submit(embedded, spec)
+        job_id = submit(embedded, spec)
         assert runner.run_job(job_id) == "failed"
         with embedded() as session:
             job = session.get(Job, job_id)
         assert (job.error, job.attempts) == ("invalid_data", 1)
         reasons.append(job.status_reason.removeprefix(uri))
     assert len(set(reasons)) == 1 and "MMKD_DATA_ALLOW" in reasons[0]
+
+
+def test_metrics_file_and_report_are_the_database_points_after_a_resume(
+    embedded: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 checkpoints at step 6 and writes step 7's points, then storage fails (a retry); attempt
+    2 resumes at step 6. metrics.jsonl holds every step once: exactly the database's points."""
+    from core.engine import trainer
+    from core.errors import StorageError
+    from core.metrics import Point, from_jsonl
+    from jobs.models import MetricPoint
+
+    monkeypatch.setenv("MMKD_METRICS_FLUSH_SECONDS", "0.001")  # every step reaches the database
+    get_worker_settings.cache_clear()
+    real_step = trainer.train_step
+
+    def failing_after_seven(run, batch, epoch):
+        if run.state.step == 7:
+            raise StorageError("S3 unreachable")
+        return real_step(run, batch, epoch)
+
+    spec = {**TINY, "train": {**TINY["train"], "epochs": 4}, "checkpoint": {"every_epochs": None, "every_steps": 3}}
+    job_id = submit(embedded, spec)
+    monkeypatch.setattr(trainer, "train_step", failing_after_seven)
+    monkeypatch.setattr(runner, "_publish_retry", lambda settings, job_id: None)
+    assert runner.run_job(job_id) == "queued"
+    with embedded() as session:
+        assert max(session.scalars(select(MetricPoint.step).where(MetricPoint.job_id == job_id))) == 7
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    assert runner.run_job(job_id) == "succeeded"
+    with embedded() as session:
+        job = session.get(Job, job_id)
+        rows = session.execute(
+            select(MetricPoint.step, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
+            .where(MetricPoint.job_id == job_id)
+            .order_by(MetricPoint.step, MetricPoint.id)
+        ).all()
+    assert job.result["resumed_from_step"] == 6
+    recorded = from_jsonl((tmp_path / "artifacts" / f"jobs/{job_id}/metrics.jsonl").read_text())
+    assert recorded == [Point(*row) for row in rows]
+    steps = [point.step for point in recorded if point.name == "train/total"]
+    assert steps == list(range(1, job.total_steps + 1))  # no duplicates, no gaps
+    assert {point.name for point in recorded if point.step == job.total_steps} >= {
+        "train/total",
+        "val/student/accuracy",
+    }
