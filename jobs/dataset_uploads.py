@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.errors import StorageError
@@ -91,9 +91,9 @@ def begin_upload(
     return UploadPlan(upload, urls, utcnow() + dt.timedelta(seconds=URL_SECONDS))
 
 
-def _locked_upload(session: Session, *, owner_id: int, upload_id: int) -> DatasetUpload:
+def _find_upload(session: Session, *, owner_id: int, upload_id: int, lock: bool = False) -> DatasetUpload:
     query = select(DatasetUpload).where(DatasetUpload.id == upload_id, DatasetUpload.owner_id == owner_id)
-    upload = session.scalars(query.with_for_update()).one_or_none()
+    upload = session.scalars(query.with_for_update() if lock else query).one_or_none()
     if upload is None:
         raise NotFoundError(f"no upload {upload_id}")
     return upload
@@ -109,18 +109,27 @@ def complete_upload(
     max_bytes: int,
 ) -> Dataset:
     """Assemble, check and register the upload as a dataset; the temporary object never outlives
-    this call. Wrong parts are a 422 and leave the upload open for another try."""
+    this call. Wrong parts are a 422 and leave the upload open for another try.
+
+    No transaction stays open while bytes move: the upload's row is read, S3 assembles the parts,
+    then the row is claimed (deleted) in a short transaction that only one caller wins.
+    """
     s3 = _multipart(store)
-    upload = _locked_upload(session, owner_id=owner_id, upload_id=upload_id)
+    upload = _find_upload(session, owner_id=owner_id, upload_id=upload_id)
+    name, key, multipart_id = upload.name, upload.key, upload.multipart_id
+    session.rollback()
     try:
-        s3.complete_multipart(upload.key, upload.multipart_id, sorted(parts))
+        s3.complete_multipart(key, multipart_id, sorted(parts))
     except ValueError as exc:
-        session.rollback()
         raise InvalidRequestError([{"path": "parts", "message": f"{exc}; send every part's number and ETag"}]) from exc
     except StorageError as exc:
-        session.rollback()
         raise StorageUnavailableError(f"the upload could not be completed, try again: {exc}") from exc
-    name, key = upload.name, upload.key
+    claimed = session.execute(
+        delete(DatasetUpload).where(DatasetUpload.id == upload_id, DatasetUpload.owner_id == owner_id)
+    )
+    session.commit()
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        raise NotFoundError(f"no upload {upload_id}")
     try:
         with tempfile.TemporaryDirectory(prefix="mmkd-upload-") as folder:
             local = Path(folder) / "upload.npz"
@@ -128,21 +137,17 @@ def complete_upload(
                 raise too_large(max_bytes)
             store.download(key, local)
             summary = validate_file(local, max_bytes=max_bytes)
-            session.delete(upload)
             return store_dataset(session, owner_id=owner_id, name=name, path=local, summary=summary, store=store)
     except StorageError as exc:
         raise StorageUnavailableError(f"the upload could not be read back, start again: {exc}") from exc
     finally:
-        if session.in_transaction():
-            session.rollback()
-        _forget(session, upload_id)
         delete_objects(store, [key])
 
 
 def abort_upload(session: Session, *, owner_id: int, upload_id: int, store: ArtifactStore) -> None:
     """Drop an upload that will not be completed, with the parts S3 holds for it."""
     s3 = _multipart(store)
-    upload = _locked_upload(session, owner_id=owner_id, upload_id=upload_id)
+    upload = _find_upload(session, owner_id=owner_id, upload_id=upload_id, lock=True)
     try:
         s3.abort_multipart(upload.key, upload.multipart_id)
     except ValueError:
@@ -151,12 +156,4 @@ def abort_upload(session: Session, *, owner_id: int, upload_id: int, store: Arti
         session.rollback()
         raise StorageUnavailableError(f"the upload could not be aborted, try again: {exc}") from exc
     session.delete(upload)
-    session.commit()
-
-
-def _forget(session: Session, upload_id: int) -> None:
-    """Delete the upload's row if it is still there (it is gone after a successful completion)."""
-    upload = session.get(DatasetUpload, upload_id)
-    if upload is not None:
-        session.delete(upload)
     session.commit()

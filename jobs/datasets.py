@@ -3,12 +3,14 @@ server's allowed prefixes. No message tells whether another owner's object exist
 
 An uploaded file is validated once, from a local file, with the same torch-free checks the loader
 runs (``core.data.arrays.summarise_npz``); the object is written under the owner's prefix first and
-the row recorded after, in one transaction, so a row always names a complete, valid object.
+the row recorded after, in one short transaction, so a row always names a complete, valid object
+and no transaction stays open while bytes move.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 
 from sqlalchemy import select
@@ -53,9 +55,10 @@ def too_large(max_bytes: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"a dataset may hold at most {max_bytes} bytes (MMKD_MAX_DATASET_BYTES)")
 
 
-def dataset_key(owner_id: int, dataset_id: int) -> str:
-    """Where an owner's dataset lives in the store."""
-    return f"datasets/{owner_id}/{dataset_id}.npz"
+def new_dataset_key(owner_id: int) -> str:
+    """A fresh key under the owner's prefix (named before the row exists, so no transaction waits
+    on the upload)."""
+    return f"datasets/{owner_id}/{uuid.uuid4().hex}.npz"
 
 
 def get_dataset(session: Session, *, owner_id: int, dataset_id: int) -> Dataset:
@@ -100,33 +103,28 @@ def create_dataset(
 def store_dataset(
     session: Session, *, owner_id: int, name: str, path: Path, summary: FileSummary, store: ArtifactStore
 ) -> Dataset:
-    """Write the validated file, then commit its row (with whatever else the session holds).
-
-    The row is flushed first for its id (the key names it) and committed only after the write
-    returned; a failed commit removes the object again.
-    """
+    """Write the validated file under a new key, then record it in one short transaction (with
+    whatever else the session holds); a failed commit removes the object again."""
+    key = new_dataset_key(owner_id)
+    try:
+        store.put_file(key, path)
+    except StorageError as exc:
+        raise StorageUnavailableError(f"the dataset could not be stored, try again: {exc}") from exc
     dataset = Dataset(
         owner_id=owner_id,
         name=name,
-        key="",
+        key=key,
         size_bytes=summary.size_bytes,
         sha256=summary.sha256,
         n_samples=summary.n_samples,
         summary=summary.as_json(),
     )
     session.add(dataset)
-    session.flush()
-    dataset.key = dataset_key(owner_id, dataset.id)
-    try:
-        store.put_file(dataset.key, path)
-    except StorageError as exc:
-        session.rollback()
-        raise StorageUnavailableError(f"the dataset could not be stored, try again: {exc}") from exc
     try:
         session.commit()
     except Exception:
         session.rollback()
-        delete_objects(store, [dataset.key])
+        delete_objects(store, [key])
         raise
     return dataset
 

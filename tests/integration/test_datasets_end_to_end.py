@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from jobs.datasets import NO_SUCH_DATASET, URI_NOT_ALLOWED
 from jobs.keys import create_key
-from jobs.models import Job
+from jobs.models import Dataset, Job
 from worker.data import NO_DATASET, NOT_ALLOWED
 
 MMKD = str(Path(sys.executable).with_name("mmkd"))
@@ -59,6 +59,14 @@ def dataset_file(folder: Path) -> Path:
     return path
 
 
+def stored_key(stack: Any, dataset_id: int) -> str:
+    """Where the dataset's object lives in the store (the row records it)."""
+    with stack.sessions() as session:
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset is not None and dataset.key.startswith(f"datasets/{dataset.owner_id}/")
+        return dataset.key
+
+
 def spec_on(dataset: dict[str, Any]) -> dict[str, Any]:
     """A tiny job (seconds on a CPU) on ``dataset``: an id, a uri or a built-in name."""
     return {
@@ -84,7 +92,7 @@ def test_owner_b_reaches_nothing_of_as_dataset_and_a_trains_on_it(
         dataset = alice.upload_dataset(path)
         assert dataset.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         assert sorted(dataset.modalities) == ["secretaudio", "secretimage"]
-        key = f"datasets/{owners['owner-a'][0]}/{dataset.id}.npz"
+        key = stored_key(stack, dataset.id)
         stored = f"s3://{stack.bucket}/mmkd/{key}"
         with pytest.raises(NotFound) as got:
             bob.dataset(dataset.id)
@@ -139,7 +147,7 @@ def test_specs_that_bypass_the_api_fail_in_the_worker_with_one_message(
     local = stack.home / "worker-local.npz"
     local.write_bytes(path.read_bytes())
     uris = [
-        f"s3://{stack.bucket}/mmkd/datasets/{alice_id}/{kept.id}.npz",  # exists
+        f"s3://{stack.bucket}/mmkd/{stored_key(stack, kept.id)}",  # exists
         f"s3://{stack.bucket}/mmkd/datasets/{alice_id}/999999.npz",  # does not
         str(local),  # a file on the worker's disk
     ]

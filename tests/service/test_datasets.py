@@ -78,8 +78,9 @@ def test_upload_validates_summarises_and_stores_under_the_owner(api: Api) -> Non
     owner = authenticate(api.session, token=token)
     assert owner is not None
     [stored] = stored_files(api)
-    assert stored.as_posix().endswith(f"datasets/{owner.id}/{body['id']}.npz")
-    assert stored.read_bytes() == payload
+    row = api.session.get(Dataset, body["id"])
+    assert row is not None and row.key.startswith(f"datasets/{owner.id}/") and row.key.endswith(".npz")
+    assert stored.as_posix().endswith(row.key) and stored.read_bytes() == payload
     assert api.client.get(f"/v1/datasets/{body['id']}", headers=api.auth(token)).json() == body
 
 

@@ -14,6 +14,7 @@ import pytest
 from api_helpers import Api
 
 from jobs.keys import authenticate
+from jobs.models import Dataset
 from storage.s3 import S3Store
 from storage.store import open_store
 
@@ -27,6 +28,13 @@ def store(api: Api, moto_server: Any) -> S3Store:
     assert isinstance(s3, S3Store)
     api.app.state.store = s3
     return s3
+
+
+def stored_key(api: Api, dataset_id: int) -> str:
+    """The key the dataset's row records."""
+    dataset = api.session.get(Dataset, dataset_id)
+    assert dataset is not None
+    return dataset.key
 
 
 def npz_bytes(n: int = 40, width: int = 4) -> bytes:
@@ -80,8 +88,9 @@ def test_a_two_part_upload_is_validated_and_registered(api: Api, store: S3Store)
         "dtype": "float64",
     }
     assert store.list_keys("uploads/") == []
-    assert store.list_keys("datasets/") == [f"datasets/{owner.id}/{dataset['id']}.npz"]
-    assert store.get_bytes(f"datasets/{owner.id}/{dataset['id']}.npz") == payload
+    [key] = store.list_keys("datasets/")
+    assert key == stored_key(api, dataset["id"]) and key.startswith(f"datasets/{owner.id}/")
+    assert store.get_bytes(key) == payload
     assert complete(api, token, plan["id"], parts).status_code == 404  # done is done
 
 
@@ -128,4 +137,5 @@ def test_a_direct_upload_lands_in_s3_under_the_owner(api: Api, store: S3Store) -
     payload = npz_bytes()
     response = api.client.post("/v1/datasets", content=payload, headers=api.auth(token))
     assert response.status_code == 201
-    assert store.list_keys("") == [f"datasets/{owner.id}/{response.json()['id']}.npz"]
+    assert store.list_keys("") == [stored_key(api, response.json()["id"])]
+    assert stored_key(api, response.json()["id"]).startswith(f"datasets/{owner.id}/")
