@@ -2,7 +2,7 @@
 server's allowed prefixes. No message tells whether another owner's object exists or what it holds.
 
 An uploaded file is validated once, from a local file, with the same torch-free checks the loader
-runs (``core.data.arrays.summarise_npz``); the object is written under the owner's prefix first and
+runs (``core.data.summary.summarise_npz``); the object is written under the owner's prefix first and
 the row recorded after, in one short transaction, so a row always names a complete, valid object
 and no transaction stays open while bytes move.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.data.arrays import FileSummary, summarise_npz
+from core.data.summary import FileSummary, summarise_npz
 from core.errors import DataError, StorageError
 from core.spec import JobSpec
 from jobs.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceError

@@ -10,31 +10,22 @@ import hashlib
 import io
 import json
 import math
-import re
 import zipfile
 import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
 from core.errors import DataError
-from core.spec import MODALITY_NAME, RESERVED_KEYS, DatasetSpec, TaskKind
-from storage.store import ObjectTooLarge, digest_file, read_uri
+from core.spec import RESERVED_KEYS, DatasetSpec, TaskKind
+from storage.store import ObjectTooLarge, read_uri
 
 SPLIT_VALUES = ("train", "val", "test")
 MAX_CLASSES = 10_000  # the default cap on class ids: a model allocates memory per class
 MAX_ARRAYS = 64  # members of one .npz: modalities plus label, split and class_names
-LabelKind = Literal["classes", "multilabel", "continuous"]
-#: The task a label of each kind is checked as when no spec says (an upload).
-_TASK_OF_KIND: dict[LabelKind | None, TaskKind] = {
-    "classes": "classification",
-    "multilabel": "multilabel",
-    "continuous": "regression",
-    None: "retrieval",
-}
 
 
 @dataclass(frozen=True)
@@ -58,7 +49,8 @@ def _builtin_bytes(name: str) -> tuple[str, bytes]:
     return f"built-in dataset {name}", payload
 
 
-def _refuse_oversize(source: str, size: int, max_bytes: int | None) -> None:
+def refuse_oversize(source: str, size: int, max_bytes: int | None) -> None:
+    """A DataError naming ``source`` when ``size`` is over ``max_bytes``."""
     if max_bytes is not None and size > max_bytes:
         raise DataError(source, f"the data is {size} bytes, over the limit of {max_bytes} bytes")
 
@@ -256,7 +248,7 @@ def load_raw(
     else:
         source = dataset_ref(spec)
         payload = read(source, max_bytes=max_bytes)
-    _refuse_oversize(source, len(payload), max_bytes)
+    refuse_oversize(source, len(payload), max_bytes)
     arrays = read_npz(source, payload, max_array_bytes=max_bytes)
     wanted = [*spec.primary, *spec.auxiliary]
     if spec.retrieval_target:
@@ -264,72 +256,3 @@ def load_raw(
     checked = check_arrays(source, arrays, modalities=wanted, task=task, max_classes=max_classes)
     digest = hashlib.sha256(payload).hexdigest()
     return RawDataset(source, checked.modalities, checked.label, checked.split, checked.class_names, digest)
-
-
-@dataclass(frozen=True)
-class FileSummary:
-    """What an uploaded file holds, as stored and shown: per-sample shapes and dtypes of each
-    modality, the label, the split sizes, the size in bytes and the SHA-256."""
-
-    n_samples: int
-    modalities: dict[str, dict[str, Any]]
-    label: dict[str, Any] | None
-    splits: dict[str, int] | None
-    size_bytes: int
-    sha256: str
-
-    def as_json(self) -> dict[str, Any]:
-        """The summary as a JSON document (the database column, the API's ``summary``)."""
-        return {"modalities": self.modalities, "label": self.label, "splits": self.splits}
-
-
-def label_kind(label: np.ndarray | None) -> LabelKind | None:
-    """How a file's label reads without a spec: integer class ids, 0/1 rows, or other numbers."""
-    if label is None:
-        return None
-    if label.dtype.kind == "f":
-        finite = label[np.isfinite(label)]
-        return "multilabel" if label.ndim == 2 and np.isin(finite, (0.0, 1.0)).all() else "continuous"
-    return "multilabel" if label.ndim == 2 else "classes"  # other dtypes: the class check names them
-
-
-def summarise_npz(
-    source: str, path: Path, *, max_bytes: int | None = None, max_classes: int = MAX_CLASSES
-) -> FileSummary:
-    """Check a whole file without a spec, as an upload must pass: every array but label, split and
-    class_names is a modality with a valid name; the label is checked as its kind reads."""
-    size, sha256 = digest_file(path)
-    _refuse_oversize(source, size, max_bytes)
-    arrays = read_npz(source, path, max_array_bytes=max_bytes)
-    names = sorted(set(arrays) - RESERVED_KEYS)
-    for name in names:
-        if not re.fullmatch(MODALITY_NAME, name):
-            raise DataError(
-                source, f"array {name[:80]!r} is not a modality name (a letter, then letters, digits or _; 64 at most)"
-            )
-    if not names:
-        raise DataError(source, "holds no modality array (only label, split or class_names)")
-    kind = label_kind(arrays.get("label"))
-    checked = check_arrays(source, arrays, modalities=names, task=_TASK_OF_KIND[kind], max_classes=max_classes)
-    modalities = {name: {"shape": list(arrays[name].shape[1:]), "dtype": str(arrays[name].dtype)} for name in names}
-    n_samples = int(arrays[names[0]].shape[0])
-    splits = None
-    if checked.split is not None:
-        splits = {value: int((checked.split == value).sum()) for value in SPLIT_VALUES}
-    return FileSummary(n_samples, modalities, _label_summary(kind, checked), splits, size, sha256)
-
-
-def _label_summary(kind: LabelKind | None, checked: CheckedArrays) -> dict[str, Any] | None:
-    label = checked.label
-    if kind is None or label is None:
-        return None
-    from core.data.prepare import is_labelled  # prepare imports this module: import it late
-
-    summary: dict[str, Any] = {
-        "kind": kind,
-        "shape": list(label.shape[1:]),
-        "labelled": int(is_labelled(label).sum()),
-    }
-    if kind == "classes":
-        summary["classes"] = max(int(label.max()) + 1, len(checked.class_names or []))
-    return summary
