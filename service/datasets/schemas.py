@@ -113,7 +113,7 @@ class PartDone(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    part_number: int = Field(ge=1, le=10_000)
+    part_number: int = Field(ge=1, le=1_000)
     etag: str = Field(min_length=1, max_length=200)
 
 
@@ -122,4 +122,4 @@ class CompleteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    parts: list[PartDone] = Field(min_length=1, max_length=10_000)
+    parts: list[PartDone] = Field(min_length=1, max_length=1_000)

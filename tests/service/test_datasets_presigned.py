@@ -139,3 +139,10 @@ def test_a_direct_upload_lands_in_s3_under_the_owner(api: Api, store: S3Store) -
     assert response.status_code == 201
     assert store.list_keys("") == [stored_key(api, response.json()["id"])]
     assert stored_key(api, response.json()["id"]).startswith(f"datasets/{owner.id}/")
+
+
+def test_a_huge_file_gets_bigger_parts_not_more_than_a_thousand(api: Api, store: S3Store) -> None:
+    api.app.state.settings = api.app.state.settings.model_copy(update={"max_dataset_bytes": 1 << 40})
+    size = 20 << 30
+    plan = start(api, api.new_key(), size).json()
+    assert len(plan["parts"]) == 1000 and plan["part_size"] * 1000 >= size > plan["part_size"] * 999
