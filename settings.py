@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100, description="Deliveries of one job before it fails.")
     lease_seconds: int = Field(default=120, ge=5, description="How long a worker's claim on a job lasts.")
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections kept per process.")
+    db_pool_timeout_seconds: float = Field(
+        default=3.0, gt=0.0, le=60.0, description="Wait this long for a pooled connection, then give up (API: 503)."
+    )
     enqueue_timeout_seconds: float = Field(default=2.0, gt=0.0, description="Give up publishing after this.")
     data_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 
 def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
@@ -18,19 +19,38 @@ def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
 
 
 @lru_cache(maxsize=8)
-def engine_for(url: str, pool_size: int = 10) -> Engine:
-    """One engine per URL per process. SQLite gets foreign keys, WAL and a busy timeout."""
+def engine_for(url: str, pool_size: int = 10, *, max_overflow: int | None = None, pool_timeout: float = 30.0) -> Engine:
+    """One engine per URL and pool shape per process. SQLite gets foreign keys, WAL and a busy timeout.
+
+    The pool holds ``pool_size`` connections plus ``max_overflow`` (default: as many again) and
+    makes a caller wait at most ``pool_timeout`` seconds for one, then raises
+    ``sqlalchemy.exc.TimeoutError`` (the API answers 503).
+    """
+    overflow = pool_size if max_overflow is None else max_overflow
     if url.startswith("sqlite"):
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        if url.startswith("sqlite:///") and not memory:
             from pathlib import Path
 
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        pool = {} if memory else {"pool_size": pool_size, "max_overflow": overflow, "pool_timeout": pool_timeout}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10}, **pool)
         event.listen(engine, "connect", _enable_sqlite_foreign_keys)
         return engine
     # No pre-ping (a round trip per checkout): after a database restart the first use of each stale
     # connection fails once and the pool discards the rest, which beats a ping on every request.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    return create_engine(url, pool_size=pool_size, max_overflow=overflow, pool_timeout=pool_timeout, pool_recycle=1800)
+
+
+def unpooled_engine(url: str, *, connect_timeout: int = 3) -> Engine:
+    """An engine that opens a connection per use and closes it after: for probes that must never
+    wait on (or hold) a request pool's connections, and for processes that fork (nothing pooled is
+    inherited by a child)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _enable_sqlite_foreign_keys)
+        return engine
+    return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": connect_timeout})
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -50,3 +50,14 @@ class UnauthorizedError(ServiceError):
 
     status = 401
     title = "Unauthorized"
+
+
+class LimitExceededError(ServiceError):
+    """A per-owner limit is reached; the request may succeed later (429 with ``Retry-After``)."""
+
+    status = 429
+    title = "Too many jobs"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds

@@ -9,29 +9,48 @@ import math
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import ColumnElement, Executable, Table, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from core.spec import JobSpec
 from jobs.errors import ConflictError, InvalidRequestError, InvalidTransitionError
+from jobs.limits import check_queued_limit
 from jobs.models import Artifact, Job, JobEvent
 from jobs.orm import utcnow
+from jobs.publish import Publish
 from jobs.status import EVENT_FOR_STATUS, JobStatus, sources
 
 log = logging.getLogger(__name__)
 
 # Core statements on the tables, built once: compiled once, cached, no per-call construction.
 _JOBS, _EVENTS = cast(Table, Job.__table__), cast(Table, JobEvent.__table__)
-_INSERT_JOB = insert(_JOBS).returning(_JOBS.c.id)
 _INSERT_EVENT = insert(_EVENTS)
+#: ``INSERT ... ON CONFLICT (owner_id, idempotency_key) DO NOTHING RETURNING id``: a second submit
+#: with a key gets no row back instead of an error (no NULL key ever conflicts).
+_INSERT_JOB: dict[str, Executable] = {
+    "postgresql": postgresql.insert(_JOBS)
+    .on_conflict_do_nothing(index_elements=["owner_id", "idempotency_key"])
+    .returning(_JOBS.c.id),
+    "sqlite": sqlite.insert(_JOBS)
+    .on_conflict_do_nothing(index_elements=["owner_id", "idempotency_key"])
+    .returning(_JOBS.c.id),
+}
 
 
 def record_event(
-    session: Session, *, job_id: int, kind: str, reason: str | None = None, data: dict[str, Any] | None = None
+    session: Session,
+    *,
+    job_id: int,
+    kind: str,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: dt.datetime | None = None,
 ) -> None:
-    """Add an event row (not committed): a notable moment such as ``resumed`` or ``enqueued``."""
-    _insert_event(session, job_id=job_id, kind=kind, reason=reason, data=data)
+    """Add an event row (not committed): a notable moment such as ``resumed`` or ``enqueued``, at
+    ``at`` (default now)."""
+    _insert_event(session, job_id=job_id, kind=kind, reason=reason, data=data, at=at)
 
 
 def transition(
@@ -96,19 +115,38 @@ def record_artifact(
 
 
 def submit_job(
-    session: Session, *, owner_id: int, spec: JobSpec, idempotency_key: str | None, max_attempts: int
+    session: Session,
+    *,
+    owner_id: int,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    max_attempts: int,
+    max_queued: int | None = None,
+    reader: Session | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job and commit; returns ``(job, created)``.
 
     With an idempotency key, a second submit of the same spec returns the first job
     (``created=False``) and a different spec is a :class:`ConflictError`. The unique constraint on
-    ``(owner_id, idempotency_key)`` decides races between concurrent retries.
+    ``(owner_id, idempotency_key)`` decides races: the insert does nothing on a conflict (waiting
+    only for the first insert's short transaction), and the first job is then read back. With
+    ``max_queued``, an owner already at that many queued jobs gets a ``LimitExceededError`` (429).
+
+    No transaction outlives this call, whatever happens: reads go through ``reader`` (an autocommit
+    session, default ``session``) and end at once; the insert is one short transaction, committed
+    or rolled back before returning, so a request never holds a connection idle in a transaction.
     """
     spec_json = spec.model_dump(mode="json")
     unstorable = sorted(_unstorable(spec_json))
     if unstorable:  # valid for pydantic, but JSON/jsonb cannot hold them
         raise InvalidRequestError([{"path": path, "message": message} for path, message in unstorable])
     spec_hash = spec.spec_hash()
+    reader = reader or session
+    if idempotency_key is not None:  # a retry after the first commit: one read, no transaction
+        existing = _find_by_key(reader, owner_id=owner_id, idempotency_key=idempotency_key)
+        if existing is not None:
+            session.rollback()  # ends whatever the caller read in it (no I/O when nothing was)
+            return _replayed(existing, idempotency_key=idempotency_key, request_hash=spec_hash), False
     now = utcnow()
     values: dict[str, Any] = {
         "owner_id": owner_id,
@@ -126,14 +164,41 @@ def submit_job(
         "request_hash": spec_hash if idempotency_key else None,
     }
     try:  # a plain INSERT ... RETURNING: the hot path skips the unit of work
-        job_id = session.execute(_INSERT_JOB, values).scalar_one()
-    except IntegrityError:
-        if idempotency_key is None:
-            raise
-        return _replay(session, owner_id=owner_id, idempotency_key=idempotency_key, request_hash=spec_hash), False
-    _insert_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
-    session.commit()
+        job_id = session.execute(_INSERT_JOB[session.get_bind().dialect.name], values).scalar_one_or_none()
+        if job_id is not None:
+            if max_queued is not None:
+                check_queued_limit(session, owner_id=owner_id, max_queued=max_queued)
+            _insert_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
+            session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    if job_id is None:  # the key's first submit committed while we inserted: it is the job
+        session.rollback()
+        existing = _find_by_key(reader, owner_id=owner_id, idempotency_key=str(idempotency_key))
+        if existing is None:  # only a deleted owner loses its jobs; not a race a client can win
+            raise ConflictError(f"Idempotency-Key {idempotency_key!r} is in use by a job that no longer exists")
+        return _replayed(existing, idempotency_key=str(idempotency_key), request_hash=spec_hash), False
     return Job(id=job_id, **values), True
+
+
+def _find_by_key(reader: Session, *, owner_id: int, idempotency_key: str) -> Job | None:
+    """The owner's job with this key, read and released at once (``commit`` ends the read's
+    transaction, if any, and hands the connection back; on an autocommit session it is free)."""
+    try:
+        return reader.scalars(
+            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
+        ).one_or_none()
+    finally:
+        reader.commit()
+
+
+def _replayed(existing: Job, *, idempotency_key: str, request_hash: str) -> Job:
+    if existing.request_hash != request_hash:
+        raise ConflictError(
+            f"Idempotency-Key {idempotency_key!r} was already used for job {existing.id} with another body"
+        )
+    return existing
 
 
 def _unstorable(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -163,23 +228,12 @@ def _insert_event(
     session.execute(_INSERT_EVENT, params)
 
 
-def _replay(session: Session, *, owner_id: int, idempotency_key: str, request_hash: str) -> Job:
-    session.rollback()
-    existing = session.scalars(
-        select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
-    ).one()
-    if existing.request_hash != request_hash:
-        raise ConflictError(
-            f"Idempotency-Key {idempotency_key!r} was already used for job {existing.id} with another body"
-        )
-    return existing
-
-
 def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -> None:
     """Publish the train task for a committed job and record the outcome as an event.
 
-    A failed publish leaves the job queued with an ``enqueue_failed`` event; the reaper re-enqueues
-    queued jobs whose message was lost, so the client still gets its job.
+    A failed publish leaves the job queued with an ``enqueue_failed`` event; the reaper publishes
+    such jobs again on its next pass once the broker answers, so the client still gets its job.
+    The event's transaction is committed or rolled back before returning.
     """
     kind, reason = "enqueued", None
     published_at = utcnow()  # stamped before publishing, so it sorts before the worker's "started"
@@ -198,6 +252,38 @@ def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -
     except SQLAlchemyError as exc:  # the job exists (and was published): don't fail the request
         log.warning("could not record the enqueue outcome of job %s: %s", job.id, exc)
         session.rollback()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def hold_back(session: Session, *, job_id: int, publish: Publish, delay_seconds: float, reason: str) -> bool:
+    """Keep a queued job queued and offer it to the workers again in ``delay_seconds``.
+
+    For a job whose owner is at the running limit: it is not failed, only delayed. ``queued_at``
+    is touched (the reaper then sees a fresh publish, not a lost one) and ``status_reason`` says
+    why it waits; the delayed message is published after that commit. A failed publish is
+    recorded as ``enqueue_failed``, which the reaper retries once the broker answers. Returns
+    whether a message was published.
+    """
+    held = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(queued_at=utcnow(), status_reason=f"waiting: {reason}")
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    session.commit()
+    if held is None:
+        return False
+    try:
+        publish(job_id, countdown=delay_seconds)
+    except Exception as exc:
+        log.warning("holding back job %s: publishing it again failed: %s", job_id, exc)
+        _insert_event(session, job_id=job_id, kind="enqueue_failed", reason=f"{type(exc).__name__}: {exc}")
+        session.commit()
+        return False
+    return True
 
 
 def cancel_job(session: Session, *, job: Job) -> Job:
@@ -223,6 +309,7 @@ def cancel_job(session: Session, *, job: Job) -> Job:
         )
     session.commit()
     current = session.get(Job, job.id, populate_existing=True)
+    session.commit()  # end the read's transaction: the connection goes back to the pool now
     assert current is not None  # jobs are never deleted while their owner exists
     if moved is None and current.status != JobStatus.CANCELLING:
         raise ConflictError(f"job {current.id} already {current.status}; nothing to cancel")

@@ -3,6 +3,10 @@
 - ``running`` / ``cancelling`` jobs whose lease expired (no heartbeat: the worker is gone) go back
   to ``queued`` and are published again while attempts remain; otherwise they fail with the
   reason. A ``cancelling`` job whose worker died is simply ``cancelled``.
+- ``queued`` jobs whose last event is ``enqueue_failed`` (the broker was down when the API, a
+  worker or the reaper itself published them) are published again on the next pass, as soon as the
+  broker answers, not after ``requeue_after_seconds``. While it is still down, the first failure
+  ends the attempt for that pass (one timeout per pass, no new events).
 - ``queued`` jobs that nobody claimed for ``requeue_after_seconds`` (the publish was lost, or the
   embedded broker handed the message to a worker that died) are published again. A duplicate
   message is harmless: the claim lets only one delivery train.
@@ -26,12 +30,20 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.lifecycle import record_event, transition
-from jobs.models import Job
+from jobs.models import Job, JobEvent
 from jobs.orm import utcnow
 from jobs.status import ACTIVE, JobStatus
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[int], None]
+#: The kind of a job's latest event, correlated to ``jobs.id`` in the query that uses it.
+_LAST_EVENT_KIND = (
+    select(JobEvent.kind)
+    .where(JobEvent.job_id == Job.id)
+    .order_by(JobEvent.at.desc(), JobEvent.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
 
 
 @dataclass
@@ -42,6 +54,7 @@ class ReapResult:
     failed: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     republished: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)  # published again after a failed publish
 
 
 def _expire_lease(session: Session, job_id: int, now: dt.datetime, result: ReapResult) -> bool:
@@ -111,29 +124,73 @@ def _republish_stale(session: Session, job_id: int, cutoff: dt.datetime, result:
     return True
 
 
+def _retry_failed_publish(sessions: sessionmaker[Session], job_id: int, enqueue: Enqueue, result: ReapResult) -> bool:
+    """Publish one job whose last publish failed; False when the broker still refuses.
+
+    Under the job's row lock (another reaper skips it), re-check that it is queued and its last
+    event is still ``enqueue_failed``, publish, then record ``enqueued`` (stamped before the publish,
+    so it sorts before the worker's ``started``) and touch ``queued_at`` in the same commit.
+    """
+    with sessions() as session:
+        locked = session.scalar(
+            select(Job.id)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, _LAST_EVENT_KIND == "enqueue_failed")
+            .with_for_update(skip_locked=True)
+        )
+        if locked is None:
+            return True
+        published_at = utcnow()
+        try:
+            enqueue(job_id)
+        except Exception as exc:
+            log.warning("reaper: the broker still refuses (job %s): %s", job_id, exc)
+            session.rollback()
+            return False
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(queued_at=published_at)
+            .execution_options(synchronize_session=False)
+        )
+        reason = "published again after a failed publish"
+        record_event(session, job_id=job_id, kind="enqueued", reason=reason, at=published_at)
+        session.commit()
+    result.retried.append(job_id)
+    return True
+
+
 def reap_once(sessions: sessionmaker[Session], *, enqueue: Enqueue, requeue_after_seconds: float) -> ReapResult:
-    """One pass over expired leases and stale queued jobs; publishes after each commit."""
+    """One pass over failed publishes, expired leases and stale queued jobs; publishes after each commit."""
     result = ReapResult()
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=requeue_after_seconds)
     with sessions() as session:
+        failed = session.scalars(
+            select(Job.id).where(Job.status == JobStatus.QUEUED, _LAST_EVENT_KIND == "enqueue_failed")
+        ).all()
         expired = session.scalars(select(Job.id).where(Job.status.in_(ACTIVE), Job.lease_expires_at < now)).all()
         stale = session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED, Job.queued_at < cutoff)).all()
+    for job_id in failed:
+        if not _retry_failed_publish(sessions, job_id, enqueue, result):
+            break  # the broker is still down: try again next pass
     for job_ids, handle in ((expired, _expire_lease), (stale, _republish_stale)):
         for job_id in job_ids:
             with sessions() as session:
                 publish = handle(session, job_id, now if handle is _expire_lease else cutoff, result)
                 session.commit()
             if publish:
-                _publish(enqueue, job_id)
+                _publish(sessions, enqueue, job_id)
     return result
 
 
-def _publish(enqueue: Enqueue, job_id: int) -> None:
+def _publish(sessions: sessionmaker[Session], enqueue: Enqueue, job_id: int) -> None:
     try:
         enqueue(job_id)
-    except Exception:  # the job stays queued; the next pass publishes it again
+    except Exception as exc:  # the job stays queued; the next pass that reaches the broker publishes it
         log.exception("reaper: publishing job %s failed", job_id)
+        with sessions() as session:
+            record_event(session, job_id=job_id, kind="enqueue_failed", reason=f"{type(exc).__name__}: {exc}")
+            session.commit()
 
 
 def run_reaper(
@@ -148,7 +205,7 @@ def run_reaper(
     while not stop.is_set():
         try:
             result = reap_once(sessions, enqueue=enqueue, requeue_after_seconds=requeue_after_seconds)
-            if result.requeued or result.failed or result.cancelled or result.republished:
+            if result.requeued or result.failed or result.cancelled or result.republished or result.retried:
                 log.info("reaper: %s", result)
         except Exception:
             log.exception("reaper pass failed; trying again in %ss", interval_seconds)

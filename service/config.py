@@ -21,6 +21,9 @@ class ApiSettings(Settings):
     )
     max_body_bytes: int = Field(default=256 * 1024, ge=1024, description="Request bodies above this are 413.")
     threads: int = Field(default=16, ge=1, le=1000, description="Worker threads per process for handlers.")
+    max_queued_per_owner: int = Field(
+        default=1000, ge=1, description="Queued jobs one owner may have; a submit beyond it is a 429."
+    )
 
     @property
     def bound_to_loopback(self) -> bool:

@@ -20,13 +20,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobs.errors import InvalidRequestError, ServiceError, UnauthorizedError
+from jobs.errors import InvalidRequestError, LimitExceededError, ServiceError, UnauthorizedError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+#: What a 503 for an exhausted connection pool tells the client to wait before retrying.
+BUSY_RETRY_AFTER_SECONDS = 1
 
 
 def problem(
@@ -68,6 +71,8 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
+    if isinstance(exc, LimitExceededError):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
     errors = exc.errors if isinstance(exc, InvalidRequestError) else None
     return problem(
         status=exc.status,
@@ -89,6 +94,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return problem(status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers)
+
+
+async def _pool_exhausted(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("no database connection free for %s %s: %s", request.method, request.url.path, exc)
+    return problem(
+        status=503,
+        title="Busy",
+        detail=f"the server is busy (no database connection came free in time); retry in {BUSY_RETRY_AFTER_SECONDS} s",
+        instance=request.url.path,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -125,6 +141,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "Conflicts with the current state (reused Idempotency-Key, finished job).",
         413: "Request body too large.",
         422: "Invalid request; `errors` lists the field paths.",
+        429: "A per-owner limit is reached (`Retry-After` says when to try again).",
+        503: "Busy: no database connection came free in time (`Retry-After` says when to retry).",
     }.items()
 }
 
@@ -155,6 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(PoolTimeoutError, _pool_exhausted)
     app.add_exception_handler(Exception, _unexpected_error)
 
 
@@ -174,7 +193,10 @@ class BodySizeLimit:
         if scope["type"] != "http" or (scope["method"], scope["path"].rstrip("/")) in OWN_BODY_LIMIT:
             await self.app(scope, receive, send)
             return
-        too_large = f"request body is larger than {self.max_bytes} bytes"
+        too_large = (
+            f"request body is larger than {self.max_bytes} bytes (MMKD_MAX_BODY_BYTES); datasets are uploaded "
+            "with POST /v1/datasets, up to MMKD_MAX_DATASET_BYTES"
+        )
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             response = problem(status=413, detail=too_large, instance=scope["path"])

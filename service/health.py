@@ -1,23 +1,28 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes. Neither shares anything with the request handlers: ``/healthz``
+runs on the event loop and touches nothing; ``/readyz`` runs its checks in threads of its own, on a
+database engine of its own (a fresh connection per probe), so a saturated API still answers them."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+import anyio
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from jobs.publish import check_broker
-from service.deps import AutocommitSessionDep, SettingsDep
+from service.deps import SettingsDep
 from service.errors import problem
 
 router = APIRouter(tags=["health"])
+#: Readiness checks run at most this many at a time, outside the handlers' thread pool.
+PROBE_THREADS = 2
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is up (no dependencies are checked)."""
+async def healthz() -> dict[str, str]:
+    """The process is up (no dependencies are checked; answered on the event loop)."""
     return {"status": "ok"}
 
 
@@ -29,16 +34,37 @@ def _probe(check: Any) -> str:
     return "ok"
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unreachable."}})
-def readyz(request: Request, session: AutocommitSessionDep, settings: SettingsDep) -> JSONResponse:
-    """Database, broker and artifact store are reachable; 503 with the failing check otherwise."""
-    checks = {
-        "database": _probe(lambda: session.execute(text("SELECT 1"))),
-        "broker": _probe(
-            lambda: check_broker(broker_url=settings.resolved_broker_url, timeout=settings.enqueue_timeout_seconds)
-        ),
-        "storage": _probe(request.app.state.store.check),
+def _ping_database(app: FastAPI) -> None:
+    with app.state.probe_engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _checks(app: FastAPI, broker_url: str, timeout: float) -> dict[str, str]:
+    return {
+        "database": _probe(lambda: _ping_database(app)),
+        "broker": _probe(lambda: check_broker(broker_url=broker_url, timeout=timeout)),
+        "storage": _probe(app.state.store.check),
     }
+
+
+def _probe_limiter(app: FastAPI) -> anyio.CapacityLimiter:
+    limiter: anyio.CapacityLimiter | None = getattr(app.state, "probe_limiter", None)
+    if limiter is None:  # made on first use: a limiter belongs to the running event loop
+        limiter = app.state.probe_limiter = anyio.CapacityLimiter(PROBE_THREADS)
+    return limiter
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is unreachable."}})
+async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
+    """Database, broker and artifact store are reachable; 503 with the failing check otherwise."""
+    app = request.app
+    checks = await anyio.to_thread.run_sync(
+        _checks,
+        app,
+        settings.resolved_broker_url,
+        settings.enqueue_timeout_seconds,
+        limiter=_probe_limiter(app),
+    )
     if all(value == "ok" for value in checks.values()):
         return JSONResponse({"status": "ok", "checks": checks})
     failing = ", ".join(name for name, value in checks.items() if value != "ok")

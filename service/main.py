@@ -11,9 +11,10 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from jobs.db import autocommit_session_factory, engine_for, session_factory
+from jobs.db import autocommit_session_factory, engine_for, session_factory, unpooled_engine
 from jobs.keys import AuthCache
 from jobs.publish import publisher
+from service.admission import Admission
 from service.config import ApiSettings, get_settings
 from service.datasets.router import router as datasets_router
 from service.errors import BodySizeLimit, install_error_handlers, problem_openapi
@@ -23,6 +24,8 @@ from service.keys.router import router as keys_router
 from storage.store import store_from_settings
 
 log = logging.getLogger(__name__)
+#: A request that cannot get into the app for this long is answered 503 with Retry-After.
+ADMISSION_WAIT_SECONDS = 30.0
 
 
 def operation_id(route: APIRoute) -> str:
@@ -53,13 +56,25 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=_lifespan(settings.threads),
     )
     app.state.settings = settings
-    engine = engine_for(settings.resolved_database_url, settings.db_pool_size)
+    # More connections than handler threads: a thread holds at most one at a time (two while a
+    # dataset row stays locked), so some thread can always make progress, and a caller that
+    # still finds none within the pool timeout gets a 503 with Retry-After instead of a hang.
+    engine = engine_for(
+        settings.resolved_database_url,
+        settings.db_pool_size,
+        max_overflow=max(settings.db_pool_size, settings.threads + 1 - settings.db_pool_size),
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     app.state.session_factory = session_factory(engine)
     app.state.autocommit_session_factory = autocommit_session_factory(engine)
+    app.state.probe_engine = unpooled_engine(settings.resolved_database_url)  # /readyz: never the handlers' pool
+    app.state.auth_lookups = {}
     app.state.enqueue = publisher(settings)
     app.state.store = store_from_settings(settings)
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: a request waits for its turn before any of its work starts.
+    app.add_middleware(Admission, limit=2 * settings.threads, max_wait_seconds=ADMISSION_WAIT_SECONDS)
     install_error_handlers(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     for router in (health_router, jobs_router, keys_router, datasets_router):

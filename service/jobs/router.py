@@ -63,6 +63,8 @@ def _decode_cursor(cursor: str) -> int:
         200: {"model": JobOut, "description": "Replay of an earlier submit with the same Idempotency-Key."},
         409: ERROR_RESPONSES[409],
         413: ERROR_RESPONSES[413],
+        429: ERROR_RESPONSES[429],
+        503: ERROR_RESPONSES[503],
     },
 )
 def submit_job(
@@ -70,6 +72,7 @@ def submit_job(
     request: Request,
     response: Response,
     session: SessionDep,
+    reader: AutocommitSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
@@ -78,10 +81,12 @@ def submit_job(
     datasets.check_data_reference(session, owner_id=owner.id, spec=spec, data_allow=settings.data_allow)
     job, created = lifecycle.submit_job(
         session,
+        reader=reader,
         owner_id=owner.id,
         spec=spec,
         idempotency_key=idempotency_key,
         max_attempts=settings.max_attempts,
+        max_queued=settings.max_queued_per_owner,
     )
     if created:
         lifecycle.enqueue_job(session, job=job, enqueue=request.app.state.enqueue)

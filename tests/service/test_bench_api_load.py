@@ -22,6 +22,12 @@ def test_write_section_replaces_only_api_load(tmp_path: Path) -> None:
     assert doc.read_text() == (
         "# Performance\n\n## Training\n\nfast\n\n## API load\n\nnew numbers\n\n## Accuracy\n\ngood\n"
     )
+    write_section(doc, "## API burst\n\nburst numbers\n", heading="## API burst")
+    write_section(doc, "## API load\n\nnewer\n")
+    assert doc.read_text() == (
+        "# Performance\n\n## Training\n\nfast\n\n## API load\n\nnewer\n\n## Accuracy\n\ngood\n\n"
+        "## API burst\n\nburst numbers\n"
+    )
     fresh = tmp_path / "fresh.md"
     write_section(fresh, "## API load\n\nx\n")
     assert fresh.read_text() == "# Performance\n\n## API load\n\nx\n"
