@@ -138,11 +138,11 @@ NOTES = [
 ]
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## API load`` section of ``path`` (or append it), leaving other sections alone."""
+def write_section(path: Path, section: str, heading: str = "## API load") -> None:
+    """Replace the ``heading`` section of ``path`` (or append it), leaving other sections alone."""
     text = path.read_text() if path.exists() else "# Performance\n"
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## API load"), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
     if start is None:
         path.write_text(text.rstrip() + "\n\n" + section)
         return
