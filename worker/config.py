@@ -49,6 +49,12 @@ class WorkerSettings(Settings):
         default=600.0, gt=0.0, description="A job queued this long without a worker is published again."
     )
     retry_delay_seconds: float = Field(default=10.0, ge=0.0, description="Delay before retrying a job.")
+    max_running_per_owner: int = Field(
+        default=8, ge=1, description="Jobs of one owner running at once; more wait queued (checked before a start)."
+    )
+    running_limit_delay_seconds: float = Field(
+        default=30.0, gt=0.0, description="A job held back by its owner's running limit is offered again after this."
+    )
     work_dir: Path | None = Field(default=None, description="Scratch space for running jobs; default home/work.")
 
     @property
