@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -26,6 +27,15 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what} not reached within {timeout} s")
         time.sleep(interval)
+
+
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` runs; a zombie waiting for its parent counts as ended."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def add_metric_points(

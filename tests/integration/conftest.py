@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,8 +23,9 @@ import pytest
 import redis
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
+from tests_support import wait_until
 
-from cli.worker import wait_until_up
+from cli.worker import celery_worker_command, wait_until_up
 
 MMKD = str(Path(sys.executable).with_name("mmkd"))
 FAST_CLOCKS = {
@@ -120,6 +120,12 @@ class Stack:
         command = [MMKD, "worker", "--queues", "gpu", "--concurrency", "1"]
         return self.spawn([*command, *(["--beat"] if beat else [])], name)
 
+    def start_stuck_worker(self, name: str, *, stuck_at_step: int, pid_file: Path, **env: str) -> Process:
+        """A real Celery worker on the ``gpu`` queue whose training hangs at ``stuck_at_step``."""
+        celery_arguments = celery_worker_command("gpu", 1)[3:]  # after "python -m celery"
+        command = [sys.executable, str(Path(__file__).with_name("stuck_worker.py")), *celery_arguments]
+        return self.spawn(command, name, STUCK_AT_STEP=str(stuck_at_step), STUCK_PID_FILE=str(pid_file), **env)
+
     def client(self) -> Any:
         """An SDK client for the integration owner."""
         from mmkd_client import Client
@@ -127,15 +133,12 @@ class Stack:
         return Client(self.api_url, self.api_key)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
-        """Poll ``predicate`` until it returns something truthy."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        logs = "\n".join(f"--- {p.log.name}\n{p.log.read_text()[-3000:]}" for p in self.processes)
-        raise TimeoutError(f"{what} not reached within {timeout}s\n{logs}")
+        """Poll ``predicate`` until it returns something truthy; on a timeout, show the processes' logs."""
+        try:
+            return wait_until(predicate, timeout, interval=0.1, what=what)
+        except TimeoutError as error:
+            logs = "\n".join(f"--- {p.log.name}\n{p.log.read_text()[-3000:]}" for p in self.processes)
+            raise TimeoutError(f"{error}\n{logs}") from None
 
     def ensure_bucket(self) -> None:
         """Create the bucket (again, after a moto restart lost it)."""

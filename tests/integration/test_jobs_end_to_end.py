@@ -73,3 +73,13 @@ def test_cancel_queued_job_never_trains(stack, worker) -> None:
     stack.wait_for(lambda: worker.log.read_text().count(skipped) == 2, what="both deliveries skipped")
     job = job_row(stack, job_id)
     assert (job.status, job.attempts, job.started_at) == ("cancelled", 0, None)
+
+
+def test_a_job_past_its_max_minutes_fails_as_timed_out(stack, worker) -> None:
+    endless = {**LONG, "name": "endless", "train": {**LONG["train"], "epochs": 2000, "max_minutes": 0.5}}
+    with stack.client() as client:
+        job_id = client.submit(endless).id
+    job = stack.wait_for(lambda: (j := job_row(stack, job_id)).status == "failed" and j, what="timed out")
+    assert (job.error, job.attempts) == ("timed_out", 1)
+    assert job.status_reason.startswith(f"timed out: ran past train.max_minutes=0.5 at step {job.step}")
+    assert job.last_checkpoint_key and job.status_reason.endswith(f"last checkpoint kept: {job.last_checkpoint_key}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from collections.abc import Iterator
@@ -12,8 +11,10 @@ import boto3
 import pytest
 from integration_helpers import LONG, TINY, events, job_row, publish_again, running_past
 from sqlalchemy import select
+from tests_support import process_alive
 
-from jobs.models import Artifact
+from core.metrics import Point, from_jsonl
+from jobs.models import Artifact, MetricPoint
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,16 @@ def _artifact_keys(stack, job_id: int) -> list[str]:
     with stack.sessions() as session:
         rows = session.scalars(select(Artifact.key).where(Artifact.job_id == job_id))
         return sorted(key.replace(f"jobs/{job_id}/", "jobs/ID/") for key in rows)
+
+
+def _metric_points(stack, job_id: int) -> list[Point]:
+    with stack.sessions() as session:
+        rows = session.execute(
+            select(MetricPoint.step, MetricPoint.epoch, MetricPoint.name, MetricPoint.value)
+            .where(MetricPoint.job_id == job_id)
+            .order_by(MetricPoint.step, MetricPoint.id)
+        )
+        return [Point(*row) for row in rows]
 
 
 def _succeeded(stack, job_id: int):
@@ -67,8 +78,34 @@ def test_killed_worker_resumes_from_its_checkpoint(stack) -> None:
     assert _artifact_keys(stack, job_id) == _artifact_keys(stack, reference_id)  # one final set
     s3 = boto3.client("s3", endpoint_url=stack.moto.endpoint_url)
     body = s3.get_object(Bucket=stack.bucket, Key=f"mmkd/jobs/{job_id}/metrics.jsonl")["Body"].read()
-    steps = [record["step"] for record in map(json.loads, body.splitlines()) if record["kind"] == "train"]
-    assert steps[0] == 1 and steps[-1] == job.total_steps and steps == sorted(set(steps))  # whole history
+    recorded = from_jsonl(body.decode())
+    assert recorded == _metric_points(stack, job_id)  # the file is the database's record, rendered once
+    steps = [point.step for point in recorded if point.name == "train/total"]
+    assert steps == list(range(1, job.total_steps + 1))  # whole history: no duplicates, no gaps
+
+
+def test_a_stuck_step_fails_as_stalled_and_its_process_is_ended(stack) -> None:
+    """The heartbeat fails the job (its checkpoint kept) and ends the hung pool child; the message that
+    comes back because its worker was lost does not start the job again."""
+    pid_file = stack.home / "stuck.pid"
+    stuck = stack.start_stuck_worker("stuck", stuck_at_step=15, pid_file=pid_file, MMKD_STALL_SECONDS="3")
+    try:
+        stack.wait_for(lambda: "ready." in stuck.log.read_text(), what="stuck worker ready")
+        with stack.client() as client:
+            job_id = client.submit(LONG).id
+        job = stack.wait_for(lambda: (j := job_row(stack, job_id)).status == "failed" and j, what="stalled")
+        stuck_pid = int(pid_file.read_text())
+        stack.wait_for(lambda: not process_alive(stuck_pid), timeout=30, what="the stuck process ended")
+    finally:
+        stuck.stop()
+    assert (job.error, job.attempts) == ("stalled", 1) and 10 <= job.step <= 15  # points flush in batches
+    assert "after step 15" in job.status_reason
+    assert job.status_reason.endswith(f"last checkpoint kept: jobs/{job_id}/checkpoints/step-10.pt")
+    s3 = boto3.client("s3", endpoint_url=stack.moto.endpoint_url)
+    kept = s3.list_objects_v2(Bucket=stack.bucket, Prefix=f"mmkd/jobs/{job_id}/checkpoints/")
+    assert [item["Key"].rsplit("/", 1)[1] for item in kept["Contents"]] == ["step-10.pt"]
+    kinds = [event.kind for event in events(stack, job_id)]
+    assert kinds.count("started") == 1 and kinds[-1] == "failed" and _artifact_keys(stack, job_id) == []
 
 
 def test_two_workers_and_a_duplicate_delivery_train_once(stack) -> None:

@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from tests_support import process_alive, wait_until
 
 from cli.worker import celery_worker_command, embedded_environment, spawn, stop_children, supervise
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead for our purpose
-        return stat.read().split(") ")[1][0] != "Z"
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in found.stdout.split()]
 
 
 def test_stop_children_kills_whole_groups() -> None:
     script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
     child = spawn([sys.executable, "-c", script])
-    time.sleep(0.5)
-    grandchildren = [int(p) for p in subprocess.check_output(["pgrep", "-P", str(child.pid)]).split()]
+    grandchildren = wait_until(lambda: _children(child.pid), what="the grandchild started")
     stop_children([child], grace=2)
-    time.sleep(0.2)
     assert child.returncode is not None
-    assert not any(_alive(pid) for pid in grandchildren)
+    wait_until(lambda: not any(process_alive(pid) for pid in grandchildren), what="the grandchildren gone")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux only")
@@ -43,17 +36,10 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
         f"child = spawn(['sleep', '60']); open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)"
     )
     supervisor = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.monotonic() + 20
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    sleeper = int(pid_file.read_text())
+    sleeper = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), 20, what="the child's pid"))
     supervisor.send_signal(signal.SIGKILL)
     supervisor.wait()
-    deadline = time.monotonic() + 5
-    while _alive(sleeper) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(sleeper)
+    wait_until(lambda: not process_alive(sleeper), 5, what="the orphan gone")
 
 
 def test_supervise_stops_everything_when_one_child_dies() -> None:
