@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench demo clean mutation
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ bench: install
 	$(BIN)/python -m bench.accuracy
 	$(BIN)/python -m bench.weak_teacher
 	$(BIN)/python -m bench.explore_paper
+
+# Mutation testing of core/objectives (about half an hour on 2 cores); docs/quality.md has the score.
+mutation: install
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
 
 demo: install
 	$(BIN)/python -m bench.demo
