@@ -33,9 +33,9 @@ def check_queued_limit(session: Session, *, owner_id: int, max_queued: int) -> N
 
     Call it after inserting the new job, in the same transaction: the count includes it.
     """
-    queued = session.scalar(
-        select(func.count()).select_from(Job).where(Job.owner_id == owner_id, Job.status == JobStatus.QUEUED)
-    )
+    # Counts at most max_queued + 1 index entries, however many jobs wait: the cost stays bounded.
+    waiting = select(Job.id).where(Job.owner_id == owner_id, Job.status == JobStatus.QUEUED).limit(max_queued + 1)
+    queued = session.scalar(select(func.count()).select_from(waiting.subquery()))
     if queued is not None and queued > max_queued:
         raise LimitExceededError(
             f"this owner already has {queued - 1} queued jobs, the most allowed (MMKD_MAX_QUEUED_PER_OWNER="
