@@ -53,7 +53,8 @@ class Verdict(enum.StrEnum):
 
 
 def start_verdict(session: Session, *, job_id: int, max_running: int) -> tuple[Verdict, str]:
-    """One read: may a worker start ``job_id`` now? Returns the verdict and why.
+    """One read: may a worker start ``job_id`` now? Returns the verdict and why (a phrase that
+    follows "job N", e.g. "is not queued (it is cancelled)").
 
     Mirrors the claim's conditions (queued, attempts left), so a skipped message is one the claim
     would have refused anyway; the claim itself stays the only compare-and-set.
@@ -69,12 +70,12 @@ def start_verdict(session: Session, *, job_id: int, max_running: int) -> tuple[V
         select(Job.status, Job.attempts, Job.max_attempts, active).where(Job.id == job_id)
     ).one_or_none()
     if row is None:
-        return Verdict.SKIP, "no such job"
+        return Verdict.SKIP, "does not exist"
     status, attempts, max_attempts, running = row
     if status != JobStatus.QUEUED:
-        return Verdict.SKIP, f"the job is {status}"
+        return Verdict.SKIP, f"is not queued (it is {status})"
     if attempts >= max_attempts:
-        return Verdict.SKIP, f"no attempts left ({attempts} of {max_attempts})"
+        return Verdict.SKIP, f"has no attempts left ({attempts} of {max_attempts})"
     if running >= max_running:
         return Verdict.HOLD, f"its owner has {running} jobs running, the most allowed (MMKD_MAX_RUNNING_PER_OWNER)"
     return Verdict.START, "queued"

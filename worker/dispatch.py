@@ -58,7 +58,7 @@ def verdict_for(job_id: int) -> Verdict:
             hold_back(session, job_id=job_id, publish=publisher(settings), delay_seconds=delay, reason=why)
             log.info("job %s held back: %s; offered again in %ss, no child started", job_id, why, delay)
         elif verdict == Verdict.SKIP:
-            log.info("job %s skipped without starting a child: %s", job_id, why)
+            log.info("job %s %s: skipped without starting a child", job_id, why)
     return verdict
 
 
