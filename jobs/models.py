@@ -84,7 +84,9 @@ class JobEvent(Base):
 
 
 class MetricPoint(Base):
-    """One value of one named series (``train/loss_task``, ``val/student_acc``...) at one step."""
+    """One value of one named series at one step: ``train/<loss term>`` (``train/total``...) or
+    ``val/<network>/<metric>`` (``val/student/accuracy``...); ``core.metrics`` owns the names. These
+    rows are the record: the job's ``metrics.jsonl`` and report are rendered from them."""
 
     __tablename__ = "metric_points"
     __table_args__ = (Index("ix_metric_points_job_id_name_step", "job_id", "name", "step"),)
@@ -98,7 +100,8 @@ class MetricPoint(Base):
 
 
 class Artifact(Base):
-    """A file a job wrote to storage (checkpoint, student model, report), recorded after the write."""
+    """A file a finished job published (``kind``: student export, summary, metrics, report), recorded
+    after the write. Checkpoints are not artifacts: the job's ``last_checkpoint_key`` names the newest."""
 
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("job_id", "key"),)
