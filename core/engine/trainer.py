@@ -86,15 +86,18 @@ def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(run: Run, split: str) -> dict[str, float]:
-    """Metrics of all three networks on the val or test split, named ``{network}/{metric}``."""
+    """Metrics of all three networks on the val or test split, named ``{network}/{metric}``.
+
+    Always in float32, also when training runs under bf16 autocast: the reported metrics are those
+    of the exported student, which predicts in float32.
+    """
     part = run.data.val if split == "val" else run.data.test
     inputs = {name: torch.from_numpy(values).to(run.device) for name, values in part.modalities.items()}
     metrics: dict[str, float] = {}
     for name, net in run.nets.named_networks().items():
         net.eval()
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
-            output = net(inputs)[1]
-            target = net.embed_target(inputs) if net.target_encoder is not None else None
+        output = net(inputs)[1]
+        target = net.embed_target(inputs) if net.target_encoder is not None else None
         for metric, value in compute_metrics(run.spec.task, output, part.label, target).items():
             metrics[f"{name}/{metric}"] = value
     return metrics
@@ -159,7 +162,7 @@ def finish(run: Run, workdir: Path, started: float) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "name": run.spec.name,
         "method": run.spec.method.name,
-        "dataset": run.spec.dataset.name or run.spec.dataset.uri,
+        "dataset": run.spec.dataset.name or run.spec.dataset.uri or f"dataset {run.spec.dataset.id}",
         "task": run.spec.task,
         "seed": run.spec.train.seed,
         "spec_hash": run.spec.spec_hash(),

@@ -214,3 +214,21 @@ def test_amp_path_runs_the_paper_method_on_cpu(tmp_path: Path) -> None:
     run.amp = True
     losses = train_step(run, make_batch(run, epoch_batches(run, 0)[0]), 0)
     assert {"adv", "disc"} <= set(losses) and all(np.isfinite(list(losses.values())))
+
+
+def test_evaluation_runs_in_float32_even_under_autocast() -> None:
+    """The reported metrics are the exported (float32) student's: evaluation never autocasts to bf16."""
+    from core.data import prepare
+    from core.engine.setup import build_run
+    from core.engine.trainer import evaluate
+
+    spec = mfeat_spec({"name": "student_only"}, epochs=1)
+    run = build_run(spec, prepare(spec.dataset, spec.task))
+    plain = evaluate(run, "test")
+    run.amp = True  # on CPU, torch.autocast would run these networks in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        assert evaluate(run, "test") == plain
+    inputs = {name: torch.from_numpy(v) for name, v in run.data.test.modalities.items()}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = run.nets.student(inputs)[1]
+    assert bf16.dtype == torch.bfloat16  # the probe: autocast would have changed the outputs
