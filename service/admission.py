@@ -5,8 +5,8 @@ validating its body, resolving dependencies) before it waits for a handler threa
 arrive together, that work queues on the loop ahead of anything that arrives later, ``/healthz``
 included, and each response waits behind it too. Letting only ``limit`` requests in at a time (the
 rest wait their turn, first come first served, before any of their work starts) keeps the loop's
-queue short; the probes skip the line. A request that cannot get in within ``max_wait_seconds`` is
-answered 503 with ``Retry-After`` rather than waiting without end.
+queue short; the probes and streamed uploads skip the line. A request that cannot get in within
+``max_wait_seconds`` is answered 503 with ``Retry-After`` rather than waiting without end.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ import asyncio
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import problem
+from service.errors import OWN_BODY_LIMIT, problem
 
 #: Paths that never wait: the probes must answer while the API is saturated.
 PROBES = frozenset({"/healthz", "/readyz"})
+#: Requests that stream a large body (dataset uploads, ``OWN_BODY_LIMIT``) do not take a slot
+#: either: they mostly wait for the client's bytes, and a few slow senders holding slots would
+#: shut every other request out.
+STREAMED = OWN_BODY_LIMIT
 RETRY_AFTER_SECONDS = 1
 
 
@@ -32,7 +36,11 @@ class Admission:
         self._slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}  # one per serving loop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        if (
+            scope["type"] != "http"
+            or scope["path"] in PROBES
+            or (scope["method"], scope["path"].rstrip("/")) in STREAMED
+        ):
             await self.app(scope, receive, send)
             return
         slots = self._slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(self.limit))

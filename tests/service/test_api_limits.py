@@ -95,3 +95,42 @@ def test_failed_publish_is_published_again_once_the_broker_answers(
     with TestClient(create_app(up)) as client:
         events = client.get(f"/v1/jobs/{job_id}/events", headers=auth).json()["items"]
     assert [event["kind"] for event in events] == ["created", "enqueue_failed", "enqueued"]
+
+
+def test_admission_lets_probes_and_uploads_past_a_full_house() -> None:
+    import asyncio
+
+    from service.admission import Admission
+
+    admitted: list[str] = []
+    statuses: list[int] = []
+    release = asyncio.Event()
+
+    async def app(scope, receive, send) -> None:  # stands in for the API: "/busy" holds its slot
+        admitted.append(scope["path"])
+        if scope["path"] == "/busy":
+            await release.wait()
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    def request(method: str, path: str):
+        return admission({"type": "http", "method": method, "path": path, "headers": []}, receive, send)
+
+    admission = Admission(app, limit=1, max_wait_seconds=0.2)
+
+    async def run() -> None:
+        busy = asyncio.create_task(request("GET", "/busy"))
+        await asyncio.sleep(0.01)  # the one slot is taken
+        for method, path in (("GET", "/healthz"), ("GET", "/readyz"), ("POST", "/v1/datasets"), ("GET", "/v1/jobs")):
+            await request(method, path)
+        release.set()
+        await busy
+
+    asyncio.run(run())
+    assert admitted == ["/busy", "/healthz", "/readyz", "/v1/datasets"]
+    assert statuses == [503]  # the ordinary request waited its 0.2 s, then was told to retry
