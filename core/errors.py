@@ -65,6 +65,8 @@ class Stalled(MmkdError):
 
     kind = "stalled"
 
-    def __init__(self, idle_seconds: float, limit_seconds: float, where: str) -> None:
-        limit = f"MMKD_STALL_SECONDS={limit_seconds:g}"
+    def __init__(
+        self, idle_seconds: float, limit_seconds: float, where: str, *, setting: str = "MMKD_STALL_SECONDS"
+    ) -> None:
+        limit = f"{setting}={limit_seconds:g}"
         super().__init__(f"stalled: no training progress for {idle_seconds:.0f} s (limit {limit}) {where}")

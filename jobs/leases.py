@@ -124,19 +124,24 @@ class Liveness:
 
     Progress is a step, an evaluation or a checkpoint (``advanced``). A long stretch without steps
     (setup, an evaluation, a checkpoint write, the uploads) is bracketed by ``busy`` and counts as
-    progress while it lasts. An attempt has stalled after ``stall_seconds`` without progress outside
+    progress while it lasts, for at most ``busy_seconds`` (a hung upload or evaluation stalls too).
+    An attempt has stalled after ``stall_seconds`` without progress outside
     such a stretch; it has timed out ``max_minutes`` after it was claimed. Monotonic clock; shared
     by the training thread and the heartbeat thread.
     """
 
-    def __init__(self, *, stall_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, stall_seconds: float, busy_seconds: float = 3600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.stall_seconds = stall_seconds
+        self.busy_seconds = busy_seconds
         self.max_minutes: float | None = None
         self._clock = clock
         self._lock = threading.Lock()
         self._started = self._last = clock()
         self._last_done = "the claim"
         self._busy: list[str] = []
+        self._busy_since = 0.0
 
     def limit(self, max_minutes: float | None) -> None:
         """The attempt's time limit (``train.max_minutes``, known once the spec is read), counted from the claim."""
@@ -151,6 +156,8 @@ class Liveness:
     def busy(self, what: str) -> Iterator[None]:
         """A stretch that is progress without steps; the stall clock restarts when it ends."""
         with self._lock:
+            if not self._busy:
+                self._busy_since = self._clock()
             self._busy.append(what)
         try:
             yield
@@ -176,9 +183,13 @@ class Liveness:
         :class:`TimedOut`); the heartbeat ends it only if it still runs ``stall_seconds`` later.
         """
         with self._lock:
-            idle = 0.0 if self._busy else self._clock() - self._last
+            now = self._clock()
+            busy_for = now - self._busy_since if self._busy else 0.0
+            idle = 0.0 if self._busy else now - self._last
         if idle > self.stall_seconds:
             return Stalled(idle, self.stall_seconds, self.where())
+        if busy_for > self.busy_seconds:  # a stretch without steps may be long, not endless
+            return Stalled(busy_for, self.busy_seconds, self.where(), setting="MMKD_BUSY_SECONDS")
         if self.past_deadline(grace_seconds=self.stall_seconds):
             return TimedOut(self.max_minutes or 0.0, self.where())
         return None

@@ -38,6 +38,11 @@ class WorkerSettings(Settings):
         gt=0.0,
         description="A job whose training shows no progress this long fails as stalled (its lease is not renewed).",
     )
+    busy_seconds: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="Longest stretch without steps (data read, evaluation, checkpoint, upload) before it is stalled.",
+    )
     cancel_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often training reads the status.")
     metrics_flush_seconds: float = Field(default=2.0, gt=0.0, description="Metric points are written in batches.")
     visibility_timeout_seconds: int = Field(default=7200, ge=60, description="Redis redelivery timeout.")

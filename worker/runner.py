@@ -65,7 +65,7 @@ def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None)
         lease,
         lease_seconds=settings.lease_seconds,
         interval=settings.resolved_heartbeat_seconds,
-        liveness=Liveness(stall_seconds=settings.stall_seconds),
+        liveness=Liveness(stall_seconds=settings.stall_seconds, busy_seconds=settings.busy_seconds),
         on_give_up=end_stuck_attempt or exit_stuck_process,
     )
     workdir = settings.resolved_work_dir / f"job-{job_id}-attempt-{lease.attempt}"

@@ -45,6 +45,18 @@ def test_liveness_stalls_without_progress_but_not_inside_a_busy_stretch() -> Non
     assert isinstance(liveness.verdict(), Stalled)
 
 
+def test_a_busy_stretch_counts_as_progress_only_up_to_its_own_limit() -> None:
+    clock = Clock()
+    liveness = Liveness(stall_seconds=10, busy_seconds=300, clock=clock)
+    with liveness.busy("uploading the results"), liveness.busy("student.pt2"):
+        clock.now += 300
+        assert liveness.verdict() is None
+        clock.now += 1
+        stalled = liveness.verdict()
+    assert isinstance(stalled, Stalled)
+    assert str(stalled) == ("stalled: no training progress for 301 s (limit MMKD_BUSY_SECONDS=300) during student.pt2")
+
+
 def test_liveness_deadline_counts_from_the_claim_and_the_heartbeat_allows_a_stall_of_grace() -> None:
     clock = Clock()
     liveness = Liveness(stall_seconds=10, clock=clock)
