@@ -122,75 +122,59 @@ def submit_job(
     idempotency_key: str | None,
     max_attempts: int,
     max_queued: int | None = None,
-    reader: Session | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job and commit; returns ``(job, created)``.
 
     With an idempotency key, a second submit of the same spec returns the first job
     (``created=False``) and a different spec is a :class:`ConflictError`. The unique constraint on
     ``(owner_id, idempotency_key)`` decides races: the insert does nothing on a conflict (waiting
-    only for the first insert's short transaction), and the first job is then read back. With
-    ``max_queued``, an owner already at that many queued jobs gets a ``LimitExceededError`` (429).
+    only for the first insert's short transaction), and the first job, committed by then, is read
+    back. With ``max_queued``, an owner already at that many queued jobs gets a
+    ``LimitExceededError`` (429).
 
-    No transaction outlives this call, whatever happens: reads go through ``reader`` (an autocommit
-    session, default ``session``) and end at once; the insert is one short transaction, committed
-    or rolled back before returning, so a request never holds a connection idle in a transaction.
+    The session's transaction (with whatever the caller read in it) ends here whatever happens:
+    committed with the new job, or rolled back right after the replay's read or an error, so a
+    request never holds a connection idle in a transaction.
     """
-    spec_json = spec.model_dump(mode="json")
-    unstorable = sorted(_unstorable(spec_json))
-    if unstorable:  # valid for pydantic, but JSON/jsonb cannot hold them
-        raise InvalidRequestError([{"path": path, "message": message} for path, message in unstorable])
-    spec_hash = spec.spec_hash()
-    reader = reader or session
-    if idempotency_key is not None:  # a retry after the first commit: one read, no transaction
-        existing = _find_by_key(reader, owner_id=owner_id, idempotency_key=idempotency_key)
-        if existing is not None:
-            session.rollback()  # ends whatever the caller read in it (no I/O when nothing was)
-            return _replayed(existing, idempotency_key=idempotency_key, request_hash=spec_hash), False
-    now = utcnow()
-    values: dict[str, Any] = {
-        "owner_id": owner_id,
-        "name": spec.name,
-        "spec": spec_json,
-        "spec_hash": spec_hash,
-        "seed": spec.train.seed,
-        "status": JobStatus.QUEUED,
-        "attempts": 0,
-        "max_attempts": max_attempts,
-        "created_at": now,
-        "queued_at": now,
-        "updated_at": now,
-        "idempotency_key": idempotency_key,
-        "request_hash": spec_hash if idempotency_key else None,
-    }
-    try:  # a plain INSERT ... RETURNING: the hot path skips the unit of work
+    try:
+        spec_json = spec.model_dump(mode="json")
+        unstorable = sorted(_unstorable(spec_json))
+        if unstorable:  # valid for pydantic, but JSON/jsonb cannot hold them
+            raise InvalidRequestError([{"path": path, "message": message} for path, message in unstorable])
+        spec_hash = spec.spec_hash()
+        now = utcnow()
+        values: dict[str, Any] = {
+            "owner_id": owner_id,
+            "name": spec.name,
+            "spec": spec_json,
+            "spec_hash": spec_hash,
+            "seed": spec.train.seed,
+            "status": JobStatus.QUEUED,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "created_at": now,
+            "queued_at": now,
+            "updated_at": now,
+            "idempotency_key": idempotency_key,
+            "request_hash": spec_hash if idempotency_key else None,
+        }
+        # A plain INSERT ... RETURNING: the hot path skips the unit of work.
         job_id = session.execute(_INSERT_JOB[session.get_bind().dialect.name], values).scalar_one_or_none()
-        if job_id is not None:
-            if max_queued is not None:
-                check_queued_limit(session, owner_id=owner_id, max_queued=max_queued)
-            _insert_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
-            session.commit()
+        if job_id is None:  # the key is taken; read committed shows this next statement the first job
+            existing = session.scalars(
+                select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
+            ).one()
+            session.expunge(existing)  # keep what was read: a rollback would expire it
+            session.rollback()
+            return _replayed(existing, idempotency_key=str(idempotency_key), request_hash=spec_hash), False
+        if max_queued is not None:
+            check_queued_limit(session, owner_id=owner_id, max_queued=max_queued)
+        _insert_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
+        session.commit()
     except BaseException:
         session.rollback()
         raise
-    if job_id is None:  # the key's first submit committed while we inserted: it is the job
-        session.rollback()
-        existing = _find_by_key(reader, owner_id=owner_id, idempotency_key=str(idempotency_key))
-        if existing is None:  # only a deleted owner loses its jobs; not a race a client can win
-            raise ConflictError(f"Idempotency-Key {idempotency_key!r} is in use by a job that no longer exists")
-        return _replayed(existing, idempotency_key=str(idempotency_key), request_hash=spec_hash), False
     return Job(id=job_id, **values), True
-
-
-def _find_by_key(reader: Session, *, owner_id: int, idempotency_key: str) -> Job | None:
-    """The owner's job with this key, read and released at once (``commit`` ends the read's
-    transaction, if any, and hands the connection back; on an autocommit session it is free)."""
-    try:
-        return reader.scalars(
-            select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
-        ).one_or_none()
-    finally:
-        reader.commit()
 
 
 def _replayed(existing: Job, *, idempotency_key: str, request_hash: str) -> Job:

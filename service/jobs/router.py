@@ -72,7 +72,6 @@ def submit_job(
     request: Request,
     response: Response,
     session: SessionDep,
-    reader: AutocommitSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
@@ -81,7 +80,6 @@ def submit_job(
     datasets.check_data_reference(session, owner_id=owner.id, spec=spec, data_allow=settings.data_allow)
     job, created = lifecycle.submit_job(
         session,
-        reader=reader,
         owner_id=owner.id,
         spec=spec,
         idempotency_key=idempotency_key,
