@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -150,6 +151,7 @@ def test_concurrent_submits_make_one_job_per_key_and_health_stays_fast(small_ser
 
     seen = [status for outcome in [*same, *distinct] for status in outcome.statuses]
     assert 500 not in seen, small_server.log.read_text()[-3000:]
+    assert 503 not in seen, "a handler waited for a connection: one was held across a wait"
     finals = sorted(outcome.statuses[-1] for outcome in [*same, *distinct])
     assert finals == [200] * (SAME_KEY - 1) + [201] * (DISTINCT_KEYS + 1), seen
     assert len({outcome.job_id for outcome in same}) == 1
@@ -168,3 +170,25 @@ def test_concurrent_submits_make_one_job_per_key_and_health_stays_fast(small_ser
 
     assert len(health) >= 5
     assert max(health) < 1.0, f"/healthz took {max(health) * 1000:.0f} ms"
+
+
+def test_submits_and_replays_leave_no_transaction_open(committed_pg: Session, pg_database: str) -> None:
+    from core.spec import JobSpec
+    from jobs import lifecycle
+    from jobs.db import engine_for, session_factory
+    from jobs.errors import ConflictError
+    from jobs.keys import get_or_create_owner
+
+    owner = get_or_create_owner(committed_pg, name=f"tx-{uuid.uuid4().hex[:8]}")
+    committed_pg.commit()
+    spec = JobSpec.model_validate(SPEC)
+    with session_factory(engine_for(pg_database))() as session:
+        submit = partial(lifecycle.submit_job, session, owner_id=owner.id, max_attempts=3, max_queued=10)
+        first, created = submit(spec=spec, idempotency_key="k")
+        assert created and not session.in_transaction()
+        again, created = submit(spec=spec, idempotency_key="k")
+        assert (again.id, created) == (first.id, False) and again.request_hash == first.request_hash
+        assert not session.in_transaction()  # the replay's read ended with its transaction
+        with pytest.raises(ConflictError):
+            submit(spec=JobSpec.model_validate({**SPEC, "name": "other"}), idempotency_key="k")
+        assert not session.in_transaction()
