@@ -1,7 +1,9 @@
 """``Client``: submit, inspect, wait for and download mmkd jobs over HTTP; upload, list and delete
 datasets.
 
-Connection errors and 502/503/504 answers are retried with exponential backoff. Every submit
+Connection errors and 502/503/504 answers are retried with exponential backoff, or after the
+server's ``Retry-After`` (up to 30 s) when it sends one; a 429 (an owner's limit) is raised at once
+as ``RateLimited`` with the server's ``retry_after``. Every submit
 carries an ``Idempotency-Key`` (generated when the caller gives none), so a retried submit returns
 the job the first attempt created instead of creating a second one. Dataset files are streamed
 from disk, never read whole into memory.
@@ -40,6 +42,7 @@ from mmkd_client.models import Artifact, Dataset, Event, Job, JobSummary, Metric
 MULTIPART_THRESHOLD = 64 << 20
 _CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After above this is honoured only up to it
 RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 SpecLike = Mapping[str, Any] | BaseModel | str | Path
 
@@ -87,9 +90,17 @@ class Client:
             else:
                 if response.status_code not in RETRY_STATUSES or last:
                     break
+                advised = _retry_after(response)
+                if advised is not None:  # the server said when (503 while its pool or admission is full)
+                    time.sleep(min(advised, MAX_RETRY_AFTER))
+                    continue
             time.sleep(self.backoff * 2**attempt)
         if response.is_error:
-            raise error_for(response.status_code, _body(response))
+            body = _body(response)
+            advised = _retry_after(response)
+            if isinstance(body, dict) and advised is not None:
+                body = {**body, "retry_after": advised}
+            raise error_for(response.status_code, body)
         return response
 
     def submit(self, spec: SpecLike, idempotency_key: str | None = None) -> Job:
@@ -302,3 +313,12 @@ def _spec_dict(spec: SpecLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{spec}: a job spec must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (its delta-seconds form), or None."""
+    try:
+        value = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None

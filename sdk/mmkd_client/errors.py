@@ -46,6 +46,16 @@ class ValidationFailed(ApiError):
         return [item["path"] for item in self.errors]
 
 
+class RateLimited(ApiError):
+    """429: this owner is at a limit (queued jobs); ``retry_after`` is the server's advice in seconds."""
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asks to wait, when it said."""
+        value = self.problem.get("retry_after")
+        return float(value) if isinstance(value, int | float) else None
+
+
 class ServerError(ApiError):
     """The server failed (5xx), after retries for 502/503/504."""
 
@@ -87,6 +97,8 @@ def error_for(status: int, body: Any) -> ApiError:
         kind = Conflict
     elif status in (413, 422):
         kind = ValidationFailed
+    elif status == 429:
+        kind = RateLimited
     elif status >= 500:
         kind = ServerError
     return kind(status, detail, problem)

@@ -20,6 +20,7 @@ from mmkd_client import (
     JobCancelled,
     JobFailed,
     NotFound,
+    RateLimited,
     ValidationFailed,
     WaitTimeout,
 )
@@ -116,9 +117,7 @@ def test_wait_returns_result_and_raises_on_failure_or_cancel(client: Client, db:
         client.wait(client.submit(SPEC).id, timeout=0.3, poll_interval=0.1)
 
 
-def test_events_metrics_artifacts_download(
-    client: Client, db: Session, api_server: Any, tmp_path: Path
-) -> None:
+def test_events_metrics_artifacts_download(client: Client, db: Session, api_server: Any, tmp_path: Path) -> None:
     job = client.submit(SPEC)
     row = db.get(Job, job.id)
     assert row is not None
@@ -195,9 +194,7 @@ def test_sdk_imports_without_torch_or_server_stack() -> None:
         "bad = {'torch', 'fastapi', 'sqlalchemy', 'celery', 'numpy'} & loaded; "
         "assert not bad, bad"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, cwd="/", timeout=60
-    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd="/", timeout=60)
     assert result.returncode == 0, result.stderr
 
 
@@ -238,3 +235,31 @@ def test_list_pages_stay_correct_while_another_client_submits(api_server: Any) -
     assert set(before) <= set(pages)  # every job that existed when listing began
     assert pages == sorted(pages, reverse=True)  # newest first throughout
     assert added  # the writer really ran concurrently
+
+
+def test_retry_after_is_honoured_and_a_429_is_raised_with_its_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """503 with Retry-After waits what the server says (capped), not the backoff; 429 is not retried."""
+    slept: list[float] = []
+    monkeypatch.setattr("mmkd_client.client.time.sleep", slept.append)
+    answers = [
+        httpx.Response(503, headers={"Retry-After": "2"}, json={"detail": "busy"}),
+        httpx.Response(503, headers={"Retry-After": "600"}, json={"detail": "busy"}),
+        httpx.Response(200, json={"owner": "a", "auth": True}),
+    ]
+    with Client("http://mmkd.test", "k", transport=httpx.MockTransport(lambda _: answers.pop(0)), backoff=5) as sdk:
+        assert sdk._request("GET", "/v1/whoami").status_code == 200
+    assert slept == [2.0, 30.0]
+
+    limited = httpx.Response(429, headers={"Retry-After": "30"}, json={"detail": "at most 1000 queued jobs"})
+    calls: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return limited
+
+    with (
+        Client("http://mmkd.test", "k", transport=httpx.MockTransport(refuse)) as sdk,
+        pytest.raises(RateLimited) as caught,
+    ):
+        sdk.submit(SPEC)
+    assert len(calls) == 1 and caught.value.retry_after == 30.0 and "1000 queued" in str(caught.value)
