@@ -49,8 +49,9 @@ def record_event(
     at: dt.datetime | None = None,
 ) -> None:
     """Add an event row (not committed): a notable moment such as ``resumed`` or ``enqueued``, at
-    ``at`` (default now)."""
-    _insert_event(session, job_id=job_id, kind=kind, reason=reason, data=data, at=at)
+    ``at`` (default now). A prebuilt Core INSERT: no unit of work on the hot path."""
+    params = {"job_id": job_id, "kind": kind, "reason": reason, "data": data, "at": at or utcnow()}
+    session.execute(_INSERT_EVENT, params)
 
 
 def transition(
@@ -99,7 +100,7 @@ def transition(
     ).scalar_one_or_none()
     if attempts is None:
         return None
-    _insert_event(
+    record_event(
         session, job_id=job_id, kind=EVENT_FOR_STATUS[target], reason=reason, data={"attempt": attempts, **(data or {})}
     )
     return int(attempts)
@@ -169,7 +170,7 @@ def submit_job(
             return _replayed(existing, idempotency_key=str(idempotency_key), request_hash=spec_hash), False
         if max_queued is not None:
             check_queued_limit(session, owner_id=owner_id, max_queued=max_queued)
-        _insert_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
+        record_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
         session.commit()
     except BaseException:
         session.rollback()
@@ -199,19 +200,6 @@ def _unstorable(data: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from _unstorable(value, f"{path}.{index}")
 
 
-def _insert_event(
-    session: Session,
-    *,
-    job_id: int,
-    kind: str,
-    reason: str | None = None,
-    data: dict[str, Any] | None = None,
-    at: dt.datetime | None = None,
-) -> None:
-    params = {"job_id": job_id, "kind": kind, "reason": reason, "data": data, "at": at or utcnow()}
-    session.execute(_INSERT_EVENT, params)
-
-
 def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -> None:
     """Publish the train task for a committed job and record the outcome as an event.
 
@@ -227,7 +215,7 @@ def enqueue_job(session: Session, *, job: Job, enqueue: Callable[[int], None]) -
         log.warning("enqueue of job %s failed: %s", job.id, exc)
         kind, reason = "enqueue_failed", f"{type(exc).__name__}: {exc}"
     try:
-        _insert_event(session, job_id=job.id, kind=kind, reason=reason, at=published_at)
+        record_event(session, job_id=job.id, kind=kind, reason=reason, at=published_at)
         if session.get_bind().dialect.name == "postgresql":
             # Only this informational event rides on the commit: skip the WAL flush wait (a crash
             # may lose the event, never the job, which was committed durably before the publish).
@@ -264,7 +252,7 @@ def hold_back(session: Session, *, job_id: int, publish: Publish, delay_seconds:
         publish(job_id, countdown=delay_seconds)
     except Exception as exc:
         log.warning("holding back job %s: publishing it again failed: %s", job_id, exc)
-        _insert_event(session, job_id=job_id, kind="enqueue_failed", reason=f"{type(exc).__name__}: {exc}")
+        record_event(session, job_id=job_id, kind="enqueue_failed", reason=f"{type(exc).__name__}: {exc}")
         session.commit()
         return False
     return True

@@ -6,8 +6,7 @@ import base64
 import binascii
 
 from jobs.errors import ServiceError
-
-MAX_ID = 2**31 - 1
+from service.deps import MAX_ID
 
 
 class BadCursorError(ServiceError):

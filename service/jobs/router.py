@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -11,7 +9,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from core.spec import JobSpec
 from jobs import datasets, lifecycle, queries
-from jobs.errors import InvalidRequestError, NotFoundError, ServiceError
+from jobs.errors import InvalidRequestError, NotFoundError
 from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
 from service.errors import ERROR_RESPONSES
 from service.jobs.schemas import (
@@ -25,34 +23,10 @@ from service.jobs.schemas import (
     MetricList,
     MetricPointOut,
 )
+from service.pagination import decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]})
 StatusName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-
-
-class BadCursorError(ServiceError):
-    """The cursor was not one this API handed out."""
-
-    status = 422
-    title = "Invalid cursor"
-
-
-def _encode_cursor(job_id: int) -> str:
-    return base64.urlsafe_b64encode(f"j:{job_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = raw.partition(":")
-        if kind != "j":
-            raise ValueError(cursor)
-        before_id = int(value)
-        if not 1 <= before_id <= MAX_ID:
-            raise ValueError(cursor)
-        return before_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise BadCursorError(f"cursor {cursor!r} is not valid; use next_cursor from a previous page") from exc
 
 
 @router.post(
@@ -108,11 +82,11 @@ def list_jobs(
         owner_id=owner.id,
         statuses=list(status_filter or []),
         limit=limit,
-        before_id=_decode_cursor(cursor) if cursor else None,
+        before_id=decode_cursor("j", cursor) if cursor else None,
     )
     return JobPage(
         items=[JobSummary.of(job, owner=owner.name) for job in jobs],
-        next_cursor=_encode_cursor(next_id) if next_id is not None else None,
+        next_cursor=encode_cursor("j", next_id) if next_id is not None else None,
     )
 
 
