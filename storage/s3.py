@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.errors import StorageError
-from storage.store import StoredObject, check_key, digest_file
+from storage.objects import StoredObject, check_key, digest_file
 
 T = TypeVar("T")
 #: Treated alike as "no such object": a denied read must not tell whether the object exists.

@@ -25,17 +25,7 @@ from urllib.parse import unquote, urlparse
 
 from core.errors import StorageError
 from settings import Settings
-
-_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """What a write stored: the relative key, its size in bytes and its SHA-256."""
-
-    key: str
-    size: int
-    sha256: str
+from storage.objects import CHUNK, StoredObject, check_key, digest_file
 
 
 class ArtifactStore(Protocol):
@@ -72,25 +62,6 @@ class ArtifactStore(Protocol):
         """Raise StorageError when the store cannot be reached."""
 
 
-def digest_file(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 of a file, read in chunks."""
-    sha = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while block := handle.read(_CHUNK):
-            sha.update(block)
-            size += len(block)
-    return size, sha.hexdigest()
-
-
-def check_key(key: str) -> str:
-    """Reject absolute keys and keys with empty, ``.`` or ``..`` parts; return ``key``."""
-    parts = key.split("/")
-    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"invalid storage key {key!r}")
-    return key
-
-
 class LocalStore:
     """A folder on disk: the embedded default and the CLI's store."""
 
@@ -122,7 +93,7 @@ class LocalStore:
 
         def copy(handle: Any) -> None:
             with Path(path).open("rb") as source:
-                while block := source.read(_CHUNK):
+                while block := source.read(CHUNK):
                     handle.write(block)
 
         target = self._write_atomically(key, copy)

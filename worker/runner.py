@@ -27,7 +27,8 @@ from jobs.models import Job, MetricPoint
 from jobs.publish import publisher
 from jobs.status import JobStatus
 from storage.checkpoints import StorageCheckpointStore
-from storage.store import ArtifactStore, StoredObject, store_from_settings
+from storage.objects import StoredObject
+from storage.store import ArtifactStore, store_from_settings
 from worker import outcomes
 from worker.config import WorkerSettings, get_worker_settings
 from worker.data import job_reader

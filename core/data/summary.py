@@ -21,7 +21,7 @@ from core.data.arrays import (
 from core.data.prepare import is_labelled
 from core.errors import DataError
 from core.spec import MODALITY_NAME, RESERVED_KEYS, TaskKind
-from storage.store import digest_file
+from storage.objects import digest_file
 
 LabelKind = Literal["classes", "multilabel", "continuous"]
 #: The task a label of each kind is checked as when no spec says (an upload).
