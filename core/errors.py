@@ -20,6 +20,16 @@ class DataError(MmkdError):
         self.source = source
 
 
+class SpecError(MmkdError):
+    """The job spec is unusable (bad YAML, a duplicate key, a wrong type): names the file or field."""
+
+    kind = "invalid_spec"
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+
+
 class NonFiniteLossError(MmkdError):
     """A loss term became NaN or infinite; training cannot go on from this state."""
 
