@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean mutation
+.PHONY: install test lint bench demo clean mutation fuzz
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ mutation: install
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
+
+# The fuzzers (Hypothesis over the spec parser, the .npz loader and predict; schemathesis over the
+# API) with long budgets; the suite runs the same tests with small fixed budgets.
+fuzz: install
+	MMKD_FUZZ=long $(BIN)/pytest -q -m "fuzz or contract" -p no:cacheprovider
 
 demo: install
 	$(BIN)/python -m bench.demo

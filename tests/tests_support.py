@@ -48,3 +48,10 @@ def add_metric_points(
     )
     job = session.scalars(select(Job).where(Job.id == job_id)).one()
     job.latest_metrics = {**(job.latest_metrics or {}), **{k: float(v) for k, v in values.items()}}
+
+
+def fuzz_budget(default: int, long: int) -> int:
+    """Examples per fuzzer: ``default`` in the suite, ``long`` under ``make fuzz`` (``MMKD_FUZZ=long``)."""
+    import os
+
+    return long if os.environ.get("MMKD_FUZZ") == "long" else default
