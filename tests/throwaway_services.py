@@ -1,10 +1,11 @@
 """PostgreSQL and Redis for the test session: the configured servers when they answer, else throwaway ones.
 
-``MMKD_TEST_SERVICES`` picks: ``auto`` (the default) uses a configured server when its port accepts
-connections and starts a throwaway one otherwise; ``own`` always starts throwaway servers;
-``configured`` never does. A throwaway server runs from Debian's binaries (``initdb``/``postgres``
-under /usr/lib/postgresql/*/bin, ``redis-server``) on a free loopback port in a temporary folder,
-and is stopped and deleted when the session ends. PostgreSQL refuses to run as root, so under root
+``MMKD_TEST_SERVICES`` picks: ``auto`` (the default) uses a configured server when it accepts a
+login (PostgreSQL) or answers PING (Redis) and starts a throwaway one otherwise; ``own`` always
+starts throwaway servers; ``configured`` never does. A throwaway server runs from Debian's
+binaries (``initdb``/``postgres`` under /usr/lib/postgresql/*/bin, ``redis-server``) on a free
+loopback port in a temporary folder, and is stopped and deleted when the session ends (the kernel
+stops it too if the test process dies first). PostgreSQL refuses to run as root, so under root
 it runs as the ``postgres`` user in a folder that user owns. ``make install`` installs the binaries
 when they are missing.
 """
@@ -17,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -45,16 +45,6 @@ def services_mode() -> str:
     return mode
 
 
-def reachable(url: str, default_port: int) -> bool:
-    """True when the host and port of ``url`` accept a TCP connection within a second."""
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
 def postgres_binary(name: str) -> Path:
     """``name`` (initdb, postgres) from the newest /usr/lib/postgresql/*/bin, else from PATH."""
     candidates = sorted(
@@ -68,15 +58,8 @@ def postgres_binary(name: str) -> Path:
     return Path(found)
 
 
-def _wait_until(check: Iterator[bool], what: str, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    for ready in check:
-        if ready:
-            return
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise MissingServer(f"{what} did not start within {timeout:.0f} s: {tail.strip()}")
-        time.sleep(0.1)
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -105,9 +88,31 @@ class ThrowawayServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
+    @staticmethod
+    def refusal(url: str) -> str | None:
+        """Why a server of this kind at ``url`` cannot serve the tests; None when it can."""
+        raise NotImplementedError
+
     def start(self) -> None:
         """Start the server and wait until it answers."""
         raise NotImplementedError
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Poll ``refusal`` on our own URL until it is None; raise with the log if the server dies or is slow."""
+        deadline = time.monotonic() + timeout
+        while (why := self.refusal(self.url)) is not None:
+            if self.process is not None and self.process.poll() is not None:
+                raise MissingServer(
+                    f"the throwaway {self.name} exited with {self.process.returncode}: {self._log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise MissingServer(
+                    f"the throwaway {self.name} did not start in {timeout:.0f} s ({why}): {self._log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def _log_tail(self) -> str:
+        return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:]) if self.log.exists() else ""
 
     def spawn(self, command: list[str], user: str | None = None) -> None:
         """Start ``command`` (as ``user`` when given), its output in the log file."""
@@ -121,13 +126,6 @@ class ThrowawayServer:
                 cwd=self.root,
                 preexec_fn=_dies_with(self.stop_signal),  # after the switch to ``user``, which would reset it
             )
-
-    def running(self) -> bool:
-        """Raise with the log when the process has already ended; True otherwise."""
-        if self.process is not None and self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise MissingServer(f"the throwaway {self.name} exited with {self.process.returncode}: {tail.strip()}")
-        return True
 
     def stop(self) -> None:
         """Stop the process (killed if it lingers) and delete its folder."""
@@ -181,18 +179,20 @@ class ThrowawayPostgres(ThrowawayServer):
         }
         options = [item for key, value in settings.items() for item in ("-c", f"{key}={value}")]
         self.spawn([str(postgres), "-D", str(data), "-p", str(self.port), *options], user=self.user)
-        _wait_until(self._accepts_login(), "the throwaway PostgreSQL", self.log)
+        self.wait_until_ready()
 
-    def _accepts_login(self) -> Iterator[bool]:
+    @staticmethod
+    def refusal(url: str) -> str | None:
+        """None when ``url`` (a SQLAlchemy URL) accepts a login; else the server's or the socket's first line."""
         import psycopg
+        from sqlalchemy.engine import make_url
 
-        while self.running():
-            try:
-                psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", connect_timeout=2).close()
-            except psycopg.OperationalError:
-                yield False
-            else:
-                yield True
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            psycopg.connect(conninfo, connect_timeout=2).close()
+        except psycopg.Error as error:
+            return _first_line(error)
+        return None
 
 
 class ThrowawayRedis(ThrowawayServer):
@@ -211,45 +211,48 @@ class ThrowawayRedis(ThrowawayServer):
             raise MissingServer(f"redis-server is not installed: {INSTALL_HINT}")
         flags = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.root)]
         self.spawn([binary, "--port", str(self.port), *flags])
-        _wait_until(self._answers_ping(), "the throwaway Redis", self.log)
+        self.wait_until_ready()
 
-    def _answers_ping(self) -> Iterator[bool]:
+    @staticmethod
+    def refusal(url: str) -> str | None:
+        """None when ``url`` answers PING; else the first line of the error."""
         import redis
 
-        while self.running():
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
-            try:
-                yield bool(client.ping())
-            except redis.ConnectionError:
-                yield False
-            finally:
-                client.close()
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as error:
+            return _first_line(error)
+        finally:
+            client.close()
+        return None
 
 
 def postgres_admin_url(configured: str) -> contextlib.AbstractContextManager[str]:
-    """The admin URL of the configured PostgreSQL when it is reachable, else of a throwaway one."""
-    return _service("PostgreSQL", configured, 5432, ThrowawayPostgres)
+    """The admin URL of the configured PostgreSQL when it accepts a login, else of a throwaway server."""
+    return _service("PostgreSQL", configured, ThrowawayPostgres)
 
 
 def redis_base_url(configured: str) -> contextlib.AbstractContextManager[str]:
-    """The base URL (no database number) of the configured Redis when reachable, else of a throwaway one."""
-    return _service("Redis", configured, 6379, ThrowawayRedis)
+    """The base URL (no database number) of the configured Redis when it answers, else of a throwaway server."""
+    return _service("Redis", configured, ThrowawayRedis)
 
 
 @contextlib.contextmanager
-def _service(label: str, configured: str, default_port: int, throwaway: type[ThrowawayServer]) -> Iterator[str]:
+def _service(label: str, configured: str, throwaway: type[ThrowawayServer]) -> Iterator[str]:
     mode = services_mode()
     where = urlsplit(configured).netloc.rsplit("@", 1)[-1]
-    if mode != "own" and reachable(configured, default_port):
+    refusal = None if mode == "own" else throwaway.refusal(configured)
+    if mode != "own" and refusal is None:
         SERVICES_USED.append(f"{label}: the configured server at {where}")
         yield configured
         return
     if mode == "configured":
-        raise MissingServer(f"{label} is not reachable at {where} and MMKD_TEST_SERVICES=configured")
+        raise MissingServer(f"{label} at {where} cannot be used ({refusal}) and MMKD_TEST_SERVICES=configured")
     server = throwaway()
     try:
         server.start()
-        why = "MMKD_TEST_SERVICES=own" if mode == "own" else f"nothing answers at {where}"
+        why = "MMKD_TEST_SERVICES=own" if refusal is None else f"the configured {where}: {refusal}"
         SERVICES_USED.append(f"{label}: a throwaway server at 127.0.0.1:{server.port} ({why})")
         yield server.url
     finally:
