@@ -4,10 +4,14 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# openapi-python-client pins a typer older than ours, so it gets a venv of its own; the contract
+# test (tests/contract/test_generated_client.py) generates a client with it from the live schema.
+TOOLS := $(VENV)/tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install test lint bench demo clean mutation fuzz
+.PHONY: install servers test lint bench demo clean mutation fuzz
 
-install: $(STAMP)
+install: $(STAMP) $(TOOLS_STAMP) servers
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +19,23 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ./sdk -e '.[dev]'
 	touch $(STAMP)
+
+$(TOOLS_STAMP):
+	test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet 'openapi-python-client==0.29.*'
+	touch $(TOOLS_STAMP)
+
+# The server binaries the tests start throwaway PostgreSQL and Redis from when none is running
+# (tests/throwaway_services.py): Debian's packages, installed only when missing and only as root.
+INITDB_GLOB ?= /usr/lib/postgresql/*/bin/initdb
+servers:
+	@packages=""; \
+	ls $(INITDB_GLOB) >/dev/null 2>&1 || packages="$$packages postgresql"; \
+	command -v redis-server >/dev/null || packages="$$packages redis-server"; \
+	if [ -z "$$packages" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing:$$packages (make install installs them as root)"; exit 0; fi; \
+	echo "installing$$packages"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$packages
 
 test: install
 	$(BIN)/pytest -q
