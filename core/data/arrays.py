@@ -19,13 +19,14 @@ from typing import IO, Protocol
 
 import numpy as np
 
+from core.data.checks import check_arrays
 from core.errors import DataError
-from core.spec import RESERVED_KEYS, DatasetSpec, TaskKind
+from core.spec import DatasetSpec, TaskKind
 from storage.store import ObjectTooLarge, read_uri
 
-SPLIT_VALUES = ("train", "val", "test")
 MAX_CLASSES = 10_000  # the default cap on class ids: a model allocates memory per class
 MAX_ARRAYS = 64  # members of one .npz: modalities plus label, split and class_names
+MAX_DEFLATE_RATIO = 1032  # deflate never expands data more than this: a bound from the compressed size
 
 
 @dataclass(frozen=True)
@@ -94,143 +95,96 @@ def read_local_or_s3(
         raise DataError(ref, f"cannot be read: {exc}") from exc
 
 
+#: What numpy and zipfile raise on a truncated or corrupt archive (object arrays are refused before).
+_CORRUPT = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+
+
 def read_npz(source: str, payload: bytes | Path, *, max_array_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Open an .npz (bytes or a file) without pickles: object arrays are refused, never executed.
 
-    Every member must be an ``.npy`` array; their headers are read first, so a file whose arrays
-    would take more than ``max_array_bytes`` once decompressed is refused before any is loaded.
+    Every member must be an ``.npy`` array whose header agrees with the member's size; the headers
+    are read first, so no array is allocated beyond what the file really holds (nor, with a limit,
+    beyond ``max_array_bytes`` in all).
     """
     with io.BytesIO(payload) if isinstance(payload, bytes) else Path(payload).open("rb") as handle:
         if handle.read(2) != b"PK":
             raise DataError(source, "not a valid .npz file (not a zip archive)")
+        size = handle.seek(0, io.SEEK_END)
         handle.seek(0)
         try:
-            _check_members(source, handle, max_array_bytes)
+            _check_members(source, handle, size, max_array_bytes)
             handle.seek(0)
             with np.load(handle, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
-        except ValueError as exc:
-            raise DataError(source, f"not a readable .npz without pickled objects ({exc})") from exc
-        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
-            raise DataError(source, f"not a valid .npz file ({exc})") from exc
+        except _CORRUPT as exc:
+            raise DataError(source, f"not a valid .npz file ({_one_line(exc)})") from exc
 
 
-def _check_members(source: str, handle: IO[bytes], max_array_bytes: int | None) -> None:
-    """Refuse non-array members, object arrays and (with a limit) too many bytes, from the headers."""
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one short line (a parser's may span several or quote the header)."""
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
+def _check_members(source: str, handle: IO[bytes], file_size: int, max_array_bytes: int | None) -> None:
+    """Refuse non-array members, object arrays, headers that promise more bytes than their member
+    holds, and (with a limit) too many bytes in all: from the zip directory and the .npy headers."""
     total = 0
     with zipfile.ZipFile(handle) as archive:
         members = archive.infolist()
         if len(members) > MAX_ARRAYS:
             raise DataError(source, f"holds {len(members)} arrays; the limit is {MAX_ARRAYS}")
+        names = [info.filename for info in members]
+        twice = sorted({name[:80] for name in names if names.count(name) > 1})
+        if twice:
+            raise DataError(source, f"holds more than one member named {twice}")
         for info in members:
             if not info.filename.endswith(".npy"):
                 raise DataError(source, f"member {info.filename[:80]!r} is not an .npy array")
             name = info.filename[:-4][:80]
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                else:
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-            if dtype.hasobject:
-                objects = f"array {name!r} holds Python objects; not a readable .npz without pickled objects"
-                raise DataError(source, objects)
-            total += math.prod(shape) * dtype.itemsize
+            _check_compression(source, name, info, file_size)
+            total += _member_bytes(source, name, archive, info)
             if max_array_bytes is not None and total > max_array_bytes:
                 raise DataError(
                     source, f"array {name!r}: the arrays take over {max_array_bytes} bytes once decompressed"
                 )
 
 
-def _check_modality(source: str, name: str, array: np.ndarray) -> np.ndarray:
-    if array.dtype.kind not in "biuf":
-        raise DataError(source, f"modality {name!r} must be numeric, got dtype {array.dtype}")
-    if array.ndim not in (2, 3):
-        raise DataError(source, f"modality {name!r} must be 2-D (N, F) or 3-D (N, C, L), got shape {array.shape}")
-    values = array.astype(np.float32)
-    if not np.isfinite(values).all():
-        bad = int((~np.isfinite(values)).any(axis=tuple(range(1, values.ndim))).sum())
-        raise DataError(source, f"modality {name!r} has non-finite values in {bad} samples")
-    return values
+def _check_compression(source: str, name: str, info: zipfile.ZipInfo, file_size: int) -> None:
+    """A member's declared sizes must be possible: stored as is, or deflated (np.savez_compressed)
+    at most ``MAX_DEFLATE_RATIO`` to one, from no more bytes than the file has."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(
+            source,
+            f"array {name!r} is compressed with zip method {info.compress_type}; only stored or deflated ones are read",
+        )
+    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO
+    if info.compress_size > file_size or info.file_size > info.compress_size * ratio + 64:
+        raise DataError(
+            source, f"array {name!r}: the zip directory declares impossible sizes (a corrupt or crafted file)"
+        )
 
 
-def _check_label(source: str, task: TaskKind, label: np.ndarray, n: int, max_classes: int) -> np.ndarray:
-    count = label.shape[0] if label.ndim else 0
-    if count != n:
-        raise DataError(source, f"array 'label' has {count} samples, the modalities have {n}")
-    if label.dtype.kind not in "biuf":
-        raise DataError(source, f"array 'label' must be numeric, got dtype {label.dtype}")
-    if task == "classification":
-        if label.ndim != 1 or (label.dtype.kind == "f" and not np.all(np.mod(label, 1) == 0)):
-            raise DataError(source, "array 'label' must hold one integer class per sample (-1: unlabelled)")
-        top = int(label.max())  # checked on the raw values: a cast to int64 could wrap a huge id
-        if top >= max_classes:
-            raise DataError(source, f"array 'label' has class id {top}; the limit is {max_classes} classes")
-        classes = label.astype(np.int64)
-        if (classes < -1).any():
-            raise DataError(source, "array 'label' has class ids below -1 (-1 marks an unlabelled sample)")
-        if (classes >= 0).sum() == 0:
-            raise DataError(source, "array 'label' has no labelled sample")
-        return classes
-    values = label.astype(np.float32)
-    if np.isinf(values).any():
-        raise DataError(source, "array 'label' has infinite values (NaN marks an unlabelled sample)")
-    if values.ndim not in (1, 2):
-        raise DataError(source, f"array 'label' must be (N,) or (N, K), got shape {label.shape}")
-    if task == "multilabel":
-        finite = values[np.isfinite(values)]
-        if values.ndim != 2 or not np.isin(finite, (0.0, 1.0)).all():
-            raise DataError(source, "multilabel 'label' must be (N, K) of 0/1 (NaN rows: unlabelled)")
-    return values
-
-
-def _check_split(source: str, split: np.ndarray, n: int) -> np.ndarray:
-    split = split.astype(str)
-    if split.shape != (n,) or not np.isin(split, SPLIT_VALUES).all():
-        raise DataError(source, f"array 'split' must be (N,) with values in {list(SPLIT_VALUES)}")
-    absent = [name for name in ("train", "test") if name not in split]
-    if absent:
-        raise DataError(source, f"array 'split' names no {' and no '.join(absent)} sample (val may be left out)")
-    return split
-
-
-@dataclass(frozen=True)
-class CheckedArrays:
-    """A file's arrays after the checks: modalities as float32, label, split and class names."""
-
-    modalities: dict[str, np.ndarray]
-    label: np.ndarray | None
-    split: np.ndarray | None
-    class_names: list[str] | None
-
-
-def check_arrays(
-    source: str, arrays: dict[str, np.ndarray], *, modalities: list[str], task: TaskKind, max_classes: int
-) -> CheckedArrays:
-    """Check ``modalities`` (numeric, 2-D or 3-D, finite, equal sample counts, at least 10) and the
-    label (for ``task``), split and class names; every problem names the array."""
-    missing = [name for name in modalities if name not in arrays]
-    if missing:
-        present = sorted(set(arrays) - RESERVED_KEYS)
-        raise DataError(source, f"modality {missing} not in the file; it has {present}")
-    checked = {name: _check_modality(source, name, arrays[name]) for name in modalities}
-    counts = {name: array.shape[0] for name, array in checked.items()}
-    if len(set(counts.values())) != 1:
-        raise DataError(source, f"modalities have different sample counts: {counts}")
-    n = next(iter(counts.values()))
-    if n < 10:
-        raise DataError(source, f"only {n} samples; at least 10 are needed to split and train")
-    label = arrays.get("label")
-    if label is None and task != "retrieval":
-        raise DataError(source, f"array 'label' is required for task {task!r}")
-    checked_label = None if label is None else _check_label(source, task, label, n, max_classes)
-    split = arrays.get("split")
-    checked_split = None if split is None else _check_split(source, split, n)
-    names = arrays.get("class_names")
-    if names is not None and names.size > max_classes:
-        raise DataError(source, f"array 'class_names' has {names.size} names; the limit is {max_classes} classes")
-    class_names = None if names is None else [str(value) for value in names.tolist()]
-    return CheckedArrays(checked, checked_label, checked_split, class_names)
+def _member_bytes(source: str, name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """The bytes a member's array takes, from its .npy header, checked against the member's size."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        raise DataError(source, f"array {name!r} holds Python objects; not a readable .npz without pickled objects")
+    if any(length < 0 for length in shape):
+        raise DataError(source, f"array {name!r} has a negative dimension in its shape {shape}")
+    data_bytes = math.prod(shape) * dtype.itemsize
+    if header_bytes + data_bytes != info.file_size:
+        raise DataError(
+            source,
+            f"array {name!r}: its header declares shape {shape} of {dtype} ({data_bytes} bytes), "
+            f"but the member holds {info.file_size - header_bytes} bytes (a truncated or corrupt file)",
+        )
+    return data_bytes
 
 
 def load_raw(

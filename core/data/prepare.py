@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.data.arrays import MAX_CLASSES, DataReader, RawDataset, load_raw, read_local_or_s3
+from core.data.checks import SPLIT_VALUES, require_two_classes
 from core.errors import DataError
 from core.spec import DatasetSpec, TaskKind
 
@@ -142,11 +143,8 @@ def _normaliser(raw: RawDataset, train: np.ndarray) -> Normaliser:
 def _output_dim(raw: RawDataset, task: TaskKind) -> int:
     if raw.label is None or task == "retrieval":
         return 0
-    if task == "classification":
-        n_classes = int(raw.label.max()) + 1
-        if raw.class_names is not None and len(raw.class_names) < n_classes:
-            raise DataError(raw.source, f"'class_names' has {len(raw.class_names)} names for {n_classes} classes")
-        return len(raw.class_names) if raw.class_names else n_classes
+    if task == "classification":  # class_names, when given, name every class id (checked on reading)
+        return len(raw.class_names) if raw.class_names else int(raw.label.max()) + 1
     return 1 if raw.label.ndim == 1 else int(raw.label.shape[1])
 
 
@@ -157,6 +155,36 @@ def _split(spec: DatasetSpec, raw: RawDataset, task: TaskKind) -> tuple[np.ndarr
     if "val" not in raw.split:
         return _carve_val(spec, raw.label, task, raw.split)
     return raw.split, "split array in the file"
+
+
+@dataclass(frozen=True)
+class Split:
+    """The row numbers (in the file) of each split, and how the split was made."""
+
+    rows: dict[str, np.ndarray]  # "train", "val", "test"
+    how: str
+
+
+def split_rows(spec: DatasetSpec, raw: RawDataset, task: TaskKind) -> Split:
+    """Train, val and test rows, as every run on ``spec`` splits ``raw``. Refuses a split that
+    cannot train or evaluate: val or test empty or with unlabelled rows, no labelled train row,
+    classification with fewer than 2 train classes, multilabel val or test without a positive."""
+    split, how = _split(spec, raw, task)
+    rows = {name: np.flatnonzero(split == name) for name in SPLIT_VALUES}
+    if len(rows["val"]) == 0 or len(rows["test"]) == 0:
+        raise DataError(raw.source, f"the {how} left val or test empty: too few labelled samples per class")
+    if raw.label is None:
+        return Split(rows, how)
+    for name in ("val", "test"):
+        if not is_labelled(raw.label[rows[name]]).all():
+            raise DataError(raw.source, f"every {name} sample needs a label; unlabelled ones belong in train")
+        if task == "multilabel" and not (raw.label[rows[name]] == 1).any():
+            raise DataError(raw.source, f"array 'label': the {name} samples have no positive label ({how})")
+    if task != "retrieval" and not is_labelled(raw.label[rows["train"]]).any():
+        raise DataError(raw.source, f"array 'label': no train sample has a label ({how})")
+    if task == "classification":
+        require_two_classes(raw.source, raw.label, rows["train"], f"train samples ({how})")
+    return Split(rows, how)
 
 
 def prepare(
@@ -170,14 +198,8 @@ def prepare(
     """Load through ``read`` (within ``max_bytes`` and ``max_classes``), split, mask labels to
     ``label_fraction``, normalise."""
     raw = load_raw(spec, task, max_bytes=max_bytes, max_classes=max_classes, read=read)
-    split, how = _split(spec, raw, task)
-    train, val, test = (np.flatnonzero(split == name) for name in ("train", "val", "test"))
-    if len(val) == 0 or len(test) == 0:
-        raise DataError(raw.source, f"the {how} left val or test empty: too few labelled samples per class")
-    if raw.label is not None:
-        for name, rows in (("val", val), ("test", test)):
-            if not is_labelled(raw.label[rows]).all():
-                raise DataError(raw.source, f"every {name} sample needs a label; unlabelled ones belong in train")
+    split = split_rows(spec, raw, task)
+    train, val, test = (split.rows[name] for name in SPLIT_VALUES)
     label = raw.label
     if label is not None:
         kept = _label_subset(spec, label, task, train)
@@ -194,7 +216,7 @@ def prepare(
     info: dict[str, object] = {
         "source": raw.source,
         "sha256": raw.sha256,
-        "split": how,
+        "split": split.how,
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
         "train_labelled": n_labelled,
     }

@@ -10,14 +10,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from core.data.arrays import (
-    MAX_CLASSES,
-    SPLIT_VALUES,
-    CheckedArrays,
-    check_arrays,
-    read_npz,
-    refuse_oversize,
-)
+from core.data.arrays import MAX_CLASSES, read_npz, refuse_oversize
+from core.data.checks import SPLIT_VALUES, CheckedArrays, check_arrays
 from core.data.prepare import is_labelled
 from core.errors import DataError
 from core.spec import MODALITY_NAME, RESERVED_KEYS, TaskKind

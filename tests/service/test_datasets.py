@@ -134,7 +134,7 @@ def _compressed_bomb() -> bytes:
         (_with(alicevision=np.zeros(40)), "modality 'alicevision' must be 2-D (N, F) or 3-D (N, C, L)"),
         (_with(alicevision=np.array([{"x": 1}] * 40, dtype=object)), "without pickled objects"),
         (_with(label=np.arange(39)), "array 'label' has 39 samples, the modalities have 40"),
-        (_with(label=np.array(5)), "array 'label' has 0 samples"),
+        (_with(label=np.array(5)), "array 'label' is 0-d; expected one value per sample"),
         (_with(label=np.arange(40) + 20_000), "array 'label' has class id 20039; the limit is 10000 classes"),
         (_with(label=np.full(40, -1)), "array 'label' has no labelled sample"),
         (_with(split=np.array(["train"] * 40)), "array 'split' names no test sample"),
