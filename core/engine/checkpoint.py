@@ -99,6 +99,11 @@ class LocalCheckpointStore:
             (self.folder / f"step-{old}.pt").unlink(missing_ok=True)
         return str(path)
 
+    def latest_step(self) -> int | None:
+        """The step of the newest checkpoint, or None; nothing is read."""
+        steps = self._steps()
+        return steps[-1] if steps else None
+
     def load_latest(self) -> tuple[int, bytes] | None:
         """The newest checkpoint, or None."""
         steps = self._steps()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, Any, Self
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -59,8 +60,19 @@ class MetricsFileTracker:
 
     def on_finish(self, *, summary: Mapping[str, Any]) -> None:
         """Close the file."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the file if open; a run that failed keeps the points it wrote."""
         if self._file is not None:
             self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     def flush(self) -> None:
         """Write what is buffered."""
@@ -123,7 +135,17 @@ class RichProgressTracker:
 
     def on_finish(self, *, summary: Mapping[str, Any]) -> None:
         """Close the bar."""
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live bar (idempotent), so an error line after a failed run is not drawn over."""
         self.progress.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 class FanOutTracker:
