@@ -3,6 +3,7 @@ torch loads inside them only."""
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,7 +15,9 @@ from rich.table import Table
 from cli.common import fail
 
 if TYPE_CHECKING:
+    from cli.run_folder import RunFolder
     from core.data.arrays import DataReader
+    from core.data.prepare import PreparedData
     from core.spec import JobSpec
 
 console = Console()
@@ -23,16 +26,25 @@ console = Console()
 def _load_spec(path: Path) -> JobSpec:
     from pydantic import ValidationError
 
+    from core.errors import SpecError
     from core.spec import describe_validation_error, load_spec
 
     try:
         return load_spec(path)
+    except SpecError as exc:  # its message starts with the path
+        fail(_one_line(str(exc)))
     except FileNotFoundError:
         fail(f"{path}: no such file")
     except ValidationError as exc:
         fail(f"{path}: invalid spec: " + "; ".join(describe_validation_error(exc)))
-    except (ValueError, OSError) as exc:  # YAML syntax errors are ValueErrors
-        fail(f"{path}: {exc}")
+    except (ValueError, OSError) as exc:  # some name the path already: print it once
+        message = _one_line(str(exc))
+        fail(message if message.startswith(f"{path}: ") else f"{path}: {message}")
+
+
+def _one_line(message: str) -> str:
+    """``message`` with its line breaks folded, so an error stays one line."""
+    return " ".join(message.split())
 
 
 def result_table(summary: dict[str, Any]) -> Table:
@@ -63,55 +75,112 @@ def _reader() -> DataReader:
 
 def train_command(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Job spec (YAML or JSON).")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints, metrics, export.")],
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create (it trains in OUT.partial).")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the unfinished run in OUT.partial from its newest checkpoint.")
+    ] = False,
 ) -> None:
-    """Train locally; writes summary.json, metrics.jsonl, checkpoints/ and student/ under --out."""
+    """Train locally; --out gets summary.json, metrics.jsonl, checkpoints/ and student/ when the run
+    finishes, and nothing before (the run trains in OUT.partial and is renamed at the end)."""
     spec = _load_spec(spec_path)
+    from cli.run_folder import RunFolder
+
+    folder = RunFolder.at(out)
+    step = folder.check_resume() if resume else None
+    if step is None:
+        folder.check_fresh()
+    data = _prepare(spec)
+    if step is None:
+        folder.create()
+    else:
+        console.print(f"resuming {folder.work} from the checkpoint at step {step}")
+    summary = _train_in(folder, spec, data)
+    folder.finish()
+    console.print(result_table(summary))
+    console.print(f"student exported to {folder.final / 'student'}")
+
+
+def _prepare(spec: JobSpec) -> PreparedData:
+    """The spec's data, read and checked before any folder is made."""
     from core.data import prepare
-    from core.engine.checkpoint import LocalCheckpointStore
+    from core.errors import MmkdError
+
+    try:
+        return prepare(spec.dataset, spec.task, read=_reader())
+    except MmkdError as exc:
+        fail(_one_line(str(exc)))
+
+
+def _train_in(folder: RunFolder, spec: JobSpec, data: PreparedData) -> dict[str, Any]:
+    """Train in ``folder.work``; on any failure keep it only if a checkpoint makes it resumable."""
     from core.engine.evaluation import PRIMARY_METRIC
     from core.engine.tracking_local import FanOutTracker, MetricsFileTracker, RichProgressTracker
     from core.engine.trainer import train
     from core.errors import MmkdError
 
-    store = LocalCheckpointStore(out / "checkpoints", keep_last=spec.checkpoint.keep_last)
-    if not resume and (store.load_latest() is not None or (out / "summary.json").exists()):
-        fail(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    # metrics.jsonl is the run's metric record (core.metrics); a resume keeps it up to its checkpoint.
-    tracker = FanOutTracker(MetricsFileTracker(out / "metrics.jsonl"), RichProgressTracker(PRIMARY_METRIC[spec.task]))
+    store = folder.checkpoints(spec.checkpoint.keep_last)
     try:
-        data = prepare(spec.dataset, spec.task, read=_reader())
-        summary = train(spec, workdir=out, tracker=tracker, checkpoints=store, data=data)
-    except MmkdError as exc:
-        fail(str(exc))
-    except RuntimeError as exc:
-        fail(f"training failed: {exc}")
-    console.print(result_table(summary))
-    console.print(f"student exported to {out / 'student'}")
+        # metrics.jsonl is the run's metric record (core.metrics); a resume keeps it up to its checkpoint.
+        with (
+            MetricsFileTracker(folder.work / "metrics.jsonl") as record,
+            RichProgressTracker(PRIMARY_METRIC[spec.task]) as bar,
+        ):
+            return train(spec, workdir=folder.work, tracker=FanOutTracker(record, bar), checkpoints=store, data=data)
+    except (MmkdError, RuntimeError, ValueError, OSError, KeyboardInterrupt) as exc:
+        if isinstance(exc, MmkdError):
+            reason = _one_line(str(exc))
+        elif isinstance(exc, KeyboardInterrupt):
+            reason = "interrupted"
+        else:
+            reason = "training failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        kept = folder.abandon()
+        fail(reason if kept is None else f"{reason}; {kept}")
+    except BaseException:
+        folder.abandon()
+        raise
+
+
+def _check_output_file(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before any model is loaded."""
+    if out.is_dir():
+        fail(f"{out}: is a folder; --out names the file to write")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"{out}: cannot be written: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"{out}: cannot be written: no permission to write in {parent}")
 
 
 def predict_command(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="An exported student folder.")],
     data: Annotated[Path, typer.Argument(metavar="DATA.npz", help="Primary modalities, one array each.")],
-    out: Annotated[Path, typer.Option("--out", help="Where to write prediction (and scores).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="The file to write: an .npz archive of prediction (and scores), at this path.")
+    ],
 ) -> None:
-    """Predict with an exported student from primary modalities only."""
-    if not (model_dir / "model.json").is_file():
-        fail(f"{model_dir}: not an exported student (no model.json)")
-    if not data.is_file():
-        fail(f"{data}: no such file")
+    """Predict with an exported student from primary modalities only; --out is written whole or not at all."""
+    _check_output_file(out)
+    import io
+
     import numpy as np
 
+    from core.engine.checkpoint import atomic_write
     from core.engine.export import predict_file
     from core.errors import MmkdError
+    from settings import get_common_settings
 
     try:
-        result = predict_file(model_dir, data)
+        result = predict_file(model_dir, data, max_bytes=get_common_settings().max_dataset_bytes)
     except MmkdError as exc:
-        fail(str(exc))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **result)  # type: ignore[arg-type]
+        fail(_one_line(str(exc)))
+    archive = io.BytesIO()  # to a buffer: np.savez would add .npz to a path without it
+    np.savez(archive, **result)  # type: ignore[arg-type]
+    try:
+        atomic_write(out, archive.getvalue())
+    except OSError as exc:
+        fail(f"{out}: cannot be written ({exc.strerror})")
     console.print(f"{len(result['prediction'])} predictions written to {out}")
 
 

@@ -48,13 +48,14 @@ def test_train_then_predict_from_primary_modalities_only(tmp_path: Path) -> None
     assert predictions["prediction"].shape == (5,) and predictions["scores"].shape == (5, 4)
     assert set(predictions["class_name"]) <= {"Standing", "Running", "Walking", "Badminton"}
 
-    # A second train into the same folder is refused; --resume finds the run complete and finishes it again.
+    # A finished run is never touched again: a second train and a --resume into it are both refused.
     again = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out))
-    assert again.returncode == 1 and "pass --resume" in again.stderr
+    assert again.returncode == 1 and f"{out} already exists" in again.stderr
     resumed = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 4
-    assert from_jsonl((out / "metrics.jsonl").read_text()) == points  # the record holds each step once
+    assert resumed.returncode == 1 and "there is nothing to resume" in resumed.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert from_jsonl((out / "metrics.jsonl").read_text()) == points
+    assert not out.with_name("run.partial").exists()
 
 
 def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path) -> None:
