@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from cli.common import fail
 
 log = logging.getLogger("mmkd")
 STOP_GRACE_SECONDS = 10.0
@@ -82,13 +86,22 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a child in its own session (own process group) so signals reach it only through us.
+def spawn(
+    command: list[str], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (own process group) so signals reach it only through us;
+    ``pass_fds`` are inherited by the child under the same numbers.
 
     Call it from the main thread before starting other threads (``preexec_fn`` runs after fork).
     """
     on_linux = sys.platform == "linux"
-    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent if on_linux else None)
+    return subprocess.Popen(
+        command,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if on_linux else None,
+        pass_fds=pass_fds,
+    )
 
 
 def stop_children(children: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_SECONDS) -> None:
@@ -153,25 +166,41 @@ def embedded_environment(home: Path, host: str) -> dict[str, str]:
     return {**env, **{k: v for k, v in os.environ.items() if k.startswith("MMKD_") and k != "MMKD_HOST"}}
 
 
-def api_command(host: str, port: int) -> list[str]:
-    """uvicorn serving the API factory."""
-    server = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory"]
-    return [*server, "--host", host, "--port", str(port), "--log-level", "warning"]
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """Bind ``host:port`` here, before anything starts: a busy port is one error line, and the API
+    that answers there later can only be the child this socket is handed to."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is in use (another mmkd up or server?); choose another with --port")
+        fail(f"cannot listen on {host} port {port}: {exc.strerror or exc}")
+    return sock
+
+
+def api_command(fd: int) -> list[str]:
+    """uvicorn serving the API factory on the bound socket ``fd`` (inherited by the child)."""
+    return [sys.executable, "-m", "cli.serve_socket", str(fd)]
 
 
 def wait_until_up(url: str, children: Sequence[subprocess.Popen[bytes]] = (), timeout: float = 60.0) -> None:
-    """Poll ``{url}/healthz`` until it answers 200; fail early if one of ``children`` exits."""
+    """Poll ``{url}/healthz`` until it answers 200 while every one of ``children`` still runs;
+    fail as soon as one of them exits (an answer then would come from someone else)."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        try:
+            answered = httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            answered = False
         if any(child.poll() is not None for child in children):
             raise RuntimeError("a child process exited during start-up")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+        if answered:
+            return
         time.sleep(0.3)
     raise TimeoutError(f"the API did not answer at {url} within {timeout}s")
 
@@ -182,6 +211,7 @@ def up_command(
     home: Annotated[Path, typer.Option(envvar="MMKD_HOME", help="Database, broker and artifacts.")] = DEFAULT_HOME,
 ) -> None:
     """Start the embedded stack (API, one worker, reaper) until Ctrl-C."""
+    api_socket = bind_api_socket(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -191,7 +221,9 @@ def up_command(
 
     settings = get_settings()
     upgrade(settings.resolved_database_url)
-    children = [spawn(api_command(host, port)), spawn(celery_worker_command("gpu", 1, "warning"))]
+    with api_socket:  # the API child holds its own copy; this process keeps none
+        api = spawn(api_command(api_socket.fileno()), pass_fds=[api_socket.fileno()])
+    children = [api, spawn(celery_worker_command("gpu", 1, "warning"))]
     stop = threading.Event()
     url = f"http://{host}:{port}"
     try:
