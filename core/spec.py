@@ -1,49 +1,90 @@
 """The job spec: what a user asks mmkd to train. Pure pydantic, no torch.
 
 The service validates specs with these models at submit time, so a bad spec is a 422 naming the
-field, not a failure an hour later on a GPU. Every model forbids unknown fields. Methods are a
-discriminated union on ``method.name``: a spec may only name registry keys, never code.
+field, not a failure an hour later on a GPU. Every model forbids unknown fields and is strict:
+``epochs: true``, ``epochs: "3"`` and ``epochs: 3.0`` are errors, not 1 or 3 epochs (a float field
+takes an integer). Methods are a discriminated union on ``method.name``: a spec may only name
+registry keys, never code.
+
+Files and text become specs through :func:`load_spec` and :func:`parse_spec_text` only; every
+problem, from a missing file to a failed field, is one :class:`~core.errors.SpecError`. The
+cross-field rules are written into the JSON schema (served in ``/openapi.json``) where JSON Schema
+can say them, and into the field descriptions where it cannot.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from core.errors import SpecError
+from core.spec_schema import add_job_rules, builtin_name, dataset_rules
+from core.spec_yaml import parse_spec_mapping, read_spec_file
 
 TaskKind = Literal["classification", "multilabel", "regression", "retrieval"]
 MODALITY_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 RESERVED_KEYS = frozenset({"label", "split", "class_names"})
+BUILTIN_DATASETS: dict[str, tuple[str, ...]] = {
+    "mfeat": ("fou", "fac", "kar", "pix", "zer", "mor"),
+    "basic_motions": ("accelerometer", "gyroscope"),
+}
+ModalityName = Annotated[str, Field(pattern=MODALITY_NAME, json_schema_extra={"not": {"enum": sorted(RESERVED_KEYS)}})]
 
 
 class StrictModel(BaseModel):
-    """Base for every spec model: unknown fields are an error, values are immutable."""
+    """Base for every spec model: unknown fields are an error, types are strict, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        """Infinity and NaN are refused everywhere: JSON and jsonb cannot hold them, and no knob means them."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "must be a finite number")
+        return value
 
 
 class DatasetSpec(StrictModel):
-    """Where the data comes from and which modalities the student may use."""
+    """Where the data comes from and which modalities the student may use.
+    Exactly one of id, name and uri is given."""
 
-    name: str | None = Field(default=None, description="A built-in dataset: mfeat or basic_motions.")
+    model_config = ConfigDict(json_schema_extra=dataset_rules(BUILTIN_DATASETS))
+
+    name: str | None = Field(
+        default=None,
+        json_schema_extra=builtin_name(BUILTIN_DATASETS),
+        description="A built-in dataset: mfeat or basic_motions (classification; primary and auxiliary "
+        "name its modalities).",
+    )
     uri: str | None = Field(
         default=None,
         max_length=2048,
         description="A generic .npz: local path or s3://bucket/key (on a server: only under its allowed prefixes).",
     )
     id: int | None = Field(default=None, ge=1, le=2**31 - 1, description="An uploaded dataset (POST /v1/datasets).")
-    primary: list[Annotated[str, Field(pattern=MODALITY_NAME)]] = Field(
-        min_length=1, description="Modalities present at training and inference (the student's input)."
+    primary: list[ModalityName] = Field(
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="Modalities present at training and inference (the student's input); none of them "
+        "also in auxiliary.",
     )
-    auxiliary: list[Annotated[str, Field(pattern=MODALITY_NAME)]] = Field(
-        min_length=1, description="Modalities present at training only."
+    auxiliary: list[ModalityName] = Field(
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="Modalities present at training only; none of them also in primary.",
     )
     retrieval_target: Annotated[str, Field(pattern=MODALITY_NAME)] | None = Field(
-        default=None, description="retrieval only: the modality each network retrieves (e.g. text)."
+        default=None,
+        description="Required for task retrieval and only for it: the modality each network retrieves "
+        "(e.g. text); not one of primary or auxiliary.",
     )
     label_fraction: float = Field(
         default=1.0, gt=0.0, le=1.0, description="Keep labels for this stratified fraction of train."
@@ -51,8 +92,12 @@ class DatasetSpec(StrictModel):
     keep_unlabelled: bool = Field(
         default=True, description="Keep train samples without a label for the label-free loss terms."
     )
-    val_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    val_fraction: float = Field(
+        default=0.2, gt=0.0, lt=0.5, description="val_fraction + test_fraction must stay below 0.8."
+    )
+    test_fraction: float = Field(
+        default=0.2, gt=0.0, lt=0.5, description="val_fraction + test_fraction must stay below 0.8."
+    )
     split_seed: int = Field(default=0, ge=0, description="Seed of the split when the file has none.")
     val_from_train_fraction: float = Field(
         default=0.1,
@@ -92,12 +137,6 @@ class DatasetSpec(StrictModel):
             if unknown:
                 raise ValueError(f"dataset {self.name!r} has no modality {unknown}; it has {list(known)}")
         return self
-
-
-BUILTIN_DATASETS: dict[str, tuple[str, ...]] = {
-    "mfeat": ("fou", "fac", "kar", "pix", "zer", "mor"),
-    "basic_motions": ("accelerometer", "gyroscope"),
-}
 
 
 class ModelSpec(StrictModel):
@@ -152,6 +191,14 @@ class _Contrastive(StrictModel):
     temperature: float = Field(default=0.1, gt=0.0, le=10.0, description="InfoNCE temperature tau.")
     proj_dim: int = Field(default=64, ge=2, le=4096, description="Projection dimension k.")
     proj_layers: Literal[1, 2] = Field(default=2, description="Linear (1) or 2-layer MLP (2) heads.")
+
+    @field_validator("proj_layers", mode="before")
+    @classmethod
+    def _an_int(cls, value: Any) -> Any:
+        """A Literal takes ``True`` and ``1.0`` for 1 even in strict mode; a spec may not."""
+        if type(value) is not int:
+            raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return value
 
 
 class CRD(_FrozenTeacher, _Contrastive):
@@ -255,11 +302,22 @@ class ResourcesSpec(StrictModel):
 
 
 class JobSpec(StrictModel):
-    """A complete distillation job."""
+    """A complete distillation job.
+
+    Cross-field rules: dataset.retrieval_target is required for task retrieval and only for it;
+    retrieval takes no logit KD (method logit_kd, or method.kd_weight > 0); a built-in dataset is a
+    classification task and names its own modalities; dataset.primary and dataset.auxiliary are
+    disjoint and do not hold dataset.retrieval_target; dataset.val_fraction + dataset.test_fraction
+    < 0.8. The schema states the first three; the validator checks all of them."""
+
+    model_config = ConfigDict(json_schema_extra=add_job_rules)
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     dataset: DatasetSpec
-    task: TaskKind = "classification"
+    task: TaskKind = Field(
+        default="classification",
+        description="retrieval needs dataset.retrieval_target and no logit KD; a built-in dataset is classification.",
+    )
     model: ModelSpec = ModelSpec()
     method: MethodSpec
     train: TrainSpec = TrainSpec()
@@ -283,18 +341,40 @@ class JobSpec(StrictModel):
 
 
 def describe_validation_error(error: ValidationError) -> list[str]:
-    """One line per problem: the dotted field path, then what was wrong."""
+    """One line per problem: the dotted field path, then what was wrong. A field name that is not a
+    plain word (a key the user typed, say with a newline) is quoted and escaped, and cut short."""
     lines = []
     for item in error.errors(include_url=False):
-        path = ".".join(str(part) for part in item["loc"]) or "(spec)"
-        lines.append(f"{path}: {item['msg']}")
+        path = ".".join(_path_part(part) for part in item["loc"]) or "(spec)"
+        lines.append(f"{path}: {' '.join(item['msg'].split())}")
     return lines
 
 
+def _path_part(part: str | int) -> str:
+    text = str(part)
+    if _PLAIN_KEY.fullmatch(text):
+        return text
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+MAX_REPORTED_PROBLEMS = 10
+
+
+def parse_spec_text(text: str, source: str) -> JobSpec:
+    """Parse and validate a spec's YAML or JSON text; every problem is a one-line SpecError naming ``source``."""
+    data = parse_spec_mapping(text, source)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)
+        if len(problems) > MAX_REPORTED_PROBLEMS:
+            more = len(problems) - MAX_REPORTED_PROBLEMS
+            problems = [*problems[:MAX_REPORTED_PROBLEMS], f"and {more} more"]
+        raise SpecError(source, "invalid spec: " + "; ".join(problems)) from None
+
+
 def load_spec(path: str | Path) -> JobSpec:
-    """Read a spec from a YAML or JSON file (JSON is YAML) and validate it."""
-    text = Path(path).read_text()
-    data: Any = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a job spec must be a mapping, got {type(data).__name__}")
-    return JobSpec.model_validate(data)
+    """Read a spec from a YAML or JSON file (JSON is YAML) and validate it; any problem is a SpecError."""
+    return parse_spec_text(read_spec_file(path), str(path))

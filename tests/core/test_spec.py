@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from core.errors import SpecError
 from core.spec import METHOD_NAMES, JobSpec, describe_validation_error, load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -116,5 +117,5 @@ def test_multi_gpu_jobs_are_refused_until_ddp_exists() -> None:
 
 def test_non_mapping_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
-    with pytest.raises(ValueError, match="must be a mapping"):
+    with pytest.raises(SpecError, match="list.yaml: a job spec must be a mapping, got a list"):
         load_spec(tmp_path / "list.yaml")

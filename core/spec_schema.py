@@ -1,0 +1,75 @@
+"""The job spec's cross-field rules as JSON Schema, for ``/openapi.json`` and what is generated from it.
+
+The validators in :mod:`core.spec` check every rule; these fragments state the ones JSON Schema can
+(OpenAPI 3.1 schemas are JSON Schema 2020-12: ``if``/``then``/``else``, ``oneOf``, ``not``,
+``const``), so a generated client or a schema-driven fuzzer knows them too. What JSON Schema cannot
+say (two lists disjoint, a bound on the sum of two fields) is in the field descriptions instead.
+Each call builds fresh dicts: a schema consumer that edits its copy cannot change the next one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+JsonSchema = dict[str, Any]
+
+
+def _given(field: str, json_type: str) -> JsonSchema:
+    """``field`` is present and not null."""
+    return {"required": [field], "properties": {field: {"type": json_type}}}
+
+
+def dataset_rules(builtins: Mapping[str, Sequence[str]]) -> Callable[[JsonSchema], None]:
+    """DatasetSpec's rules: exactly one of id, name, uri; a built-in names its own modalities."""
+
+    def add(schema: JsonSchema) -> None:
+        sources = {"id": "integer", "name": "string", "uri": "string"}
+        # "Exactly one" with ``not`` rather than ``oneOf``: a generator reads a ``oneOf`` as a union of
+        # three partial models, and the spec's dataset would lose its type in a generated client.
+        none_given = {"not": {"properties": {field: {"type": "null"} for field in sources}}}
+        two_given = [
+            {"not": {"required": [a, b], "properties": {a: {"type": sources[a]}, b: {"type": sources[b]}}}}
+            for a, b in itertools.combinations(sources, 2)
+        ]
+        names_its_modalities = [
+            {
+                "if": {"required": ["name"], "properties": {"name": {"const": name}}},
+                "then": {
+                    "properties": {field: {"items": {"enum": list(modalities)}} for field in ("primary", "auxiliary")}
+                },
+            }
+            for name, modalities in builtins.items()
+        ]
+        schema["allOf"] = [none_given, *two_given, *names_its_modalities]
+
+    return add
+
+
+def builtin_name(builtins: Mapping[str, Sequence[str]]) -> Callable[[JsonSchema], None]:
+    """``dataset.name``'s schema: null or the name of a built-in dataset."""
+
+    def narrow(schema: JsonSchema) -> None:
+        for option in schema["anyOf"]:
+            if option.get("type") == "string":
+                option["enum"] = list(builtins)
+
+    return narrow
+
+
+def add_job_rules(schema: JsonSchema) -> None:
+    """JobSpec's rules: retrieval_target exactly for retrieval, no logit KD there; built-ins classify."""
+    retrieval = {"required": ["task"], "properties": {"task": {"const": "retrieval"}}}
+    no_logit_kd = {"properties": {"name": {"not": {"const": "logit_kd"}}, "kd_weight": {"maximum": 0}}}
+    schema["allOf"] = [
+        {
+            "if": retrieval,
+            "then": {"properties": {"dataset": _given("retrieval_target", "string"), "method": no_logit_kd}},
+            "else": {"properties": {"dataset": {"properties": {"retrieval_target": {"type": "null"}}}}},
+        },
+        {
+            "if": {"required": ["dataset"], "properties": {"dataset": _given("name", "string")}},
+            "then": {"properties": {"task": {"const": "classification"}}},
+        },
+    ]

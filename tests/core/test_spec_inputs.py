@@ -1,0 +1,315 @@
+"""Every way a spec file can be wrong: ``load_spec`` and ``parse_spec_text`` raise one one-line
+SpecError naming the file, and nothing else; strict types; hashes of valid specs unchanged; the
+cross-field rules in the JSON schema."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from openapi_spec_validator import validate as validate_openapi
+
+from core.errors import SpecError
+from core.spec import METHOD_NAMES, JobSpec, load_spec, parse_spec_text
+from core.spec_yaml import MAX_SPEC_BYTES
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = "name: t\ndataset: {name: mfeat, primary: [fou], auxiliary: [fac]}\nmethod: {name: paper}\n"
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+)
+
+
+def spec_error(path: Path, content: str | bytes) -> str:
+    """Write ``content`` to ``path``, load it, and return the SpecError's message (checked to be one line)."""
+    if isinstance(content, str):
+        content = content.encode()
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and message.count(str(path)) == 1, message
+    assert len(message.splitlines()) == 1, message
+    return message.removeprefix(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "is empty"),
+        ("  \n\n", "is empty"),
+        ("# only a comment\n", "is empty (comments only)"),
+        (b"name: caf\xe9\n", "is not UTF-8 text: byte 0xe9 on line 1"),
+        ("name: t\ndataset: {name: mfeat\n  x: [\n", "YAML syntax error at line 3, column 4: "),
+        ("name: t\n\tmethod: 1\n", "YAML syntax error at line 2, column 1: "),
+        ("a: \x00\n", "character U+0000 at line 1, column 4 is not allowed in YAML"),
+        ("- a\n- b\n", "a job spec must be a mapping, got a list"),
+        ("just text\n", "a job spec must be a mapping, got a string"),
+        ("---\n", "a job spec must be a mapping, got null"),
+        (GOOD + "---\n" + GOOD, "holds a second YAML document at line 4, column 1; a spec is one document"),
+        (GOOD + "name: u\n", "duplicate key 'name' at line 4, column 1 (first at line 1)"),
+        (GOOD + "train:\n  epochs: 3\n  lr: 0.1\n  epochs: 4\n", "duplicate key 'epochs' at line 7, column 3"),
+        (GOOD + "train: {seed: 1, seed: 1}\n", "duplicate key 'seed' at line 4, column 18"),
+        (GOOD + "1: one\n", "mapping key at line 4, column 1 must be a string, got an integer"),
+        (GOOD + "? [a]\n: 1\n", "must be a string, got a list"),
+        (GOOD + "x: !!binary aGk=\n", "tag !!binary at line 4, column 4 is not allowed: a spec holds only"),
+        (GOOD + "x: !!timestamp 2024-01-01\n", "tag !!timestamp at line 4, column 4 is not allowed"),
+        (GOOD + "x: !!set {a: null}\n", "tag !!set at line 4, column 4 is not allowed"),
+        (GOOD + "x: !include other.yaml\n", "tag !include at line 4, column 4 is not allowed"),
+        (GOOD + "train: {amp: !!bool maybe}\n", "'maybe' at line 4, column 14 is not a valid !!bool"),
+        (GOOD + "train: {epochs: " + "9" * 5000 + "}\n", "at line 4, column 17 is not a valid !!int"),
+        (GOOD + "train: {weight_decay: .inf}\n", "'.inf' at line 4, column 23 is not a finite number"),
+        (GOOD + "train: {lr: .nan}\n", "'.nan' at line 4, column 13 is not a finite number"),
+        (GOOD + "train: {lr: 1e999}\n", "'1e999' at line 4, column 13 is not a finite number"),
+        ("a: " + "[" * 40 + "]" * 40 + "\n", "nests deeper than 32 levels at line 1, column 35"),
+        (BILLION_LAUGHS, "YAML alias *a at line 2, column 8: aliases are not allowed in a spec"),
+        (GOOD + "train: &t {epochs: 2}\ncheckpoint: *t\n", "YAML alias *t at line 5, column 13"),
+        (GOOD + "<<: {name: u}\n", "invalid spec: '<<': Extra inputs are not permitted"),
+        (GOOD + "train: {epochs: true}\n", "invalid spec: train.epochs: Input should be a valid integer"),
+    ],
+)
+def test_a_broken_file_is_one_line_naming_it(tmp_path: Path, content: str | bytes, expected: str) -> None:
+    assert expected in spec_error(tmp_path / "spec.yaml", content)
+
+
+def test_python_tags_are_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    content = GOOD + f"train: {{seed: !!python/object/apply:os.system ['touch {marker}']}}\n"
+    message = spec_error(tmp_path / "spec.yaml", content)
+    assert message.startswith("tag !!python/object/apply:os.system at line 4, column 15 is not allowed")
+    assert not marker.exists()
+
+
+def test_a_billion_laughs_is_refused_at_once(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    spec_error(tmp_path / "spec.yaml", BILLION_LAUGHS)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_the_size_cap_is_one_mebibyte(tmp_path: Path) -> None:
+    padding = "#" * 1023 + "\n"
+    at_cap = GOOD + padding * ((MAX_SPEC_BYTES - len(GOOD)) // 1024)
+    at_cap += "#" * (MAX_SPEC_BYTES - len(at_cap) - 1) + "\n"
+    (tmp_path / "big.yaml").write_text(at_cap)
+    assert len(at_cap) == MAX_SPEC_BYTES and load_spec(tmp_path / "big.yaml").name == "t"
+    assert spec_error(tmp_path / "spec.yaml", at_cap + "\n") == "is larger than 1024 KiB; a job spec is a few lines"
+    with pytest.raises(SpecError, match="^<text>: is larger than 1024 KiB"):
+        parse_spec_text(at_cap + "\n", "<text>")
+
+
+def test_files_that_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = {tmp_path / "missing.yaml": "no such file", tmp_path: "is a directory, not a spec file"}
+    os.mkfifo(tmp_path / "pipe.yaml")  # refused without waiting for a writer
+    cases[tmp_path / "pipe.yaml"] = "is not a regular file"
+    cases[tmp_path / "missing" / "spec.yaml"] = "no such file"
+    (tmp_path / "file").write_text("")
+    cases[tmp_path / "file" / "spec.yaml"] = "cannot be read: Not a directory"
+    for path, expected in cases.items():
+        with pytest.raises(SpecError) as caught:
+            load_spec(path)
+        assert str(caught.value) == f"{path}: {expected}"
+
+    def denied(*args: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("core.spec_yaml.os.open", denied)  # root reads any file: simulate a user's chmod 000
+    with pytest.raises(SpecError, match="secret.yaml: cannot be read: permission denied$"):
+        load_spec(tmp_path / "secret.yaml")
+
+
+def test_byte_order_mark_dates_and_json_are_fine(tmp_path: Path) -> None:
+    (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_spec(tmp_path / "bom.yaml") == parse_spec_text(GOOD, "x")
+    assert parse_spec_text(GOOD.replace("name: t", "name: 2024-01-01"), "x").name == "2024-01-01"  # text, not a date
+    data = {
+        "name": "t",
+        "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["fac"]},
+        "method": {"name": "paper"},
+    }
+    assert parse_spec_text(json.dumps(data, indent=2), "s.json") == parse_spec_text(GOOD, "s.yaml")
+
+
+def test_many_problems_are_cut_to_ten_and_odd_keys_are_escaped() -> None:
+    text = GOOD + "".join(f"k{i}: 1\n" for i in range(25)) + '"a\\nb\\u2028c": 1\n'
+    with pytest.raises(SpecError) as caught:
+        parse_spec_text(text, "s.yaml")
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and message.count("Extra inputs") == 10 and message.endswith("and 16 more")
+    with pytest.raises(SpecError, match=r"^s.yaml: invalid spec: 'a\\nb\\u2028c': Extra inputs are not permitted$"):
+        parse_spec_text(GOOD + '"a\\nb\\u2028c": 1\n', "s.yaml")
+
+
+@pytest.mark.parametrize(
+    ("fragment", "field"),
+    [
+        ("train: {epochs: true}", "train.epochs"),
+        ("train: {epochs: '3'}", "train.epochs"),
+        ("train: {epochs: 3.0}", "train.epochs"),
+        ("train: {seed: 1.5}", "train.seed"),
+        ("train: {amp: 1}", "train.amp"),
+        ("train: {amp: 'true'}", "train.amp"),
+        ("train: {lr: '0.1'}", "train.lr"),
+        ("train: {lr: false}", "train.lr"),
+        ("model: {hidden_dim: 64.0}", "model.hidden_dim"),
+        ("method: {name: paper, proj_layers: true}", "method.paper.proj_layers"),
+        ("method: {name: paper, proj_layers: 1.0}", "method.paper.proj_layers"),
+        ("checkpoint: {every_epochs: '2'}", "checkpoint.every_epochs"),
+        ("resources: {gpus: false}", "resources.gpus"),
+    ],
+)
+def test_types_are_strict(fragment: str, field: str) -> None:
+    text = GOOD.replace("method: {name: paper}\n", "" if fragment.startswith("method") else "method: {name: paper}\n")
+    with pytest.raises(SpecError, match=f"^s.yaml: invalid spec: {field}: Input should be a valid "):
+        parse_spec_text(text + fragment + "\n", "s.yaml")
+
+
+def test_a_float_field_takes_an_integer_and_hashes_as_the_float() -> None:
+    as_int = parse_spec_text(GOOD + "train: {lr: 1, weight_decay: 0}\n", "s.yaml")
+    as_float = parse_spec_text(GOOD + "train: {lr: 1.0, weight_decay: 0.0}\n", "s.yaml")
+    assert as_int.train.lr == 1.0 and isinstance(as_int.train.lr, float)
+    assert as_int.spec_hash() == as_float.spec_hash()
+
+
+def test_exponent_floats_are_numbers_as_in_json() -> None:
+    """YAML 1.1 reads ``1e-3`` as text; a spec reads it as JSON and YAML 1.2 do."""
+    spec = parse_spec_text(GOOD + "train: {lr: 1e-3, weight_decay: 5E-4}\nmodel: {dropout: .5e-1}\n", "s.yaml")
+    assert (spec.train.lr, spec.train.weight_decay, spec.model.dropout) == (0.001, 0.0005, 0.05)
+    assert parse_spec_text(GOOD.replace("name: t", "name: '1e3'"), "s.yaml").name == "1e3"  # quoted: text
+
+
+def test_non_finite_numbers_from_json_are_refused_by_the_model() -> None:
+    """Python's json reads Infinity: the API's body reaches the model with it, and the model refuses it."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must be a finite number"):
+        JobSpec.model_validate(json.loads(json.dumps(_data(train={"weight_decay": float("inf")}))))
+
+
+def _data(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "t",
+        "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["fac"]},
+        "method": {"name": "paper"},
+    }
+    return {**data, **overrides}
+
+
+def _bench_accuracy() -> Any:
+    location = importlib.util.spec_from_file_location("bench_accuracy", ROOT / "bench" / "accuracy.py")
+    assert location and location.loader
+    module = importlib.util.module_from_spec(location)
+    location.loader.exec_module(module)
+    return module
+
+
+def test_hashes_of_existing_specs_are_unchanged() -> None:
+    """The bench caches runs by spec hash and the API's idempotency compares them: strictness changed neither."""
+    assert load_spec(ROOT / "examples" / "mfeat-paper.yaml").spec_hash() == (
+        "a829d2cf98ec70eb6d71c9a08be81db7015a63d95b247e5a4f089b9fc5d47443"
+    )
+    assert load_spec(ROOT / "examples" / "basic_motions-paper.yaml").spec_hash() == (
+        "9128e0f9ad989d44d044b7276523ff4d7f0366e70efa123d3c63dc6864512383"
+    )
+    bench = _bench_accuracy()
+    hashes = sorted(
+        JobSpec.model_validate(bench.make_spec(dataset, setting, row, trial, 3)).spec_hash()
+        for dataset in bench.DATASETS
+        for setting in bench.SETTINGS
+        for row in bench.GRIDS
+        for trial in range(4)
+    )
+    assert len(hashes) == 192
+    assert hashlib.sha256("".join(hashes).encode()).hexdigest() == (
+        "137518e245251db75a092854fb0474a2f11017da963f5af86b60bb0903c07a5c"
+    )
+
+
+# The cross-field rules in the JSON schema --------------------------------------------------------
+
+SCHEMA = JobSpec.model_json_schema()
+RETRIEVAL = {"uri": "/d.npz", "primary": ["video"], "auxiliary": ["flow"], "retrieval_target": "text"}
+UPLOADED = {"id": 3, "primary": ["a"], "auxiliary": ["b"]}
+VALID = {
+    "paper on mfeat": _data(),
+    "uploaded, regression": _data(dataset=UPLOADED, task="regression"),
+    "retrieval with its target": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "crd"}),
+    "explicit nulls": _data(dataset={**UPLOADED, "name": None, "uri": None, "retrieval_target": None}),
+    **{f"method {name}": _data(method={"name": name}) for name in METHOD_NAMES},
+}
+# Broken cross-field rules that JSON Schema can state: pydantic and the schema both refuse them.
+BROKEN = {
+    "no source": _data(dataset={"primary": ["a"], "auxiliary": ["b"]}),
+    "two sources": _data(dataset={**UPLOADED, "uri": "/d.npz"}),
+    "three sources": _data(dataset={**UPLOADED, "uri": "/d.npz", "name": "mfeat"}),
+    "unknown built-in": _data(dataset={"name": "cifar", "primary": ["a"], "auxiliary": ["b"]}),
+    "built-in without that modality": _data(dataset={"name": "mfeat", "primary": ["fourier"], "auxiliary": ["fac"]}),
+    "built-in as regression": _data(task="regression"),
+    "retrieval without target": _data(dataset={**RETRIEVAL, "retrieval_target": None}, task="retrieval"),
+    "target without retrieval": _data(dataset=RETRIEVAL, task="regression"),
+    "retrieval with logit_kd": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "logit_kd"}),
+    "retrieval with kd_weight": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "paper", "kd_weight": 1}),
+    "modality twice": _data(dataset={**UPLOADED, "primary": ["a", "a"]}),
+    "reserved key": _data(dataset={**UPLOADED, "auxiliary": ["label"]}),
+}
+# What JSON Schema cannot state: pydantic refuses, the descriptions say it.
+DESCRIBED_ONLY = {
+    "in both lists": (_data(dataset={**UPLOADED, "auxiliary": ["a"]}), "none of them also in primary"),
+    "target is a primary": (
+        _data(dataset={**RETRIEVAL, "retrieval_target": "video"}, task="retrieval"),
+        "not one of primary or auxiliary",
+    ),
+    "fractions": (_data(dataset={**UPLOADED, "val_fraction": 0.4, "test_fraction": 0.4}), "must stay below 0.8"),
+}
+
+
+def _schema_errors(data: dict[str, Any]) -> list[str]:
+    return [error.message for error in jsonschema.Draft202012Validator(SCHEMA).iter_errors(data)]
+
+
+def test_the_schema_is_valid_json_schema_and_openapi_3_1() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    components = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = {**components.pop("$defs"), "JobSpec": components}
+    body = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}}
+    operation = {"requestBody": body, "responses": {"200": {"description": "ok"}}}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "t", "version": "1"},
+        "paths": {"/jobs": {"post": operation}},
+        "components": {"schemas": schemas},
+    }
+    validate_openapi(document)
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_valid_specs_pass_pydantic_and_the_schema(name: str) -> None:
+    spec = JobSpec.model_validate(VALID[name])
+    assert _schema_errors(VALID[name]) == [] and _schema_errors(spec.model_dump(mode="json")) == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_pass_the_schema(path: Path) -> None:
+    assert _schema_errors(load_spec(path).model_dump(mode="json", exclude_unset=True)) == []
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_cross_field_rules_are_in_the_schema(name: str) -> None:
+    with pytest.raises(SpecError):
+        parse_spec_text(json.dumps(BROKEN[name]), "s.json")
+    assert _schema_errors(BROKEN[name]), f"the schema accepts {name!r}"
+
+
+@pytest.mark.parametrize("name", DESCRIBED_ONLY)
+def test_rules_json_schema_cannot_state_are_described(name: str) -> None:
+    data, description = DESCRIBED_ONLY[name]
+    with pytest.raises(SpecError):
+        parse_spec_text(json.dumps(data), "s.json")
+    assert description in json.dumps(SCHEMA["$defs"]["DatasetSpec"])
+    assert "disjoint" in SCHEMA["description"] and "< 0.8" in SCHEMA["description"]
