@@ -19,6 +19,7 @@ import anyio
 from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from jobs import keys as keys_service
@@ -31,6 +32,19 @@ from service.config import ApiSettings
 LOCAL_OWNER = "local"
 #: Ids and steps are 32-bit integer columns; larger path or query values are a 422, not a 500.
 MAX_ID = 2**31 - 1
+
+
+def _decimal_digits(value: object) -> object:
+    """Refuse what pydantic's lax int would read from a query string (``+5``, `` 5``, ``5.0``, ``٥``)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be decimal digits only (0-9)")
+    return value
+
+
+#: Put after ``Query(...)`` in an ``Annotated`` integer query parameter: decimal digits only.
+#: Integer path parameters get the same from the route's ``{name:int}`` convertor (anything else
+#: in that segment matches no route: 404).
+DIGITS_ONLY = BeforeValidator(_decimal_digits)
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mmkd keys create`.")
 
 

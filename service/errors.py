@@ -11,23 +11,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.errors import InvalidRequestError, LimitExceededError, ServiceError, UnauthorizedError
+from service.openapi import PROBLEM_JSON
 
 log = logging.getLogger(__name__)
-PROBLEM_JSON = "application/problem+json"
 #: What a 503 for an exhausted connection pool tells the client to wait before retrying.
 BUSY_RETRY_AFTER_SECONDS = 1
 
@@ -58,10 +57,18 @@ def problem(
 
 
 def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
-    """Pydantic error dicts as ``{"path", "message"}``, dropping the leading ``body`` location."""
+    """Pydantic error dicts as ``{"path", "message"}``, dropping the leading ``body`` location.
+
+    Malformed JSON is reported at ``(body)`` with the parser's reason and character position
+    (FastAPI puts the position where a field path belongs)."""
     out = []
     for item in errors:
         loc = [str(part) for part in item.get("loc", ())]
+        if item.get("type") == "json_invalid":
+            reason = (item.get("ctx") or {}).get("error", "")
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            out.append({"path": "(body)", "message": f"malformed JSON: {reason}{at}".rstrip(": ")})
+            continue
         if loc[:1] == ["body"]:
             loc = loc[1:]
         out.append({"path": ".".join(loc) or "(body)", "message": str(item.get("msg", ""))})
@@ -84,16 +91,37 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = field_errors(exc.errors())
+def _invalid(request: Request, errors: list[dict[str, str]]) -> JSONResponse:
     detail = "; ".join(f"{e['path']}: {e['message']}" for e in errors)
     return problem(status=422, title="Invalid request", detail=detail, instance=request.url.path, errors=errors)
 
 
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _invalid(request, field_errors(exc.errors()))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    path = request.url.path
+    methods = {
+        method
+        for route in request.app.routes
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path)
+        for method in route.methods
+    }
+    return sorted(methods)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return problem(status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=exc.headers)
+    if exc.status_code == 400:  # FastAPI's one 400: a body it could not read as JSON (not UTF-8)
+        reason = f"malformed JSON: {exc.__cause__}" if exc.__cause__ else "malformed JSON"
+        return _invalid(request, [{"path": "(body)", "message": reason}])
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {"Allow": ", ".join(allowed_methods(request))}
+    return problem(status=exc.status_code, detail=str(exc.detail), instance=request.url.path, headers=headers)
 
 
 async def _pool_exhausted(request: Request, exc: Exception) -> JSONResponse:
@@ -112,62 +140,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(status=500, detail="internal error; see the server log", instance=request.url.path)
 
 
-class FieldProblem(BaseModel):
-    """One invalid field."""
-
-    path: str
-    message: str
-
-
-class Problem(BaseModel):
-    """The body of every error response (RFC 9457 problem details)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str
-    errors: list[FieldProblem] | None = Field(default=None, description="Validation problems only.")
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": text,
-        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
-    for status, text in {
-        401: "Missing, unknown or revoked API key.",
-        404: "No such job (or another owner's).",
-        409: "Conflicts with the current state (reused Idempotency-Key, finished job).",
-        413: "Request body too large.",
-        422: "Invalid request; `errors` lists the field paths.",
-        429: "A per-owner limit is reached (`Retry-After` says when to try again).",
-        503: "Busy: no database connection came free in time (`Retry-After` says when to retry).",
-    }.items()
-}
-
-
-def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """An ``app.openapi`` that documents errors as :class:`Problem` instead of FastAPI's default."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas.pop("HTTPValidationError", None)
-            schemas.pop("ValidationError", None)
-            schemas.update(Problem.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"])
-            schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas["Problem"].pop("$defs", None)
-            for operation in (op for path in schema["paths"].values() for op in path.values()):
-                if "422" in operation.get("responses", {}):
-                    operation["responses"]["422"] = ERROR_RESPONSES[422]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    return openapi
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error through :func:`problem`."""
     app.add_exception_handler(ServiceError, _service_error)
@@ -179,18 +151,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
 #: Routes that stream their body to disk under a limit of their own (``MMKD_MAX_DATASET_BYTES``).
 OWN_BODY_LIMIT = frozenset({("POST", "/v1/datasets")})
+#: Only these methods' bodies are read; a body sent with any other is never looked at.
+METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
 
 class BodySizeLimit:
     """ASGI middleware: a body over ``max_bytes`` is a 413, whether declared or streamed (except on
-    the routes in ``OWN_BODY_LIMIT``)."""
+    the routes in ``OWN_BODY_LIMIT``, and on methods whose body no handler reads)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"].rstrip("/")) in OWN_BODY_LIMIT:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in METHODS_WITH_BODY
+            or (scope["method"], scope["path"].rstrip("/")) in OWN_BODY_LIMIT
+        ):
             await self.app(scope, receive, send)
             return
         too_large = (

@@ -4,26 +4,41 @@ database engine of its own (a fresh connection per probe), so a saturated API st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from jobs.publish import check_broker
 from service.deps import SettingsDep
 from service.errors import problem
+from service.openapi import PROBLEM_JSON, ReadinessChecks
 
 router = APIRouter(tags=["health"])
 #: Readiness checks run at most this many at a time, outside the handlers' thread pool.
 PROBE_THREADS = 2
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+class Alive(BaseModel):
+    """The process answers."""
+
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    """Every dependency answered."""
+
+    status: Literal["ok"]
+    checks: ReadinessChecks
+
+
+@router.get("/healthz", response_model=Alive)
+async def healthz() -> Alive:
     """The process is up (no dependencies are checked; answered on the event loop)."""
-    return {"status": "ok"}
+    return Alive(status="ok")
 
 
 def _probe(check: Any) -> str:
@@ -54,7 +69,13 @@ def _probe_limiter(app: FastAPI) -> anyio.CapacityLimiter:
     return limiter
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unreachable."}})
+NOT_READY = {
+    "description": "A dependency is unreachable; `checks` says which.",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/NotReady"}}},
+}
+
+
+@router.get("/readyz", response_model=Ready, responses={503: NOT_READY})
 async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     """Database, broker and artifact store are reachable; 503 with the failing check otherwise."""
     app = request.app

@@ -17,10 +17,11 @@ from jobs.publish import publisher
 from service.admission import Admission
 from service.config import ApiSettings, get_settings
 from service.datasets.router import router as datasets_router
-from service.errors import BodySizeLimit, install_error_handlers, problem_openapi
+from service.errors import BodySizeLimit, install_error_handlers
 from service.health import router as health_router
 from service.jobs.router import router as jobs_router
 from service.keys.router import router as keys_router
+from service.openapi import problem_openapi
 from storage.store import store_from_settings
 
 log = logging.getLogger(__name__)

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Annotated
 
-from jobs.errors import ServiceError
+from fastapi import Query
+
+from jobs.errors import InvalidRequestError
 from service.deps import MAX_ID
 
+#: A cursor is opaque: the ``next_cursor`` of the page before, of the same list (else a 422).
+CURSOR_PARAM = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="`next_cursor` of the previous page of this list; any other value is a 422.",
+    ),
+]
 
-class BadCursorError(ServiceError):
-    """The cursor was not one this API handed out for this list."""
 
-    status = 422
+class BadCursorError(InvalidRequestError):
+    """The cursor was not one this API handed out for this list (a 422 at ``query.cursor``)."""
+
     title = "Invalid cursor"
+
+    def __init__(self, cursor: str) -> None:
+        message = f"{cursor!r} is not a cursor of this list; use next_cursor from a previous page"
+        super().__init__([{"path": "query.cursor", "message": message}])
 
 
 def encode_cursor(kind: str, last_id: int) -> str:
@@ -33,4 +50,4 @@ def decode_cursor(kind: str, cursor: str) -> int:
             raise ValueError(cursor)
         return before_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise BadCursorError(f"cursor {cursor!r} is not valid; use next_cursor from a previous page") from exc
+        raise BadCursorError(cursor) from exc

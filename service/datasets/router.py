@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi import Path as PathParam
@@ -20,19 +20,36 @@ from fastapi.concurrency import run_in_threadpool
 from jobs import dataset_uploads, datasets
 from jobs.models import Dataset
 from service.datasets.schemas import DATASET_NAME, CompleteRequest, DatasetOut, DatasetPage, UploadOut, UploadRequest
-from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
-from service.errors import ERROR_RESPONSES
-from service.pagination import decode_cursor, encode_cursor
+from service.deps import DIGITS_ONLY, MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
+from service.openapi import error_responses
+from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
 
-router = APIRouter(
-    prefix="/v1/datasets", tags=["datasets"], responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]}
-)
+#: Every datasets operation needs a key and may find the server busy.
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 503))
 CURSOR_KIND = "d"
 NPZ_BODY = {
     "requestBody": {
         "required": True,
+        "description": "The .npz file itself, at most `MMKD_MAX_DATASET_BYTES` (413 beyond).",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
+}
+NO_SUCH_DATASET = {404: "No such dataset, or another owner's (the same answer)."}
+NO_SUCH_UPLOAD = {404: "No such upload, or another owner's (the same answer)."}
+NEEDS_S3 = "The server's store is not S3: send the file with `POST /v1/datasets`."
+DATASET_PATH = "/{dataset_id:int}"  # decimal digits only; anything else matches no route (404)
+UPLOAD_PATH = "/uploads/{upload_id:int}"
+LOCATION = {"Location": {"description": "The dataset's URL.", "schema": {"type": "string"}, "required": True}}
+DATASET_LINKS = {
+    operation: {"operationId": operation, "parameters": {"dataset_id": "$response.body#/id"}}
+    for operation in ("get_dataset", "delete_dataset")
+}
+UPLOAD_LINKS = {
+    operation: {"operationId": operation, "parameters": {"upload_id": "$response.body#/id"}}
+    for operation in ("complete_dataset_upload", "abort_dataset_upload")
+}
+CREATED: dict[int | str, dict[str, Any]] = {
+    201: {"description": "The dataset, stored.", "headers": LOCATION, "links": DATASET_LINKS}
 }
 
 
@@ -65,7 +82,10 @@ async def spool(chunks: AsyncIterator[bytes], path: Path, *, max_bytes: int) -> 
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
     openapi_extra=NPZ_BODY,
-    responses={413: ERROR_RESPONSES[413], 503: {"description": "Storage unreachable; nothing was stored."}},
+    responses={
+        **CREATED,
+        **error_responses(413, 503, said={503: "Busy, or the store is unreachable; nothing was stored."}),
+    },
 )
 async def upload_dataset(
     request: Request,
@@ -75,7 +95,10 @@ async def upload_dataset(
     settings: SettingsDep,
     name: Annotated[str, Query(pattern=DATASET_NAME, description="A label for the dataset.")] = "dataset",
 ) -> DatasetOut:
-    """Upload an .npz as the request body; validated, stored under your prefix, summarised."""
+    """Upload an .npz as the request body; validated, stored under your prefix, summarised.
+
+    A file the loader refuses (not an .npz, pickled or non-numeric arrays, non-finite values, fewer
+    than 10 samples, a bad label or split...) is a 422 at `file` naming the array and the problem."""
     limit = settings.max_dataset_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -101,8 +124,8 @@ async def upload_dataset(
 def list_datasets(
     session: AutocommitSessionDep,
     owner: CurrentOwner,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=200), DIGITS_ONLY] = 50,
+    cursor: CURSOR_PARAM = None,
 ) -> DatasetPage:
     """Your datasets, newest first; keyset-paginated like jobs."""
     before_id = decode_cursor(CURSOR_KIND, cursor) if cursor else None
@@ -113,15 +136,24 @@ def list_datasets(
     )
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get(DATASET_PATH, response_model=DatasetOut, responses=error_responses(404, said=NO_SUCH_DATASET))
 async def get_dataset(dataset: DatasetDep) -> DatasetOut:
     """One dataset and its summary."""
     return DatasetOut.of(dataset)
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses={409: ERROR_RESPONSES[409]})
+@router.delete(
+    DATASET_PATH,
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(
+        404, 409, said={**NO_SUCH_DATASET, 409: "Queued or running jobs of yours use it (the detail lists them)."}
+    ),
+)
 def delete_dataset(
-    dataset_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], session: SessionDep, owner: CurrentOwner, request: Request
+    dataset_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="The dataset's id.")],
+    session: SessionDep,
+    owner: CurrentOwner,
+    request: Request,
 ) -> Response:
     """Delete a dataset (409 while queued or running jobs of yours use it)."""
     store = request.app.state.store
@@ -133,7 +165,10 @@ def delete_dataset(
     "/uploads",
     status_code=status.HTTP_201_CREATED,
     response_model=UploadOut,
-    responses={409: {"description": "The server has no S3 store."}, 413: ERROR_RESPONSES[413]},
+    responses={
+        201: {"description": "The upload, with a presigned URL per part.", "links": UPLOAD_LINKS},
+        **error_responses(409, 413, 503, said={409: NEEDS_S3, 503: "Busy, or the store is unreachable."}),
+    },
 )
 def start_dataset_upload(
     body: UploadRequest, session: SessionDep, owner: CurrentOwner, settings: SettingsDep, request: Request
@@ -151,13 +186,18 @@ def start_dataset_upload(
 
 
 @router.post(
-    "/uploads/{upload_id}/complete",
+    f"{UPLOAD_PATH}/complete",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses={409: ERROR_RESPONSES[409], 413: ERROR_RESPONSES[413]},
+    responses={
+        **CREATED,
+        **error_responses(
+            404, 409, 413, 503, said={**NO_SUCH_UPLOAD, 409: NEEDS_S3, 503: "Busy, or the store is unreachable."}
+        ),
+    },
 )
 def complete_dataset_upload(
-    upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID)],
+    upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="The upload's id.")],
     body: CompleteRequest,
     session: SessionDep,
     owner: CurrentOwner,
@@ -178,9 +218,18 @@ def complete_dataset_upload(
     return DatasetOut.of(dataset)
 
 
-@router.delete("/uploads/{upload_id}", status_code=status.HTTP_204_NO_CONTENT, responses={409: ERROR_RESPONSES[409]})
+@router.delete(
+    UPLOAD_PATH,
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(
+        404, 409, 503, said={**NO_SUCH_UPLOAD, 409: NEEDS_S3, 503: "Busy, or the store is unreachable."}
+    ),
+)
 def abort_dataset_upload(
-    upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID)], session: SessionDep, owner: CurrentOwner, request: Request
+    upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="The upload's id.")],
+    session: SessionDep,
+    owner: CurrentOwner,
+    request: Request,
 ) -> Response:
     """Abort an upload and drop the parts sent so far."""
     store = request.app.state.store

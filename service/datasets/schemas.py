@@ -72,7 +72,9 @@ class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=DATASET_NAME, description="A label for the dataset.")
-    size_bytes: int = Field(ge=1, le=2**62, description="The file's exact size (MMKD_MAX_DATASET_BYTES at most).")
+    size_bytes: int = Field(
+        ge=1, le=2**53 - 1, description="The file's exact size (MMKD_MAX_DATASET_BYTES at most, else a 413)."
+    )
 
 
 class PartUrl(BaseModel):

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
+from pydantic import StringConstraints
 
 from core.spec import JobSpec
 from jobs import datasets, lifecycle, queries
-from jobs.errors import InvalidRequestError, NotFoundError
-from service.deps import MAX_ID, AutocommitSessionDep, CurrentOwner, JobDep, SessionDep, SettingsDep
-from service.errors import ERROR_RESPONSES
+from jobs.errors import NotFoundError
+from jobs.status import JobStatus
+from service.deps import (
+    DIGITS_ONLY,
+    MAX_ID,
+    AutocommitSessionDep,
+    CurrentOwner,
+    JobDep,
+    SessionDep,
+    SettingsDep,
+)
 from service.jobs.schemas import (
     ArtifactList,
     ArtifactOut,
@@ -23,22 +32,46 @@ from service.jobs.schemas import (
     MetricList,
     MetricPointOut,
 )
-from service.pagination import decode_cursor, encode_cursor
+from service.openapi import error_responses
+from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]})
-StatusName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+#: Every jobs operation needs a key and may find the server busy.
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 503))
+NO_SUCH_JOB = {404: "No such job, or another owner's (the same answer)."}
+JOB_PATH = "/{job_id:int}"  # decimal digits only: `/v1/jobs/%0C2` or `/v1/jobs/+2` match no route (404)
+LOCATION = {"Location": {"description": "The job's URL.", "schema": {"type": "string"}, "required": True}}
+#: The job's other operations take the id a submit answers with (OpenAPI links, for stateful clients).
+JOB_LINKS = {
+    operation: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+    for operation in ("get_job", "cancel_job", "list_job_events", "get_job_metrics", "list_job_artifacts")
+}
+#: `names`: series names, each at most 128 characters without NUL; commas separate several in one value.
+METRIC_NAMES = r"^[^,\x00]{0,128}(,[^,\x00]{0,128})*$"
+SUBMIT_RULES = """Validate the spec, store a queued job, then enqueue it (same key + same body: same job).
+
+Beyond the schema, a submit is a 422 when `dataset.id` is not one of your datasets, when a modality
+the spec names is not in that dataset, when a task other than retrieval names a dataset without a
+label, or when `dataset.uri` is not under a prefix the server allows (`MMKD_DATA_ALLOW`). The
+spec's cross-field rules are in `JobSpec`'s description. A reused `Idempotency-Key` with another
+spec is a 409; more queued jobs than `MMKD_MAX_QUEUED_PER_OWNER` is a 429."""
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    201: {"description": "The job, queued.", "headers": LOCATION, "links": JOB_LINKS},
+    200: {
+        "model": JobOut,
+        "description": "Replay of an earlier submit with the same Idempotency-Key and spec: the same job.",
+        "headers": LOCATION,
+    },
+}
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobOut,
+    description=SUBMIT_RULES,
     responses={
-        200: {"model": JobOut, "description": "Replay of an earlier submit with the same Idempotency-Key."},
-        409: ERROR_RESPONSES[409],
-        413: ERROR_RESPONSES[413],
-        429: ERROR_RESPONSES[429],
-        503: ERROR_RESPONSES[503],
+        **SUBMITTED,
+        **error_responses(409, 413, 429, said={409: "The Idempotency-Key was used for another spec."}),
     },
 )
 def submit_job(
@@ -48,9 +81,17 @@ def submit_job(
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="Retry-safe submits: the same key and spec answer the same job (200).",
+        ),
+    ] = None,
 ) -> JobOut:
-    """Validate the spec, store a queued job, then enqueue it (same key + same body: same job)."""
+    """Submit a job."""
     datasets.check_data_reference(session, owner_id=owner.id, spec=spec, data_allow=settings.data_allow)
     job, created = lifecycle.submit_job(
         session,
@@ -72,9 +113,9 @@ def submit_job(
 def list_jobs(
     session: AutocommitSessionDep,
     owner: CurrentOwner,
-    status_filter: Annotated[list[StatusName] | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    status_filter: Annotated[list[JobStatus] | None, Query(alias="status", description="Repeat for several.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200), DIGITS_ONLY] = 50,
+    cursor: CURSOR_PARAM = None,
 ) -> JobPage:
     """The caller's jobs, newest first, optionally only some statuses; keyset-paginated."""
     jobs, next_id = queries.list_jobs(
@@ -90,42 +131,49 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get(JOB_PATH, response_model=JobOut, responses=error_responses(404, said=NO_SUCH_JOB))
 async def get_job(job: JobDep, owner: CurrentOwner) -> JobOut:
     """One job: status, progress, latest metrics, result, error and links."""
     # async on purpose: nothing left to wait for (the dependencies did the I/O), so no thread hop
     return JobOut.of_job(job, owner=owner.name)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, responses={409: ERROR_RESPONSES[409]})
+@router.post(
+    f"{JOB_PATH}/cancel",
+    response_model=JobOut,
+    responses=error_responses(404, 409, 413, said={**NO_SUCH_JOB, 409: "The job already finished."}),
+)
 def cancel_job(job: JobDep, session: SessionDep, owner: CurrentOwner) -> JobOut:
     """Queued: cancelled now. Running: cancelling until the worker stops. Finished: 409."""
     return JobOut.of_job(lifecycle.cancel_job(session, job=job), owner=owner.name)
 
 
-@router.get("/{job_id}/events", response_model=EventList)
+@router.get(f"{JOB_PATH}/events", response_model=EventList, responses=error_responses(404, said=NO_SUCH_JOB))
 def list_job_events(job: JobDep, session: AutocommitSessionDep) -> EventList:
     """State transitions and notable moments (enqueued, resumed...) with times and reasons."""
     return EventList(items=[EventOut.of(e) for e in queries.list_events(session, job_id=job.id)])
 
 
-@router.get("/{job_id}/metrics", response_model=MetricList)
+@router.get(f"{JOB_PATH}/metrics", response_model=MetricList, responses=error_responses(404, said=NO_SUCH_JOB))
 def get_job_metrics(
     job: JobDep,
     session: AutocommitSessionDep,
-    names: Annotated[list[str] | None, Query(description="Series names; repeat or comma-separate.")] = None,
-    since_step: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only points at this step or later.")] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    names: Annotated[
+        list[Annotated[str, StringConstraints(pattern=METRIC_NAMES)]] | None,
+        Query(description="Series names (each at most 128 characters, no NUL); repeat or comma-separate."),
+    ] = None,
+    since_step: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="Only points at this step or later."), DIGITS_ONLY
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000), DIGITS_ONLY] = 10_000,
 ) -> MetricList:
     """Metric series points, ordered by step then name."""
     wanted = [name for item in names or [] for name in item.split(",") if name]
-    if any("\x00" in name or len(name) > 128 for name in wanted):
-        raise InvalidRequestError([{"path": "query.names", "message": "at most 128 characters, no NUL"}])
     points = queries.list_metrics(session, job_id=job.id, names=wanted, since_step=since_step, limit=limit)
     return MetricList(items=[MetricPointOut.of(p) for p in points])
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactList)
+@router.get(f"{JOB_PATH}/artifacts", response_model=ArtifactList, responses=error_responses(404, said=NO_SUCH_JOB))
 def list_job_artifacts(job: JobDep, session: AutocommitSessionDep, request: Request) -> ArtifactList:
     """Artifacts with a presigned URL (S3) or this API's download URL (local store)."""
     store = request.app.state.store
@@ -138,14 +186,29 @@ def list_job_artifacts(job: JobDep, session: AutocommitSessionDep, request: Requ
     return ArtifactList(items=items)
 
 
+DOWNLOADED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The artifact's bytes (local store).",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    307: {
+        "description": "S3 store: a redirect to a presigned URL, valid one hour (send no API key there).",
+        "headers": {"Location": {"description": "The presigned URL.", "schema": {"type": "string"}, "required": True}},
+    },
+}
+
+
 @router.get(
-    "/{job_id}/artifacts/{artifact_id}/download",
+    f"{JOB_PATH}/artifacts/{{artifact_id:int}}/download",
     response_class=FileResponse,
-    responses={307: {"description": "Redirect to a presigned URL (S3 store)."}},
+    responses={
+        **DOWNLOADED,
+        **error_responses(404, said={404: "No such job or artifact, or its file is missing."}),
+    },
 )
 def download_artifact(
     job: JobDep,
-    artifact_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    artifact_id: Annotated[int, Path(ge=1, le=MAX_ID, description="The artifact's id.")],
     session: AutocommitSessionDep,
     request: Request,
 ) -> Response:
@@ -158,4 +221,4 @@ def download_artifact(
     path = store.local_path(artifact.key)
     if path is None or not path.is_file():
         raise NotFoundError(f"artifact {artifact_id} is recorded but its file is missing")
-    return FileResponse(path, filename=path.name)
+    return FileResponse(path, filename=path.name, media_type="application/octet-stream")

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
+from core.spec import JobSpec
 from jobs.models import Artifact, Job, JobEvent, MetricPoint
+from jobs.status import JobStatus
+from service.jobs.results import RESULT_EXAMPLE, JobResult
+
+#: Metric series names are stored in a 128-character column.
+MAX_METRIC_NAME = 128
+MetricName = Annotated[str, Field(min_length=1, max_length=MAX_METRIC_NAME)]
+RESULT: TypeAdapter[JobResult] = TypeAdapter(JobResult)
 
 
 class Progress(BaseModel):
@@ -35,8 +43,8 @@ class JobSummary(BaseModel):
 
     id: int
     name: str
-    status: str
-    status_reason: str | None
+    status: JobStatus
+    status_reason: str | None = Field(description="Why the job is in its status (a failure's reason code...).")
     owner: str
     spec_hash: str
     seed: int
@@ -56,10 +64,16 @@ class JobSummary(BaseModel):
 class JobOut(JobSummary):
     """A job as a client reads it."""
 
-    spec: dict[str, Any]
-    latest_metrics: dict[str, float] = Field(default_factory=dict)
-    result: dict[str, Any] | None = Field(description="Final test metrics of student, teacher, auxiliary.")
-    error: str | None
+    spec: JobSpec = Field(description="The spec as validated at submit, defaults filled in.")
+    latest_metrics: dict[MetricName, float] = Field(
+        default_factory=dict, description="The newest value of every metric series."
+    )
+    result: JobResult | None = Field(
+        description="Succeeded jobs only: test (and validation) metrics of the student, teacher and auxiliary "
+        "networks, typed by `task`.",
+        json_schema_extra={"example": RESULT_EXAMPLE},
+    )
+    error: str | None = Field(description="Failed jobs only: what went wrong, in one line.")
     queued_at: dt.datetime | None
     updated_at: dt.datetime
     last_checkpoint_key: str | None
@@ -78,9 +92,9 @@ class JobOut(JobSummary):
         )
         return cls(
             **_summary_fields(job, owner),
-            spec=job.spec,
+            spec=JobSpec.model_validate(job.spec),
             latest_metrics=job.latest_metrics or {},
-            result=job.result,
+            result=None if job.result is None else RESULT.validate_python(job.result),
             error=job.error,
             queued_at=job.queued_at,
             updated_at=job.updated_at,
@@ -126,7 +140,11 @@ class EventOut(BaseModel):
 
     id: int
     at: dt.datetime
-    kind: str
+    kind: str = Field(
+        max_length=32,
+        description="created, enqueued, enqueue_failed, reenqueued, started, resumed, requeued, cancel_requested, "
+        "cancelled, succeeded or failed (more may come).",
+    )
     reason: str | None
     data: dict[str, Any] | None
 
@@ -147,7 +165,7 @@ class MetricPointOut(BaseModel):
 
     step: int
     epoch: int | None
-    name: str
+    name: MetricName
     value: float
 
     @classmethod
@@ -167,7 +185,7 @@ class ArtifactOut(BaseModel):
 
     id: int
     key: str
-    kind: str
+    kind: str = Field(max_length=32, description="student (the export), summary, metrics or report.")
     size_bytes: int | None
     checksum: str | None
     created_at: dt.datetime

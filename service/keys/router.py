@@ -6,8 +6,9 @@ from fastapi import APIRouter, Request
 
 from service.deps import CurrentOwner
 from service.keys.schemas import WhoAmI
+from service.openapi import error_responses
 
-router = APIRouter(prefix="/v1", tags=["keys"])
+router = APIRouter(prefix="/v1", tags=["keys"], responses=error_responses(401, 503))
 
 
 @router.get("/whoami", response_model=WhoAmI)

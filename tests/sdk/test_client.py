@@ -31,6 +31,7 @@ from tests_support import add_metric_points
 from core.spec import load_spec
 from jobs import lifecycle
 from jobs.models import Job
+from service.jobs.results import RESULT_EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC: dict[str, Any] = {
@@ -96,13 +97,13 @@ def test_wait_returns_result_and_raises_on_failure_or_cancel(client: Client, db:
 
     def finish() -> None:
         time.sleep(0.3)
-        _advance(db, job.id, "running", "succeeded", result={"student": {"accuracy": 0.93}})
+        _advance(db, job.id, "running", "succeeded", result=RESULT_EXAMPLE)
 
     worker = threading.Thread(target=finish)
     worker.start()
     done = client.wait(job.id, timeout=20, poll_interval=0.1)
     worker.join()
-    assert done.status == "succeeded" and done.result == {"student": {"accuracy": 0.93}}
+    assert done.status == "succeeded" and done.result == RESULT_EXAMPLE
 
     failing = client.submit(SPEC)
     _advance(db, failing.id, "running", "failed", error="non-finite loss at step 7")

@@ -11,6 +11,7 @@ from jobs import lifecycle
 from jobs.errors import InvalidTransitionError
 from jobs.models import Job
 from jobs.status import JobStatus
+from service.jobs.results import RESULT_EXAMPLE
 
 pytestmark = pytest.mark.parametrize("backend", ["pg", "sqlite"], indirect=True)
 
@@ -75,7 +76,7 @@ def test_full_run_progress_metrics_result(api: Api) -> None:
         values = {"train/loss": 1.0 / step, "val/student_acc": step / 20}
         add_metric_points(api.session, job_id=job_id, step=step, epoch=step // 10, values=values)
     lifecycle.record_event(api.session, job_id=job_id, kind="resumed", reason="from checkpoint step-5")
-    lifecycle.transition(api.session, job_id=job.id, to="succeeded", values={"result": {"student": {"accuracy": 0.9}}})
+    lifecycle.transition(api.session, job_id=job.id, to="succeeded", values={"result": RESULT_EXAMPLE})
     api.session.commit()
     body = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(token)).json()
     assert body["status"] == "succeeded"
@@ -87,7 +88,7 @@ def test_full_run_progress_metrics_result(api: Api) -> None:
         "eta_seconds": 5.0,
     }
     assert body["latest_metrics"] == {"train/loss": 0.1, "val/student_acc": 0.5}
-    assert body["result"] == {"student": {"accuracy": 0.9}}
+    assert body["result"] == RESULT_EXAMPLE
     assert body["started_at"] and body["finished_at"]
     url = f"/v1/jobs/{job_id}/metrics"
     everything = api.client.get(url, headers=api.auth(token)).json()["items"]

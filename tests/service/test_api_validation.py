@@ -67,7 +67,8 @@ def test_invalid_spec_is_422_with_field_path(api: Api, spec: dict[str, Any], pat
 def test_malformed_json_is_422(api: Api) -> None:
     headers = {**api.auth(api.new_key()), "Content-Type": "application/json"}
     body = _problem(api.client.post("/v1/jobs", content=b"{not json", headers=headers), 422)
-    assert body["errors"][0]["message"].startswith("JSON decode error")
+    assert [error["path"] for error in body["errors"]] == ["(body)"]
+    assert body["errors"][0]["message"].startswith("malformed JSON: Expecting property name")
 
 
 def test_declared_body_too_large_is_413(api: Api) -> None:
@@ -167,7 +168,6 @@ def test_auth_off_on_loopback_serves_the_local_owner(pg_database: str, redis_url
     [
         "/v1/jobs/99999999999",
         "/v1/jobs/0",
-        "/v1/jobs/abc",
         "/v1/jobs/{job_id}/artifacts/99999999999/download",
         "/v1/jobs/{job_id}/metrics?since_step=99999999999",
         "/v1/jobs/{job_id}/metrics?names=a%00b",

@@ -1,0 +1,186 @@
+"""A succeeded job's ``result``: the worker's ``summary.json`` (``core.engine.trainer.finish``), typed per
+task. Each of the three networks (student, teacher, auxiliary) is scored on the test split with the
+task's metrics (``core.engine.evaluation``), and again on the validation split under ``validation``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.spec import METHOD_NAMES
+
+MethodName = Literal[METHOD_NAMES]  # type: ignore[valid-type]
+
+
+class ClassificationMetrics(BaseModel):
+    """Classification: accuracy and macro-F1."""
+
+    accuracy: float
+    macro_f1: float
+
+
+class MultilabelMetrics(BaseModel):
+    """Multilabel: mean average precision over the labels that occur, and micro-F1 at logit 0."""
+
+    mean_ap: float
+    f1: float
+
+
+class RegressionMetrics(BaseModel):
+    """Regression: mean absolute error and Pearson r averaged over target columns."""
+
+    mae: float
+    pearson_r: float
+
+
+class RetrievalMetrics(BaseModel):
+    """Retrieval: recall at 1/5/10 and the median rank of the right gallery item (1 = best)."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    r_at_1: float = Field(alias="r@1")
+    r_at_5: float = Field(alias="r@5")
+    r_at_10: float = Field(alias="r@10")
+    median_rank: float
+
+
+class ClassificationNetworks(BaseModel):
+    """Each network's classification metrics."""
+
+    student: ClassificationMetrics
+    teacher: ClassificationMetrics
+    auxiliary: ClassificationMetrics
+
+
+class MultilabelNetworks(BaseModel):
+    """Each network's multilabel metrics."""
+
+    student: MultilabelMetrics
+    teacher: MultilabelMetrics
+    auxiliary: MultilabelMetrics
+
+
+class RegressionNetworks(BaseModel):
+    """Each network's regression metrics."""
+
+    student: RegressionMetrics
+    teacher: RegressionMetrics
+    auxiliary: RegressionMetrics
+
+
+class RetrievalNetworks(BaseModel):
+    """Each network's retrieval metrics."""
+
+    student: RetrievalMetrics
+    teacher: RetrievalMetrics
+    auxiliary: RetrievalMetrics
+
+
+class SplitSizes(BaseModel):
+    """Samples per split."""
+
+    train: int = Field(ge=0)
+    val: int = Field(ge=0)
+    test: int = Field(ge=0)
+
+
+class DataInfo(BaseModel):
+    """The data the job trained on."""
+
+    source: str = Field(description="Where the file was read from (a built-in, a URI or `dataset:N`).")
+    sha256: str = Field(description="SHA-256 of the file as read.")
+    split: str = Field(description="How the samples were split, in words.")
+    sizes: SplitSizes
+    train_labelled: int = Field(ge=0, description="Train samples that kept a label (`label_fraction`).")
+
+
+class _Result(BaseModel):
+    """What every task's result holds besides the metrics."""
+
+    name: str = Field(description="The spec's name.")
+    method: MethodName
+    dataset: str = Field(description="The built-in's name, the URI, or `dataset N` for an upload.")
+    seed: int
+    spec_hash: str
+    data: DataInfo
+    epochs: int = Field(ge=0)
+    steps: int = Field(ge=0)
+    resumed_from_step: int | None = Field(description="The checkpoint step the last attempt resumed from.")
+    seconds: float = Field(ge=0.0, description="Wall-clock seconds of the last attempt.")
+
+
+class ClassificationResult(_Result):
+    """A classification job's test metrics per network (`student`, `teacher`, `auxiliary`)."""
+
+    task: Literal["classification"]
+    student: ClassificationMetrics
+    teacher: ClassificationMetrics
+    auxiliary: ClassificationMetrics
+    validation: ClassificationNetworks
+
+
+class MultilabelResult(_Result):
+    """A multilabel job's test metrics per network."""
+
+    task: Literal["multilabel"]
+    student: MultilabelMetrics
+    teacher: MultilabelMetrics
+    auxiliary: MultilabelMetrics
+    validation: MultilabelNetworks
+
+
+class RegressionResult(_Result):
+    """A regression job's test metrics per network."""
+
+    task: Literal["regression"]
+    student: RegressionMetrics
+    teacher: RegressionMetrics
+    auxiliary: RegressionMetrics
+    validation: RegressionNetworks
+
+
+class RetrievalResult(_Result):
+    """A retrieval job's test metrics per network."""
+
+    task: Literal["retrieval"]
+    student: RetrievalMetrics
+    teacher: RetrievalMetrics
+    auxiliary: RetrievalMetrics
+    validation: RetrievalNetworks
+
+
+JobResult = Annotated[
+    ClassificationResult | MultilabelResult | RegressionResult | RetrievalResult,
+    Field(discriminator="task"),
+]
+
+#: A classification result as the worker writes it (the OpenAPI example; tests reuse it).
+RESULT_EXAMPLE: dict[str, Any] = {
+    "name": "mfeat-paper",
+    "method": "paper",
+    "dataset": "mfeat",
+    "task": "classification",
+    "seed": 7,
+    "spec_hash": "0" * 64,
+    "student": {"accuracy": 0.91, "macro_f1": 0.9},
+    "teacher": {"accuracy": 0.97, "macro_f1": 0.97},
+    "auxiliary": {"accuracy": 0.95, "macro_f1": 0.95},
+    "validation": {
+        "student": {"accuracy": 0.9, "macro_f1": 0.89},
+        "teacher": {"accuracy": 0.96, "macro_f1": 0.96},
+        "auxiliary": {"accuracy": 0.94, "macro_f1": 0.94},
+    },
+    "data": {
+        "source": "mfeat",
+        "sha256": "0" * 64,
+        "split": "stratified",
+        "sizes": {"train": 1200, "val": 400, "test": 400},
+        "train_labelled": 1200,
+    },
+    "epochs": 2,
+    "steps": 20,
+    "resumed_from_step": None,
+    "seconds": 12.5,
+}
