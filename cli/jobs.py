@@ -52,17 +52,29 @@ def submit(
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
-    """Submit a job spec; with --wait, follow it to the end."""
-    if not spec.is_file():
-        fail(f"no such spec file: {spec}")
+    """Submit a job spec; with --wait, follow it to the end. The spec is checked here first."""
+    body = _checked_spec(spec)
     with connect(url, api_key) as client:
         try:
-            job = client.submit(spec, idempotency_key=idempotency_key)
+            job = client.submit(body, idempotency_key=idempotency_key)
         except ValueError as exc:
             fail(str(exc))
         typer.echo(f"submitted job {job.id} ({job.name}): {job.status}")
         if wait:
             _watch(client, job.id, interval=1.0)
+
+
+def _checked_spec(path: Path) -> dict[str, Any]:
+    """The spec file's fields as written, after the server's own checks: a bad spec is one line
+    naming the file and the problem, and no request is sent."""
+    from core.errors import SpecError
+    from core.spec import load_spec
+
+    try:
+        spec = load_spec(path)
+    except SpecError as exc:
+        fail(str(exc))
+    return spec.model_dump(mode="json", exclude_unset=True)
 
 
 @jobs_app.command()
