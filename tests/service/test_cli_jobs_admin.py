@@ -18,6 +18,7 @@ from cli.main import app
 from cli.worker import wait_until_up
 from jobs import lifecycle
 from service.config import get_settings
+from service.jobs.results import RESULT_EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_FILE = ROOT / "examples" / "mfeat-paper.yaml"
@@ -87,9 +88,8 @@ def test_watch_shows_progress_then_result_table(api_server: Any) -> None:
             add_metric_points(session, job_id=job_id, step=5, epoch=1, values={"train/loss": 0.5})
             session.commit()
             time.sleep(0.5)
-            result = {"student": {"accuracy": 0.91}, "teacher": {"accuracy": 0.97}}
             lifecycle.transition(
-                session, job_id=job_id, to="succeeded", values={"epoch": 2, "step": 10, "result": result}
+                session, job_id=job_id, to="succeeded", values={"epoch": 2, "step": 10, "result": RESULT_EXAMPLE}
             )
             session.commit()
         engine.dispose()
