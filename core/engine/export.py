@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import uuid
 from collections.abc import Callable
@@ -155,10 +156,15 @@ def load_program(model_dir: Path) -> Callable[..., object]:
     path = model_dir / "student.pt2"
     if not path.is_file():
         raise DataError(str(path), "no such file: the student's exported program is missing")
+    torch_export_log = logging.getLogger("torch.export")  # it logs a damaged file's traceback as a warning
+    level = torch_export_log.level
+    torch_export_log.setLevel(logging.ERROR)
     try:
         return torch.export.load(path).module()
     except Exception as exc:  # a damaged archive fails in the zip, pickle or schema layers alike
         raise DataError(str(path), f"not a loadable torch.export program ({type(exc).__name__})") from exc
+    finally:
+        torch_export_log.setLevel(level)
 
 
 def read_primary(data_path: Path, card: ModelCard, *, max_bytes: int | None) -> list[np.ndarray]:
@@ -189,17 +195,25 @@ def read_primary(data_path: Path, card: ModelCard, *, max_bytes: int | None) -> 
 
 
 def _checked_modality(source: str, name: str, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Numeric, the student's per-sample shape, finite once in float32 (1e300 is not: train refuses it too)."""
+    """Numeric, the student's per-sample shape, finite, and finite once in float32 (as training requires)."""
     if values.dtype.kind not in "biuf":
         raise DataError(source, f"modality {name!r} must be numeric, got dtype {values.dtype}")
     if values.ndim != len(shape) + 1 or tuple(values.shape[1:]) != shape:
         raise DataError(source, f"modality {name!r} must have per-sample shape {shape}, got shape {values.shape}")
-    with np.errstate(over="ignore", invalid="ignore"):
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        rows = _rows(~np.isfinite(values))
+        raise DataError(source, f"modality {name!r} has non-finite values in {rows} samples")
+    with np.errstate(over="ignore"):
         converted = values.astype(np.float32, copy=False)
-    bad = int((~np.isfinite(converted)).any(axis=tuple(range(1, converted.ndim))).sum())
-    if bad:
-        raise DataError(source, f"modality {name!r} has values that are not finite in float32 in {bad} samples")
+    if not np.isfinite(converted).all():  # finite float64 values beyond float32's range: train refuses them too
+        rows = _rows(~np.isfinite(converted))
+        raise DataError(source, f"modality {name!r} has values beyond float32's range (3.4e38) in {rows} samples")
     return converted
+
+
+def _rows(bad: np.ndarray) -> int:
+    """How many samples (first axis) of a per-value mask hold at least one True."""
+    return int(bad.any(axis=tuple(range(1, bad.ndim))).sum())
 
 
 def run_program(
@@ -224,7 +238,7 @@ def run_program(
             ):
                 raise DataError(str(program_path), "does not return one row of outputs per sample")
             chunk = output.float().numpy()
-            bad = int((~np.isfinite(chunk)).any(axis=1).sum())
+            bad = _rows(~np.isfinite(chunk))
             if bad:
                 raise DataError(
                     source,
