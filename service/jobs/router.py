@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import StringConstraints
 
@@ -54,6 +54,17 @@ the spec names is not in that dataset, when a task other than retrieval names a 
 label, or when `dataset.uri` is not under a prefix the server allows (`MMKD_DATA_ALLOW`). The
 spec's cross-field rules are in `JobSpec`'s description. A reused `Idempotency-Key` with another
 spec is a 409; more queued jobs than `MMKD_MAX_QUEUED_PER_OWNER` is a 429."""
+SPEC_EXAMPLES: dict[str, Any] = {
+    "mfeat-paper": {
+        "summary": "The paper's objective on a built-in dataset",
+        "value": {
+            "name": "mfeat-paper",
+            "dataset": {"name": "mfeat", "primary": ["fou", "zer", "mor"], "auxiliary": ["fac", "pix", "kar"]},
+            "method": {"name": "paper"},
+            "train": {"epochs": 40, "seed": 0},
+        },
+    }
+}
 SUBMITTED: dict[int | str, dict[str, Any]] = {
     201: {"description": "The job, queued.", "headers": LOCATION, "links": JOB_LINKS},
     200: {
@@ -75,7 +86,7 @@ SUBMITTED: dict[int | str, dict[str, Any]] = {
     },
 )
 def submit_job(
-    spec: JobSpec,
+    spec: Annotated[JobSpec, Body(openapi_examples=SPEC_EXAMPLES)],
     request: Request,
     response: Response,
     session: SessionDep,
