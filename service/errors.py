@@ -18,9 +18,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs.errors import InvalidRequestError, LimitExceededError, ServiceError, UnauthorizedError
@@ -106,8 +106,8 @@ def allowed_methods(request: Request) -> list[str]:
     path = request.url.path
     methods = {
         method
-        for route in request.app.routes
-        if isinstance(route, Route) and route.methods and route.path_regex.match(path)
+        for route in iter_route_contexts(request.app.routes)
+        if route.methods and route.path_regex.match(path)
         for method in route.methods
     }
     return sorted(methods)
