@@ -215,6 +215,22 @@ def test_a_zip_directory_that_lies_about_sizes_is_refused_before_decompressing()
         read_npz("data.npz", stored)
 
 
+def test_a_header_and_directory_that_agree_on_a_size_the_file_cannot_hold_allocate_nothing() -> None:
+    """A crafted member: its .npy header and the zip directory both say 1 GiB; the file holds 64 bytes."""
+    header = {"descr": "<f8", "fortran_order": False, "shape": (2**27,)}
+    npy = io.BytesIO()
+    np.lib.format.write_array_header_1_0(npy, header)
+    crafted = with_central_sizes(stored_member("a", header, b"\0" * 64), file_size=len(npy.getvalue()) + 2**30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="data.npz: array 'a': the zip directory declares impossible sizes"):
+            read_npz("data.npz", crafted)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+
+
 @pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_only_stored_or_deflated_members_are_read(method: int) -> None:
     buffer = io.BytesIO()
