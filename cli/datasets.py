@@ -1,11 +1,12 @@
 """``mmkd datasets``: upload, list, show and delete your datasets on an mmkd server (through the
-SDK), and ``mmkd datasets builtin`` for the datasets shipped with mmkd (local, no server)."""
+SDK); ``mmkd datasets builtin`` and ``mmkd datasets export`` for the datasets shipped with mmkd
+(local, no server)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -87,6 +88,62 @@ def builtin() -> None:
     from cli.local import datasets_command
 
     datasets_command()
+
+
+@datasets_app.command("export")
+def export(
+    dataset: Annotated[str, typer.Argument(help="A built-in dataset (see mmkd datasets builtin).")],
+    modalities: Annotated[
+        str, typer.Option(help="Comma-separated modalities to write, e.g. the student's primary ones: fou,zer,mor.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The .npz file to write (replaced if it exists).")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split_seed: Annotated[int, typer.Option(help="The training spec's dataset.split_seed.")] = 0,
+    label: Annotated[bool, typer.Option("--label/--no-label", help="Also write the true classes as 'label'.")] = True,
+) -> None:
+    """Write one split of a built-in dataset, as training splits it, for mmkd predict."""
+    from core.data.prepare import split_part
+    from core.errors import DataError
+    from core.spec import BUILTIN_DATASETS, DatasetSpec
+
+    known = BUILTIN_DATASETS.get(dataset)
+    if known is None:
+        fail(f"{dataset}: not a built-in dataset; the built-ins are {sorted(BUILTIN_DATASETS)}")
+    names = [name.strip() for name in modalities.split(",")]
+    unknown = [name for name in names if name not in known]
+    if unknown or len(set(names)) != len(names):
+        fail(f"--modalities: {modalities!r} must name distinct modalities of {dataset}: {list(known)}")
+    if split not in ("train", "val", "test"):
+        fail(f"--split: {split!r} is not one of train, val, test")
+    # Every modality of the built-in, so the spec is valid whichever ones are asked for; the split
+    # depends only on the labels and the seed.
+    spec = DatasetSpec(name=dataset, primary=list(known[:1]), auxiliary=list(known[1:]), split_seed=split_seed)
+    try:
+        arrays, how = split_part(spec, "classification", split)  # the built-ins are classification data
+    except DataError as exc:
+        fail(str(exc))
+    chosen = {name: arrays[name] for name in names} | ({"label": arrays["label"]} if label else {})
+    _write_npz(out, chosen)
+    typer.echo(f"{len(arrays[names[0]])} samples of the {split} split ({how}) written to {out}: {', '.join(chosen)}")
+
+
+def _write_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """Write ``arrays`` to exactly ``path`` (np.savez would add .npz to a bare name), atomically: a
+    partial file next to it is renamed into place, or removed."""
+    import os
+
+    import numpy as np
+
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("xb") as file:
+            np.savez(file, **arrays)
+        partial.replace(path)
+    except OSError as exc:
+        fail(f"{path}: cannot write ({exc.strerror or exc})")
+    finally:
+        partial.unlink(missing_ok=True)  # gone already after a successful replace
 
 
 def _label(dataset: Dataset) -> str:

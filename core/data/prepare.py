@@ -224,3 +224,18 @@ def prepare(
     return PreparedData(
         part(train), part(val), part(test), normaliser, shapes, _output_dim(raw, task), raw.class_names, info
     )
+
+
+def split_part(
+    spec: DatasetSpec, task: TaskKind, part: str, *, read: DataReader = read_local_or_s3
+) -> tuple[dict[str, np.ndarray], str]:
+    """The rows of split ``part`` exactly as ``prepare`` splits ``spec``'s data, not normalised (what
+    ``predict`` takes): every modality of the spec, and ``label`` when the file has one; and how the
+    split was made."""
+    raw = load_raw(spec, task, read=read)
+    split = split_rows(spec, raw, task)
+    rows = split.rows[part]
+    arrays = {name: values[rows] for name, values in raw.modalities.items()}
+    if raw.label is not None:
+        arrays["label"] = raw.label[rows]
+    return arrays, split.how
