@@ -33,7 +33,7 @@ def upload(
 ) -> None:
     """Upload a dataset; the server validates it and prints what it holds."""
     if not path.is_file():
-        fail(f"no such file: {path}")
+        fail(f"{path}: no such file")
     with connect(url, api_key) as client:
         dataset = client.upload_dataset(path, name=name)
     typer.echo(f"uploaded dataset {dataset.id} ({dataset.name}): {_describe(dataset)}")
