@@ -75,13 +75,10 @@ def mfeat_arrays() -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished run (a tiny mfeat student), shared by the rows that predict or reuse a run."""
-    folder = tmp_path_factory.mktemp("trained")
-    result = mmkd("train", spec_file(folder, **{"epochs: 2": "epochs: 1"}), "--out", folder / "run")
-    assert result.exit_code == 0, result.output
-    return folder / "run"
+@pytest.fixture()
+def trained(tiny_run: Path) -> Path:
+    """A finished run (the session's tiny mfeat student): predicted with, never to be changed."""
+    return tiny_run
 
 
 @pytest.fixture()
