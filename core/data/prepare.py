@@ -130,11 +130,12 @@ def _masked(label: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def _normaliser(raw: RawDataset, train: np.ndarray) -> Normaliser:
+    """Statistics accumulated in float64: squares of float32 values beyond ~1e19 overflow float32."""
     mean, std = {}, {}
     for name, values in raw.modalities.items():
         axes = (0,) if values.ndim == 2 else (0, 2)
-        mu = values[train].mean(axis=axes, keepdims=True)[0]
-        sigma = values[train].std(axis=axes, keepdims=True)[0]
+        mu = values[train].mean(axis=axes, keepdims=True, dtype=np.float64)[0]
+        sigma = values[train].std(axis=axes, keepdims=True, dtype=np.float64)[0]
         mean[name] = mu.astype(np.float32)
         std[name] = np.where(sigma < 1e-6, 1.0, sigma).astype(np.float32)
     return Normaliser(mean, std)

@@ -267,3 +267,14 @@ def test_a_truncated_file_is_one_line_at_every_offset(compressed: bool) -> None:
         assert str(caught.value).startswith("data.npz: not a valid .npz file (") and "\n" not in str(caught.value)
         messages.add(str(caught.value))
     assert messages
+
+
+def test_huge_finite_values_give_finite_statistics(tmp_path: Path) -> None:
+    """Values near 2**64 (uint64 ids, say) square beyond float32; the statistics that travel with the
+    student stay finite and the standardised data stays bounded."""
+    arrays = good()
+    arrays["a"] = np.random.default_rng(1).integers(0, 2**64 - 1, size=(60, 5), dtype=np.uint64)
+    np.savez(tmp_path / "d.npz", **arrays)
+    data = prepare(spec_for(tmp_path / "d.npz"), "classification")
+    assert np.isfinite(data.normaliser.std["a"]).all() and (data.normaliser.std["a"] > 1e18).all()
+    assert np.abs(data.train.modalities["a"]).max() < 10

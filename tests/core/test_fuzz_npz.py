@@ -123,6 +123,8 @@ def _with_value(draw: st.DrawFn, array: np.ndarray) -> np.ndarray:
 def _byte_mutation(draw: st.DrawFn, payload: bytes) -> bytes:
     """Break the file's bytes: cut, flip, overwrite or insert at an arbitrary offset."""
     kind = draw(st.sampled_from(["truncate", "flip", "overwrite", "insert"]))
+    if not payload:
+        return payload
     offset = draw(st.integers(0, max(len(payload) - 1, 0)))
     if kind == "truncate":
         return payload[:offset]
@@ -171,6 +173,8 @@ def broken_files(draw: st.DrawFn, *, in_bytes: bool) -> tuple[TaskKind, bytes, d
 
 def _check_prepared(data: PreparedData, task: TaskKind) -> None:
     """What a prepared dataset promises the trainer."""
+    for statistics in (data.normaliser.mean, data.normaliser.std):  # they travel in model.json
+        assert all(np.isfinite(values).all() for values in statistics.values())
     for part in (data.train, data.val, data.test):
         assert len(part) > 0
         for name, values in part.modalities.items():
