@@ -11,6 +11,7 @@ strings, numbers, booleans and null, so a spec means the same in a file and in a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -42,6 +43,9 @@ _SCALAR_TAGS = {f"{_TAG}{name}" for name in ("null", "bool", "int", "float", "st
 _TEXT_TAGS = {f"{_TAG}{name}" for name in ("timestamp", "merge", "value")}
 # YAML 1.1 reads 1e-3 as text (its floats need a dot); JSON and YAML 1.2 read a number, as users mean.
 _EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+# JSON writes a character beyond U+FFFF as two escaped UTF-16 halves ("\ud83d\ude00"), which YAML
+# refuses; in a JSON text (and only there: elsewhere a backslash may be literal) they become one escape.
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
 # The characters YAML forbids (the same set as PyYAML's reader), found here to name their line.
 _NOT_YAML = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _NO_DOCUMENT = object()  # the stream held no document (only comments)
@@ -94,6 +98,8 @@ def parse_spec_mapping(text: str, source: str) -> dict[str, Any]:
     if bad:
         where = _line_column(text, bad.start())
         raise SpecError(source, f"character U+{ord(bad.group()):04X} at {where} is not allowed in YAML")
+    if _SURROGATE_PAIR.search(text) and _is_json(text):
+        text = _SURROGATE_PAIR.sub(_one_escape, text)
     loader = _Loader(text)
     try:
         data = _build(loader, source)
@@ -188,7 +194,7 @@ def _scalar(loader: yaml.SafeLoader | yaml.CSafeLoader, event: Any, source: str,
     node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
     try:
         value = loader.construct_object(node)
-    except (ValueError, KeyError, yaml.YAMLError):  # e.g. !!int "x", !!bool "maybe", an int of 5,000 digits
+    except (ValueError, KeyError, IndexError, TypeError, yaml.YAMLError):  # !!int "x", !!float "", !!bool "maybe"...
         raise SpecError(source, f"{_show(event.value)} at {where} is not a valid {_short_tag(tag)}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(source, f"{_show(event.value)} at {where} is not a finite number (JSON has no .inf or .nan)")
@@ -202,6 +208,19 @@ def _check_collection_tag(event: Any, source: str, where: str) -> None:
 
 
 _ALLOWED = "a spec holds only strings, numbers, booleans, null, lists and mappings"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _one_escape(match: re.Match[str]) -> str:
+    high, low = int(match.group(2), 16), int(match.group(3), 16)
+    return f"{match.group(1)}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
 
 
 def _check_size(size: int, source: str) -> None:

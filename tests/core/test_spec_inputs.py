@@ -64,6 +64,9 @@ def spec_error(path: Path, content: str | bytes) -> str:
         (GOOD + "x: !!set {a: null}\n", "tag !!set at line 4, column 4 is not allowed"),
         (GOOD + "x: !include other.yaml\n", "tag !include at line 4, column 4 is not allowed"),
         (GOOD + "train: {amp: !!bool maybe}\n", "'maybe' at line 4, column 14 is not a valid !!bool"),
+        (GOOD + "train: {epochs: !!int ''}\n", "'' at line 4, column 17 is not a valid !!int"),
+        (GOOD + "train:\n  lr: !!float\n", "'' at line 5, column 7 is not a valid !!float"),
+        (GOOD + "train: {lr: !!float '-'}\n", "'-' at line 4, column 13 is not a valid !!float"),
         (GOOD + "train: {epochs: " + "9" * 5000 + "}\n", "at line 4, column 17 is not a valid !!int"),
         (GOOD + "train: {weight_decay: .inf}\n", "'.inf' at line 4, column 23 is not a finite number"),
         (GOOD + "train: {lr: .nan}\n", "'.nan' at line 4, column 13 is not a finite number"),
@@ -134,6 +137,18 @@ def test_byte_order_mark_dates_and_json_are_fine(tmp_path: Path) -> None:
         "method": {"name": "paper"},
     }
     assert parse_spec_text(json.dumps(data, indent=2), "s.json") == parse_spec_text(GOOD, "s.yaml")
+
+
+def test_json_escapes_beyond_the_basic_plane_read_as_in_json() -> None:
+    """Python's json writes U+1F600 as two escaped halves, which YAML refuses; a JSON text reads as JSON."""
+    data = _data(dataset={"uri": "/data/\U0001f600.npz", "primary": ["a"], "auxiliary": ["b"]})
+    text = json.dumps(data)
+    assert "\\ud83d\\ude00" in text and parse_spec_text(text, "s.json").dataset.uri == "/data/\U0001f600.npz"
+    literal = GOOD.replace("name: t", "name: t\nx: '\\ud83d\\ude00'")  # YAML, not JSON: the backslashes stay
+    with pytest.raises(SpecError, match=r"x: Extra inputs"):
+        parse_spec_text(literal, "s.yaml")
+    with pytest.raises(SpecError, match="s.json: YAML syntax error at line 1"):
+        parse_spec_text('{"name": "\\ud800"}', "s.json")  # half a character
 
 
 def test_many_problems_are_cut_to_ten_and_odd_keys_are_escaped() -> None:
