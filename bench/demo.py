@@ -1,9 +1,14 @@
 """``make demo``: the embedded stack end to end.
 
 Starts ``mmkd up`` (API, one Celery worker, reaper; SQLite, kombu's SQLAlchemy transport and a local
-folder under ``bench/out/demo``), submits ``examples/mfeat-paper.yaml`` and a ``student_only``
-reference on the same split through the SDK, shows live progress, prints the result table and
-where the exported student is, then stops everything.
+artifact folder), submits ``examples/mfeat-paper.yaml`` and a ``student_only`` reference on the same
+split through the SDK, shows live progress, prints the result table and where the exported student
+is, then stops everything.
+
+Every file the demo writes lies under ``bench/out/demo`` (git-ignored, emptied at each start):
+``up.log``, ``home/`` (the stack's database, broker, artifacts and worker files), ``student/`` (the
+student downloaded through the API), and ``cache/`` and ``tmp/``, where the stack's libraries put
+their caches and temporary files instead of the user's home and /tmp.
 """
 
 from __future__ import annotations
@@ -31,16 +36,26 @@ SPEC = ROOT / "examples" / "mfeat-paper.yaml"
 console = Console()
 
 
+def contained_environment() -> dict[str, str]:
+    """Environment that sends the stack's caches (matplotlib's fonts, XDG caches) and temporary files into OUT."""
+    folders = {"XDG_CACHE_HOME": OUT / "cache", "MPLCONFIGDIR": OUT / "cache" / "matplotlib", "TMPDIR": OUT / "tmp"}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    return {name: str(folder) for name, folder in folders.items()}
+
+
 def start_stack(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     """``mmkd up`` on a free loopback port; returns the process and the API URL once it answers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMKD_")}
-    env.update(MMKD_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(MMKD_HOME=str(home), PYTHONUNBUFFERED="1", **contained_environment())
     mmkd = str(Path(sys.executable).with_name("mmkd"))
     with (OUT / "up.log").open("wb") as log:
-        process = subprocess.Popen([mmkd, "up", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [mmkd, "up", "--port", str(port)], env=env, cwd=OUT, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while "mmkd is up" not in (OUT / "up.log").read_text():
@@ -121,12 +136,15 @@ def main() -> int:
         console.print(f"exported student (downloaded through the API): {student}")
         console.print(f"all artifacts of job {paper_id} in the local store: {stored}")
         primary = ", ".join(spec.dataset.primary)
-        console.print(f"predict: mmkd predict {student} DATA.npz --out predictions.npz  (DATA.npz holds {primary})")
+        predictions = OUT / "predictions.npz"
+        console.print(f"predict: mmkd predict {student} DATA.npz --out {predictions}  (DATA.npz holds {primary})")
         return 0 if paper.status == reference.status == "succeeded" else 1
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
         console.print("embedded stack stopped")
+        written = ", ".join(sorted(path.name + ("/" if path.is_dir() else "") for path in OUT.iterdir()))
+        console.print(f"everything this demo wrote is in {OUT} ({written}); the next run starts it afresh")
 
 
 if __name__ == "__main__":
