@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from conftest import free_port
+from live_servers import free_port
 
 from core.data import MAX_CLASSES, is_labelled, prepare
 from core.data.arrays import read_local_or_s3
