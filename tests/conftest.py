@@ -16,9 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import throwaway_services
-from live_servers import ApiServer, MotoServer, free_port, wait_for_port
-
-__all__ = ["free_port", "wait_for_port"]  # tests import these from here
+from live_servers import ApiServer, MotoServer
 
 PG_ADMIN_URL = os.environ.get("MMKD_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_BASE_URL = os.environ.get("MMKD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
