@@ -6,7 +6,8 @@ alias (a billion-laughs document expands without bound), a tag for a type JSON c
 (``!!binary``, ``!!timestamp``, ``!!set``, ``!!python/...``), a second document. This reader takes
 PyYAML's event stream and builds the data itself, without recursion, refusing each of those with
 its line and column. What it returns is what JSON can say: mappings with string keys, lists,
-strings, numbers, booleans and null, so a spec means the same in a file and in an API request.
+strings, numbers, booleans and null, so a spec means the same in a file and in an API request
+(and, as in JSON, a plain ``1e-3`` is a number).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-
 # The characters YAML forbids (the same set as PyYAML's reader), found here to name their line.
 _NOT_YAML = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _NO_DOCUMENT = object()  # the stream held no document (only comments)
+_ALLOWED = "a spec holds only strings, numbers, booleans, null, lists and mappings"
 _TYPE_WORDS = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number"}
 
 
@@ -181,7 +183,7 @@ def _add(parent: _Mapping | list[Any], value: Any, source: str, *, line: int, wh
 
 
 def _scalar(loader: yaml.SafeLoader | yaml.CSafeLoader, event: Any, source: str, where: str) -> Any:
-    """A plain scalar's JSON value; an explicit tag must name a JSON type (``!!str``, ``!!int``...)."""
+    """A scalar's JSON value; an explicit tag must name a JSON type (``!!str``, ``!!int``...)."""
     tag = event.tag
     if tag is None or tag == "!":
         tag = loader.resolve(ScalarNode, event.value, event.implicit)
@@ -207,9 +209,6 @@ def _check_collection_tag(event: Any, source: str, where: str) -> None:
         raise SpecError(source, f"tag {_short_tag(event.tag)} at {where} is not allowed: {_ALLOWED}")
 
 
-_ALLOWED = "a spec holds only strings, numbers, booleans, null, lists and mappings"
-
-
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
@@ -225,7 +224,7 @@ def _one_escape(match: re.Match[str]) -> str:
 
 def _check_size(size: int, source: str) -> None:
     if size > MAX_SPEC_BYTES:
-        raise SpecError(source, f"is larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a few lines")
+        raise SpecError(source, f"is larger than {MAX_SPEC_BYTES >> 20} MiB; a job spec is a few lines")
 
 
 def _line_column(text: str, index: int) -> str:

@@ -102,8 +102,8 @@ def test_the_size_cap_is_one_mebibyte(tmp_path: Path) -> None:
     at_cap += "#" * (MAX_SPEC_BYTES - len(at_cap) - 1) + "\n"
     (tmp_path / "big.yaml").write_text(at_cap)
     assert len(at_cap) == MAX_SPEC_BYTES and load_spec(tmp_path / "big.yaml").name == "t"
-    assert spec_error(tmp_path / "spec.yaml", at_cap + "\n") == "is larger than 1024 KiB; a job spec is a few lines"
-    with pytest.raises(SpecError, match="^<text>: is larger than 1024 KiB"):
+    assert spec_error(tmp_path / "spec.yaml", at_cap + "\n") == "is larger than 1 MiB; a job spec is a few lines"
+    with pytest.raises(SpecError, match="^<text>: is larger than 1 MiB"):
         parse_spec_text(at_cap + "\n", "<text>")
 
 
