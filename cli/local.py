@@ -24,22 +24,13 @@ console = Console()
 
 
 def _load_spec(path: Path) -> JobSpec:
-    from pydantic import ValidationError
-
     from core.errors import SpecError
-    from core.spec import describe_validation_error, load_spec
+    from core.spec import load_spec
 
     try:
         return load_spec(path)
-    except SpecError as exc:  # its message starts with the path
+    except SpecError as exc:  # one line that starts with the path
         fail(_one_line(str(exc)))
-    except FileNotFoundError:
-        fail(f"{path}: no such file")
-    except ValidationError as exc:
-        fail(f"{path}: invalid spec: " + "; ".join(describe_validation_error(exc)))
-    except (ValueError, OSError) as exc:  # some name the path already: print it once
-        message = _one_line(str(exc))
-        fail(message if message.startswith(f"{path}: ") else f"{path}: {message}")
 
 
 def _one_line(message: str) -> str:
