@@ -29,7 +29,7 @@ from core.data.arrays import MAX_ARRAYS, MAX_CLASSES, read_npz, refuse_oversize
 from core.data.prepare import Normaliser
 from core.errors import DataError
 from core.models.network import MultimodalNet
-from core.spec import MODALITY_NAME, RESERVED_KEYS, JobSpec, TaskKind
+from core.spec import MODALITY_NAME, JobSpec, TaskKind
 
 MAX_MODEL_JSON_BYTES = 8 * 1024**2  # a spec and up to MAX_CLASSES class names fit many times over
 
@@ -168,7 +168,8 @@ def load_program(model_dir: Path) -> Callable[..., object]:
 
 
 def read_primary(data_path: Path, card: ModelCard, *, max_bytes: int | None) -> list[np.ndarray]:
-    """The primary modalities in ``data_path`` as float32, in the card's order, all checked."""
+    """The primary modalities in ``data_path`` as float32, in the card's order, all checked; the
+    file's other arrays are ignored."""
     source = str(data_path)
     if not data_path.is_file():
         raise DataError(source, "no such file")
@@ -179,12 +180,11 @@ def read_primary(data_path: Path, card: ModelCard, *, max_bytes: int | None) -> 
         raise DataError(source, f"cannot be read ({exc.strerror or exc})") from exc
     wanted = list(card.modalities)
     missing = [name for name in wanted if name not in arrays]
-    if missing:
-        names = ", ".join(map(repr, missing))
-        raise DataError(source, f"primary modality {names} is missing; the student needs {wanted}")
-    extra = sorted(name[:80] for name in set(arrays) - set(wanted) - RESERVED_KEYS)
-    if extra:
-        raise DataError(source, f"arrays {extra} are not the student's inputs; it takes only {wanted}")
+    if missing:  # other arrays (auxiliary modalities, label, split) are ignored: a dataset file will do
+        names, present = ", ".join(map(repr, missing)), sorted(name[:80] for name in arrays)[:20]
+        raise DataError(
+            source, f"primary modality {names} is missing; the student needs {wanted}, the file has {present}"
+        )
     inputs = [_checked_modality(source, name, arrays[name], tuple(card.modalities[name])) for name in wanted]
     counts = {name: len(values) for name, values in zip(wanted, inputs, strict=True)}
     if len(set(counts.values())) != 1:

@@ -217,6 +217,14 @@ def test_predict_writes_exactly_the_out_path_it_names(tmp_path: Path, trained: P
         assert set(saved["class_name"]) <= {str(digit) for digit in range(10)}
 
 
+def test_predict_reads_the_primary_modalities_of_a_whole_dataset_file(tmp_path: Path, trained: Path) -> None:
+    out = tmp_path / "p.npz"
+    result = mmkd("predict", trained / "student", MFEAT, "--out", out)  # auxiliary modalities and labels too
+    assert result.exit_code == 0, result.output
+    with np.load(out) as saved:
+        assert saved["prediction"].shape == (2000,)
+
+
 def test_predict_in_batches_matches_one_batch(trained: Path, primary: Path) -> None:
     from core.engine.export import predict_file
 
