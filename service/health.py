@@ -16,8 +16,9 @@ from jobs.publish import check_broker
 from service.deps import SettingsDep
 from service.errors import problem
 from service.openapi import PROBLEM_JSON, ReadinessChecks
+from service.strict_json import StrictJsonRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=StrictJsonRoute, tags=["health"])
 #: Readiness checks run at most this many at a time, outside the handlers' thread pool.
 PROBE_THREADS = 2
 

@@ -23,9 +23,12 @@ from service.datasets.schemas import DATASET_NAME, CompleteRequest, DatasetOut, 
 from service.deps import DIGITS_ONLY, MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
 from service.openapi import error_responses
 from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
+from service.strict_json import StrictJsonRoute
 
 #: Every datasets operation needs a key and may find the server busy.
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 503))
+router = APIRouter(
+    route_class=StrictJsonRoute, prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 503)
+)
 CURSOR_KIND = "d"
 NPZ_BODY = {
     "requestBody": {

@@ -34,9 +34,10 @@ from service.jobs.schemas import (
 )
 from service.openapi import error_responses
 from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
+from service.strict_json import StrictJsonRoute
 
 #: Every jobs operation needs a key and may find the server busy.
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 503))
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 503))
 NO_SUCH_JOB = {404: "No such job, or another owner's (the same answer)."}
 JOB_PATH = "/{job_id:int}"  # decimal digits only: `/v1/jobs/%0C2` or `/v1/jobs/+2` match no route (404)
 LOCATION = {"Location": {"description": "The job's URL.", "schema": {"type": "string"}, "required": True}}

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Request
 from service.deps import CurrentOwner
 from service.keys.schemas import WhoAmI
 from service.openapi import error_responses
+from service.strict_json import StrictJsonRoute
 
-router = APIRouter(prefix="/v1", tags=["keys"], responses=error_responses(401, 503))
+router = APIRouter(route_class=StrictJsonRoute, prefix="/v1", tags=["keys"], responses=error_responses(401, 503))
 
 
 @router.get("/whoami", response_model=WhoAmI)

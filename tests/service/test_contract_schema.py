@@ -243,6 +243,19 @@ def test_malformed_bodies_are_one_422_at_body(api: Api, url: str, body: bytes) -
     assert [error["path"] for error in errors] == ["(body)"] and errors[0]["message"].startswith("malformed JSON")
 
 
+def test_a_json_body_with_a_duplicate_key_is_a_422_at_body(api: Api) -> None:
+    """json.loads keeps the last of two equal keys; a spec file with one is an error, so is the body."""
+    body = (
+        b'{"name": "dup", "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["kar"]},'
+        b' "method": {"name": "student_only"}, "train": {"epochs": 1, "epochs": 2}}'
+    )
+    headers = {**api.auth(api.new_key()), "Content-Type": "application/json"}
+    response = api.client.post("/v1/jobs", content=body, headers=headers)
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM_JSON
+    errors = response.json()["errors"]
+    assert errors == [{"path": "(body)", "message": 'malformed JSON: duplicate key "epochs"'}]
+
+
 def test_a_made_up_cursor_is_a_documented_422(api: Api) -> None:
     response = api.client.get("/v1/jobs?cursor=bm9wZQ", headers=api.auth(api.new_key()))
     assert response.status_code == 422 and response.headers["content-type"] == PROBLEM_JSON
