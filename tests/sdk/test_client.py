@@ -79,6 +79,27 @@ def test_submit_in_three_shapes_get_and_list(client: Client) -> None:
     assert [job.id for job in client.list(status="cancelled")] == []
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"name": "a", "name": "b"}', "duplicate key 'name'"),
+        ("name: a\ntrain:\n  epochs: 1\n  epochs: 2\n", "duplicate key 'epochs' at line 4"),
+        ("base: &b {epochs: 1}\ntrain: *b\n", "aliases are not allowed"),
+        ("name: [unclosed\n", "not a valid YAML spec"),
+    ],
+)
+def test_a_spec_file_that_means_two_things_is_refused_before_sending(
+    client: Client, tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    before = [job.id for job in client.list()]
+    with pytest.raises(ValueError, match=message) as refused:
+        client.submit(path)
+    assert str(refused.value).startswith(str(path))
+    assert [job.id for job in client.list()] == before
+
+
 def test_errors_map_to_exceptions(client: Client, api_server: Any) -> None:
     with pytest.raises(ValidationFailed) as invalid:
         client.submit({**SPEC, "dataset": {**SPEC["dataset"], "primary": []}})
