@@ -3,12 +3,13 @@
 Starts ``mmkd up`` (API, one Celery worker, reaper; SQLite, kombu's SQLAlchemy transport and a local
 artifact folder), submits ``examples/mfeat-paper.yaml`` and a ``student_only`` reference on the same
 split through the SDK, shows live progress, prints the result table and where the exported student
-is, then stops everything.
+is, predicts the test split with the downloaded student through the CLI, then stops everything.
 
 Every file the demo writes lies under ``bench/out/demo`` (git-ignored, emptied at each start):
 ``up.log``, ``home/`` (the stack's database, broker, artifacts and worker files), ``student/`` (the
-student downloaded through the API), and ``cache/`` and ``tmp/``, where the stack's libraries put
-their caches and temporary files instead of the user's home and /tmp.
+student downloaded through the API), ``primary.npz`` and ``predictions.npz`` (the README's
+``datasets export`` and ``predict`` on it), and ``cache/`` and ``tmp/``, where the stack's libraries
+put their caches and temporary files instead of the user's home and /tmp.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mmkd_client import Client
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,6 +35,7 @@ from core.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "demo"
 SPEC = ROOT / "examples" / "mfeat-paper.yaml"
+MMKD = str(Path(sys.executable).with_name("mmkd"))
 console = Console()
 
 
@@ -51,10 +54,9 @@ def start_stack(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMKD_")}
     env.update(MMKD_HOME=str(home), PYTHONUNBUFFERED="1", **contained_environment())
-    mmkd = str(Path(sys.executable).with_name("mmkd"))
     with (OUT / "up.log").open("wb") as log:
         process = subprocess.Popen(
-            [mmkd, "up", "--port", str(port)], env=env, cwd=OUT, stdout=log, stderr=subprocess.STDOUT
+            [MMKD, "up", "--port", str(port)], env=env, cwd=OUT, stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -66,6 +68,21 @@ def start_stack(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         if line.startswith(("mmkd is up", "  home")):
             console.print(line)
     return process, url
+
+
+def predict_test_split(spec: Any) -> float | None:
+    """The README's tour on the downloaded student, in OUT: ``datasets export`` the test split's primary
+    modalities, ``predict`` them, and score the predictions against the exported labels (None on a failure)."""
+    modalities = ",".join(spec.dataset.primary)
+    split = ["--split", "test", "--split-seed", str(spec.dataset.split_seed)]
+    export = ["datasets", "export", spec.dataset.name, "--modalities", modalities, *split, "--out", "primary.npz"]
+    predict = ["predict", "student", "primary.npz", "--out", "predictions.npz"]
+    for arguments in (export, predict):
+        console.print(f"$ mmkd {' '.join(arguments)}   (in {OUT})")
+        if subprocess.run([MMKD, *arguments], cwd=OUT, env={**os.environ, **contained_environment()}).returncode:
+            return None
+    with np.load(OUT / "primary.npz") as truth, np.load(OUT / "predictions.npz") as predicted:
+        return float((truth["label"] == predicted["prediction"]).mean())
 
 
 def follow(client: Client, job_id: int, label: str) -> Any:
@@ -135,10 +152,14 @@ def main() -> int:
         stored = OUT / "home" / "artifacts" / "jobs" / str(paper_id)
         console.print(f"exported student (downloaded through the API): {student}")
         console.print(f"all artifacts of job {paper_id} in the local store: {stored}")
-        primary = ", ".join(spec.dataset.primary)
-        predictions = OUT / "predictions.npz"
-        console.print(f"predict: mmkd predict {student} DATA.npz --out {predictions}  (DATA.npz holds {primary})")
-        return 0 if paper.status == reference.status == "succeeded" else 1
+        if paper.status != "succeeded" or reference.status != "succeeded":
+            return 1
+        accuracy = predict_test_split(spec)
+        if accuracy is None:
+            return 1
+        reported = paper.result["student"]["accuracy"]
+        console.print(f"predictions.npz on the test split: accuracy {accuracy:.4f} (the job reported {reported:.4f})")
+        return 0
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
