@@ -128,22 +128,13 @@ def export(
 
 
 def _write_npz(path: Path, arrays: dict[str, Any]) -> None:
-    """Write ``arrays`` to exactly ``path`` (np.savez would add .npz to a bare name), atomically: a
-    partial file next to it is renamed into place, or removed."""
-    import os
+    """Write ``arrays`` to exactly ``path``, atomically, or fail with one line."""
+    from core.files import write_npz
 
-    import numpy as np
-
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("xb") as file:
-            np.savez(file, **arrays)
-        partial.replace(path)
+        write_npz(path, arrays)
     except OSError as exc:
         fail(f"{path}: cannot write ({exc.strerror or exc})")
-    finally:
-        partial.unlink(missing_ok=True)  # gone already after a successful replace
 
 
 def _label(dataset: Dataset) -> str:

@@ -153,11 +153,6 @@ def predict_command(
 ) -> None:
     """Predict with an exported student from primary modalities only; --out is written whole or not at all."""
     _check_output_file(out)
-    import io
-
-    import numpy as np
-
-    from core.engine.checkpoint import atomic_write
     from core.engine.export import predict_file
     from core.errors import MmkdError
     from settings import get_common_settings
@@ -166,10 +161,10 @@ def predict_command(
         result = predict_file(model_dir, data, max_bytes=get_common_settings().max_dataset_bytes)
     except MmkdError as exc:
         fail(_one_line(str(exc)))
-    archive = io.BytesIO()  # to a buffer: np.savez would add .npz to a path without it
-    np.savez(archive, **result)  # type: ignore[arg-type]
+    from core.files import write_npz
+
     try:
-        atomic_write(out, archive.getvalue())
+        write_npz(out, result)
     except OSError as exc:
         fail(f"{out}: cannot be written ({exc.strerror})")
     console.print(f"{len(result['prediction'])} predictions written to {out}")

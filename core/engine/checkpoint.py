@@ -9,15 +9,15 @@ it on the same hardware gives the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
+
+from core.files import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -59,21 +59,6 @@ def from_bytes(payload: bytes) -> dict[str, Any]:
     if state.get("format") != FORMAT_VERSION:
         raise ValueError(f"checkpoint format {state.get('format')!r}, expected {FORMAT_VERSION}")
     return state
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class LocalCheckpointStore:
