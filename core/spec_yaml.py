@@ -6,8 +6,13 @@ alias (a billion-laughs document expands without bound), a tag for a type JSON c
 (``!!binary``, ``!!timestamp``, ``!!set``, ``!!python/...``), a second document. This reader takes
 PyYAML's event stream and builds the data itself, without recursion, refusing each of those with
 its line and column. What it returns is what JSON can say: mappings with string keys, lists,
-strings, numbers, booleans and null, so a spec means the same in a file and in an API request
-(and, as in JSON, a plain ``1e-3`` is a number).
+strings, numbers, booleans and null, so a spec means the same in a file and in an API request.
+
+A plain number is written as JSON writes one (so ``1e-3`` is a number, as in JSON and YAML 1.2);
+a leading ``+`` and a float with no digit before or after its dot (``+1``, ``.5``, ``-.5``, ``1.``)
+are numbers too, as in YAML 1.2, since they mean the same to every reader. What else YAML 1.1 reads
+as a number (``010`` is 8, ``0x10``, ``0b11``, ``1:30`` is 90, ``1_0``) is refused with its line:
+the author writes the number JSON's way, or quotes the text.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ _TAG = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_TAG}{name}" for name in ("null", "bool", "int", "float", "str")}
 # YAML 1.1 types a plain scalar may resolve to that JSON has no word for: they stay the text written.
 _TEXT_TAGS = {f"{_TAG}{name}" for name in ("timestamp", "merge", "value")}
-# YAML 1.1 reads 1e-3 as text (its floats need a dot); JSON and YAML 1.2 read a number, as users mean.
-_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+# A plain number as JSON writes it, plus a leading + and a bare dot (.5, 1.) as YAML 1.2 does.
+_NUMBER = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_INTEGER = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_NUMBER_TAGS = {f"{_TAG}int", f"{_TAG}float"}
 # JSON writes a character beyond U+FFFF as two escaped UTF-16 halves ("\ud83d\ude00"), which YAML
 # refuses; in a JSON text (and only there: elsewhere a backslash may be literal) they become one escape.
 _SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
@@ -70,6 +77,8 @@ def read_spec_file(path: str | Path) -> str:
                 data = file.read(MAX_SPEC_BYTES + 1)
         finally:
             os.close(descriptor)
+    except ValueError:  # os.open refuses a path with a NUL character in it
+        raise SpecError(source.replace("\0", "\\0"), "is not a valid path: it contains a NUL character") from None
     except FileNotFoundError:
         raise SpecError(source, "no such file") from None
     except IsADirectoryError:
@@ -186,11 +195,9 @@ def _scalar(loader: yaml.SafeLoader | yaml.CSafeLoader, event: Any, source: str,
     """A scalar's JSON value; an explicit tag must name a JSON type (``!!str``, ``!!int``...)."""
     tag = event.tag
     if tag is None or tag == "!":
-        tag = loader.resolve(ScalarNode, event.value, event.implicit)
+        tag = _implicit_tag(loader, event, source, where)
         if tag in _TEXT_TAGS:
             return event.value
-        if tag == f"{_TAG}str" and event.implicit[0] and _EXPONENT_FLOAT.fullmatch(event.value):  # plain
-            tag = f"{_TAG}float"
     if tag not in _SCALAR_TAGS:
         raise SpecError(source, f"tag {_short_tag(tag)} at {where} is not allowed: {_ALLOWED}")
     node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
@@ -201,6 +208,26 @@ def _scalar(loader: yaml.SafeLoader | yaml.CSafeLoader, event: Any, source: str,
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(source, f"{_show(event.value)} at {where} is not a finite number (JSON has no .inf or .nan)")
     return value
+
+
+def _implicit_tag(loader: yaml.SafeLoader | yaml.CSafeLoader, event: Any, source: str, where: str) -> str:
+    """An untagged scalar's tag: YAML 1.1's, except that a plain number must be one JSON could write."""
+    text = event.value
+    tag: str = loader.resolve(ScalarNode, text, event.implicit)
+    if not event.implicit[0] or tag in _TEXT_TAGS:  # quoted, or a date: text
+        return tag
+    if _NUMBER.fullmatch(text):
+        return f"{_TAG}int" if _INTEGER.fullmatch(text) else f"{_TAG}float"
+    if tag not in _NUMBER_TAGS:
+        return tag
+    try:
+        value = loader.construct_object(ScalarNode(tag, text, event.start_mark, event.end_mark))
+    except (ValueError, yaml.YAMLError):  # 0x_ and the like
+        value = None
+    if isinstance(value, float) and not math.isfinite(value):
+        return tag  # .inf and .nan: refused as not finite, with the reason
+    write = f"write {value!r}, or {_show(text)} for text" if value is not None else f"quote it: {_show(text)}"
+    raise SpecError(source, f"{_show(text)} at {where} is a YAML 1.1 number JSON cannot write: {write}")
 
 
 def _check_collection_tag(event: Any, source: str, where: str) -> None:

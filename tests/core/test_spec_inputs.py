@@ -18,7 +18,7 @@ from openapi_spec_validator import validate as validate_openapi
 
 from core.errors import SpecError
 from core.spec import METHOD_NAMES, JobSpec, load_spec, parse_spec_text
-from core.spec_yaml import MAX_SPEC_BYTES
+from core.spec_yaml import MAX_SPEC_BYTES, parse_spec_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = "name: t\ndataset: {name: mfeat, primary: [fou], auxiliary: [fac]}\nmethod: {name: paper}\n"
@@ -71,6 +71,39 @@ def spec_error(path: Path, content: str | bytes) -> str:
         (GOOD + "train: {weight_decay: .inf}\n", "'.inf' at line 4, column 23 is not a finite number"),
         (GOOD + "train: {lr: .nan}\n", "'.nan' at line 4, column 13 is not a finite number"),
         (GOOD + "train: {lr: 1e999}\n", "'1e999' at line 4, column 13 is not a finite number"),
+        (
+            GOOD + "train: {epochs: 010}\n",
+            "'010' at line 4, column 17 is a YAML 1.1 number JSON cannot write: write 8, or '010' for text",
+        ),
+        (
+            GOOD + "train: {epochs: 0x10}\n",
+            "'0x10' at line 4, column 17 is a YAML 1.1 number JSON cannot write: write 16, or '0x10' for text",
+        ),
+        (
+            GOOD + "train: {epochs: 0b11}\n",
+            "'0b11' at line 4, column 17 is a YAML 1.1 number JSON cannot write: write 3, or '0b11' for text",
+        ),
+        (
+            GOOD + "train: {epochs: 1:30}\n",
+            "'1:30' at line 4, column 17 is a YAML 1.1 number JSON cannot write: write 90, or '1:30' for text",
+        ),
+        (
+            GOOD + "train: {epochs: 1_0}\n",
+            "'1_0' at line 4, column 17 is a YAML 1.1 number JSON cannot write: write 10, or '1_0' for text",
+        ),
+        (
+            GOOD + "train: {lr: 1_0.5}\n",
+            "'1_0.5' at line 4, column 13 is a YAML 1.1 number JSON cannot write: write 10.5, or '1_0.5' for text",
+        ),
+        (GOOD + "train: {lr: 00.5}\n", "'00.5' at line 4, column 13 is a YAML 1.1 number JSON cannot write: write 0.5"),
+        (
+            GOOD + "train: {lr: 1:30.5}\n",
+            "'1:30.5' at line 4, column 13 is a YAML 1.1 number JSON cannot write: write 90.5, or '1:30.5' for text",
+        ),
+        (
+            GOOD + "train: {epochs: 0x_}\n",
+            "'0x_' at line 4, column 17 is a YAML 1.1 number JSON cannot write: quote it: '0x_'",
+        ),
         ("a: " + "[" * 40 + "]" * 40 + "\n", "nests deeper than 32 levels at line 1, column 35"),
         (BILLION_LAUGHS, "YAML alias *a at line 2, column 8: aliases are not allowed in a spec"),
         (GOOD + "train: &t {epochs: 2}\ncheckpoint: *t\n", "YAML alias *t at line 5, column 13"),
@@ -197,6 +230,26 @@ def test_exponent_floats_are_numbers_as_in_json() -> None:
     spec = parse_spec_text(GOOD + "train: {lr: 1e-3, weight_decay: 5E-4}\nmodel: {dropout: .5e-1}\n", "s.yaml")
     assert (spec.train.lr, spec.train.weight_decay, spec.model.dropout) == (0.001, 0.0005, 0.05)
     assert parse_spec_text(GOOD.replace("name: t", "name: '1e3'"), "s.yaml").name == "1e3"  # quoted: text
+
+
+@pytest.mark.parametrize(
+    ("written", "value"),
+    [("+1", 1), ("-0", 0), (".5", 0.5), ("-.5", -0.5), ("+.5", 0.5), ("1.", 1.0), ("1.5e3", 1500.0), ("0.25", 0.25)],
+)
+def test_numbers_yaml_1_2_writes_are_numbers(written: str, value: float) -> None:
+    """A leading + and a bare dot mean the same to every reader: numbers, as in YAML 1.2."""
+    data = parse_spec_mapping(f"x: {written}\n", "s.yaml")
+    assert data == {"x": value} and type(data["x"]) is type(value)
+
+
+@pytest.mark.parametrize("written", ["010", "0x10", "1:30", "1_0", "0o10", "1e-3"])
+def test_quoted_numbers_stay_text(written: str) -> None:
+    assert parse_spec_mapping(f"x: '{written}'\ny: \"{written}\"\n", "s.yaml") == {"x": written, "y": written}
+
+
+def test_a_path_with_a_nul_character_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"^a\\0b.yaml: is not a valid path: it contains a NUL character$"):
+        load_spec("a\0b.yaml")
 
 
 def test_non_finite_numbers_from_json_are_refused_by_the_model() -> None:
