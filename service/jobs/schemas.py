@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from core.spec import JobSpec
 from jobs.models import Artifact, Job, JobEvent, MetricPoint
@@ -15,7 +16,9 @@ from service.jobs.results import RESULT_EXAMPLE, JobResult
 #: Metric series names are stored in a 128-character column.
 MAX_METRIC_NAME = 128
 MetricName = Annotated[str, Field(min_length=1, max_length=MAX_METRIC_NAME)]
-RESULT: TypeAdapter[JobResult] = TypeAdapter(JobResult)
+#: A spec or result stored before the current rules, shown as stored. The OpenAPI schema leaves it out:
+#: it documents what this version writes (docs/api.md, *Legacy rows*).
+StoredJson = SkipJsonSchema[dict[str, Any]]
 
 
 class Progress(BaseModel):
@@ -64,11 +67,15 @@ class JobSummary(BaseModel):
 class JobOut(JobSummary):
     """A job as a client reads it."""
 
-    spec: JobSpec = Field(description="The spec as validated at submit, defaults filled in.")
+    spec: JobSpec | StoredJson = Field(
+        union_mode="left_to_right",
+        description="The spec as validated at submit, defaults filled in.",
+    )
     latest_metrics: dict[MetricName, float] = Field(
         default_factory=dict, description="The newest value of every metric series."
     )
-    result: JobResult | None = Field(
+    result: JobResult | StoredJson | None = Field(
+        union_mode="left_to_right",
         description="Succeeded jobs only: test (and validation) metrics of the student, teacher and auxiliary "
         "networks, typed by `task`.",
         json_schema_extra={"example": RESULT_EXAMPLE},
@@ -81,7 +88,7 @@ class JobOut(JobSummary):
 
     @classmethod
     def of_job(cls, job: Job, *, owner: str) -> JobOut:
-        """Build from the ORM row."""
+        """Build from the ORM row; a stored spec or result the models refuse is kept as stored, never a 500."""
         base = f"/v1/jobs/{job.id}"
         links = JobLinks(
             self=base,
@@ -92,9 +99,9 @@ class JobOut(JobSummary):
         )
         return cls(
             **_summary_fields(job, owner),
-            spec=JobSpec.model_validate(job.spec),
+            spec=job.spec,
             latest_metrics=job.latest_metrics or {},
-            result=None if job.result is None else RESULT.validate_python(job.result),
+            result=job.result,
             error=job.error,
             queued_at=job.queued_at,
             updated_at=job.updated_at,
