@@ -6,6 +6,7 @@ build these, and tests that need a server of their own (``tests/contract``) buil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -22,42 +23,79 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the sockets listening on TCP ``port`` (any address, IPv4 or IPv6), from /proc/net."""
+    inodes: set[str] = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        rows = table.read_text().splitlines()[1:] if table.exists() else []
+        for fields in (row.split() for row in rows):
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """True when process ``pid`` itself holds a socket listening on ``port`` (not merely: something answers)."""
+    inodes = listening_sockets(port)
+    if not inodes:
+        return False
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(descriptor)
+                if target.startswith("socket:[") and target[len("socket:[") : -1] in inodes:
+                    return True
+    return False
 
 
 class LoopbackServer:
-    """A server subprocess on a free loopback port: launched, awaited, stopped."""
+    """A server subprocess on a loopback port (a free one unless given): launched, awaited, stopped."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.process: subprocess.Popen[bytes] | None = None
 
-    def launch(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        """Start ``command`` (quietly) and wait until the port accepts connections."""
+    def launch(self, command: list[str], env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+        """Start ``command`` (quietly) and wait until it listens on the port itself; killed if it does not.
+
+        Something else answering on the port is not enough: ``free_port`` only says the port was free a
+        moment ago, and a server that found it taken exits while the other one answers for it.
+        """
+        name = Path(command[0]).name
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
+        deadline = time.monotonic() + timeout
+        try:
+            while not listens_on(self.process.pid, self.port):
+                if self.process.poll() is not None:
+                    raise RuntimeError(self._refusal(name, f"exited with {self.process.returncode}"))
+                if time.monotonic() > deadline:
+                    raise RuntimeError(self._refusal(name, f"did not listen within {timeout:g} s"))
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _refusal(self, name: str, what: str) -> str:
+        taken = ": another process listens there" if listening_sockets(self.port) else ""
+        return f"{name} on 127.0.0.1:{self.port} {what}{taken}"
 
     def stop(self) -> None:
-        """Terminate the server and wait for it."""
+        """Terminate the server (killed if it lingers) and wait for it."""
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
             self.process = None
 
 
 class MotoServer(LoopbackServer):
     """moto's S3 server; stop() and start() again simulate a storage outage."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
