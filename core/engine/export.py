@@ -5,8 +5,10 @@ training-split normalisation baked in), ``weights.pt`` (the state dict), ``model
 modalities and shapes, task, class names), ``normalization.npz`` and ``metrics.json``. The folder
 is written beside its place and renamed into it: it is complete or absent.
 
-``predict_file`` trusts neither the folder nor the data: every way either can be wrong is one
-``DataError`` naming the file, and accepted input never yields a NaN score.
+``predict_file`` checks the folder and the data: every way either can be wrong is one ``DataError``
+naming the file, and accepted input never yields a NaN score. The program is screened so that
+loading it runs no pickled code (core/engine/program_archive.py), but its graph still names the
+functions it calls: a model folder must come from a trusted source.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 
 from core.data.arrays import MAX_ARRAYS, MAX_CLASSES, read_npz, refuse_oversize
 from core.data.prepare import Normaliser
+from core.engine.program_archive import refuse_pickled_payloads
 from core.errors import DataError
 from core.models.network import MultimodalNet
 from core.spec import MODALITY_NAME, JobSpec, TaskKind
@@ -156,6 +159,7 @@ def load_program(model_dir: Path) -> Callable[..., object]:
     path = model_dir / "student.pt2"
     if not path.is_file():
         raise DataError(str(path), "no such file: the student's exported program is missing")
+    refuse_pickled_payloads(path)  # torch.export.load would unpickle some entries with weights_only=False
     torch_export_log = logging.getLogger("torch.export")  # it logs a damaged file's traceback as a warning
     level = torch_export_log.level
     torch_export_log.setLevel(logging.ERROR)
