@@ -5,7 +5,10 @@ login (PostgreSQL) or answers PING (Redis) and starts a throwaway one otherwise;
 starts throwaway servers; ``configured`` never does. A throwaway server runs from Debian's
 binaries (``initdb``/``postgres`` under /usr/lib/postgresql/*/bin, ``redis-server``) on a free
 loopback port in a temporary folder, and is stopped and deleted when the session ends (the kernel
-stops it too if the test process dies first). PostgreSQL refuses to run as root, so under root
+stops it too if the test process dies first). A server that answers on that port is used only once
+it says it runs from our folder (Redis's ``dir``, PostgreSQL's ``data_directory``): the port was
+free when chosen, but another process may have taken it since, and the session must never adopt
+(and flush) someone else's server. PostgreSQL refuses to run as root, so under root
 it runs as the ``postgres`` user in a folder that user owns. ``make install`` installs the binaries
 when they are missing.
 """
@@ -58,6 +61,10 @@ def postgres_binary(name: str) -> Path:
     return Path(found)
 
 
+def _same(folder: Path, ours: Path) -> bool:
+    return folder.resolve() == ours.resolve()
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -81,8 +88,8 @@ class ThrowawayServer:
     name = "server"
     stop_signal = signal.SIGTERM
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
         self.root = Path(tempfile.mkdtemp(prefix=f"mmkd-test-{self.name}-"))
         self.log = self.root / f"{self.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,6 +102,10 @@ class ThrowawayServer:
 
     def start(self) -> None:
         """Start the server and wait until it answers."""
+        raise NotImplementedError
+
+    def stranger(self) -> str | None:
+        """Why the server answering at our URL is not the one we started (its folder differs); None when it is."""
         raise NotImplementedError
 
     def wait_until_ready(self, timeout: float = 30.0) -> None:
@@ -110,6 +121,13 @@ class ThrowawayServer:
                     f"the throwaway {self.name} did not start in {timeout:.0f} s ({why}): {self._log_tail()}"
                 )
             time.sleep(0.1)
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise MissingServer(f"the throwaway {self.name} exited with {code}: {self._log_tail()}")
+        if (stranger := self.stranger()) is not None:
+            raise MissingServer(
+                f"another {self.name} answers on the throwaway's port 127.0.0.1:{self.port} ({stranger}): not using it"
+            )
 
     def _log_tail(self) -> str:
         return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-3:]) if self.log.exists() else ""
@@ -146,8 +164,8 @@ class ThrowawayPostgres(ThrowawayServer):
     name = "postgres"
     stop_signal = signal.SIGINT  # fast shutdown: disconnects the clients instead of waiting for them
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
         self.user = "postgres" if os.geteuid() == 0 else None
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
@@ -181,6 +199,20 @@ class ThrowawayPostgres(ThrowawayServer):
         self.spawn([str(postgres), "-D", str(data), "-p", str(self.port), *options], user=self.user)
         self.wait_until_ready()
 
+    def stranger(self) -> str | None:
+        """None when the server at our URL runs from our cluster's folder (``SHOW data_directory``)."""
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        conninfo = make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with psycopg.connect(conninfo, connect_timeout=2) as conn:
+                row = conn.execute("SHOW data_directory").fetchone()
+        except psycopg.Error as error:
+            return _first_line(error)
+        folder = None if row is None else str(row[0])
+        return None if folder and _same(Path(folder), self.root / "data") else f"its data directory is {folder}"
+
     @staticmethod
     def refusal(url: str) -> str | None:
         """None when ``url`` (a SQLAlchemy URL) accepts a login; else the server's or the socket's first line."""
@@ -200,8 +232,8 @@ class ThrowawayRedis(ThrowawayServer):
 
     name = "redis"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
         self.url = f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -212,6 +244,19 @@ class ThrowawayRedis(ThrowawayServer):
         flags = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.root)]
         self.spawn([binary, "--port", str(self.port), *flags])
         self.wait_until_ready()
+
+    def stranger(self) -> str | None:
+        """None when the server at our URL runs in our folder (``CONFIG GET dir``)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=2, decode_responses=True)
+        try:
+            folder = client.config_get("dir").get("dir")
+        except redis.RedisError as error:
+            return _first_line(error)
+        finally:
+            client.close()
+        return None if folder and _same(Path(folder), self.root) else f"its folder is {folder}"
 
     @staticmethod
     def refusal(url: str) -> str | None:
