@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import redis
 import throwaway_services
 from live_servers import free_port
 from tests_support import process_alive
-from throwaway_services import MissingServer, ThrowawayRedis, postgres_admin_url, redis_base_url
+from throwaway_services import MissingServer, ThrowawayPostgres, ThrowawayRedis, postgres_admin_url, redis_base_url
 
 
 @pytest.fixture(autouse=True)
@@ -74,11 +75,60 @@ def test_a_port_that_is_not_redis_gets_a_throwaway_server(quiet_summary: list[st
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        configured = f"redis://127.0.0.1:{listener.getsockname()[1]}"
+        port = listener.getsockname()[1]
+        configured = f"redis://127.0.0.1:{port}"
         with redis_base_url(configured) as url:
             assert url != configured
             assert redis.Redis.from_url(url).ping()
-    assert "(the configured 127.0.0.1:" in quiet_summary[0] and "Timeout" in quiet_summary[0]
+    (line,) = quiet_summary
+    assert re.fullmatch(
+        rf"Redis: a throwaway server at 127\.0\.0\.1:\d+ \(the configured 127\.0\.0\.1:{port}: \S.*\)", line
+    )
+
+
+def _adopted(error: MissingServer, name: str, port: int) -> bool:
+    """The start failed because ``port`` was taken: ours exited on it, or the server there is not ours."""
+    return bool(
+        re.fullmatch(
+            rf"another {name} answers on the throwaway's port 127\.0\.0\.1:{port} \(.+\): not using it", str(error)
+        )
+        or re.fullmatch(rf"the throwaway {name} exited with \d+: .*", str(error))
+    )
+
+
+def test_a_foreign_redis_on_the_throwaways_port_is_never_adopted() -> None:
+    foreign = ThrowawayRedis()
+    foreign.start()
+    client = redis.Redis.from_url(f"{foreign.url}/0")
+    try:
+        client.set("theirs", "kept")
+        ours = ThrowawayRedis(port=foreign.port)  # the free port someone took between free_port() and our bind
+        try:
+            with pytest.raises(MissingServer) as raised:
+                ours.start()
+        finally:
+            ours.stop()
+        assert _adopted(raised.value, "redis", foreign.port), raised.value
+        assert client.get("theirs") == b"kept"
+    finally:
+        client.close()
+        foreign.stop()
+
+
+def test_a_foreign_postgres_on_the_throwaways_port_is_never_adopted() -> None:
+    foreign = ThrowawayPostgres()
+    foreign.start()
+    try:
+        ours = ThrowawayPostgres(port=foreign.port)
+        try:
+            with pytest.raises(MissingServer) as raised:
+                ours.start()
+        finally:
+            ours.stop()
+        assert _adopted(raised.value, "postgres", foreign.port), raised.value
+        assert ThrowawayPostgres.refusal(foreign.url) is None
+    finally:
+        foreign.stop()
 
 
 def test_a_postgres_without_the_configured_database_gets_a_throwaway_server(quiet_summary: list[str]) -> None:
