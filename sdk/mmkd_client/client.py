@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import os
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from mmkd_client.errors import (
     error_for,
 )
 from mmkd_client.models import Artifact, Dataset, Event, Job, JobSummary, MetricPoint
+from mmkd_client.spec_file import read_spec_file
 
 #: Files larger than this go through the presigned multipart flow when the server has S3.
 MULTIPART_THRESHOLD = 64 << 20
@@ -302,54 +301,7 @@ def _spec_dict(spec: SpecLike) -> dict[str, Any]:
         return spec.model_dump(mode="json")
     if isinstance(spec, Mapping):
         return dict(spec)
-    text = Path(spec).read_text()
-    try:
-        data = json.loads(text, object_pairs_hook=partial(_unique_keys, spec))
-    except json.JSONDecodeError:
-        data = _yaml_mapping(text, spec)
-    if not isinstance(data, dict):
-        raise ValueError(f"{spec}: a job spec must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def _unique_keys(source: object, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refusing a key given twice (json.loads would keep the last silently)."""
-    data: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in data:
-            raise ValueError(f"{source}: duplicate key {key!r}")
-        data[key] = value
-    return data
-
-
-def _yaml_mapping(text: str, source: object) -> Any:
-    """A YAML spec as plain data: a duplicate key or an alias is an error, as on the server."""
-    try:
-        import yaml  # optional: only needed for YAML spec files
-    except ImportError as exc:
-        raise ValueError(f"{source} is not JSON; install PyYAML to submit YAML specs") from exc
-
-    class Loader(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                mark = self.peek_event().start_mark
-                raise ValueError(f"{source}: YAML alias at line {mark.line + 1}: aliases are not allowed in a spec")
-            return super().compose_node(parent, index)
-
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    line = key_node.start_mark.line + 1
-                    raise ValueError(f"{source}: duplicate key {key!r} at line {line}")
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    try:
-        return yaml.load(text, Loader=Loader)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not a valid YAML spec: {' '.join(str(exc).split())}") from None
+    return read_spec_file(spec)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

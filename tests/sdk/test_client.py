@@ -24,11 +24,14 @@ from mmkd_client import (
     ValidationFailed,
     WaitTimeout,
 )
+from mmkd_client.spec_file import read_spec_file
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 from tests_support import add_metric_points
 
+from core.errors import SpecError
 from core.spec import load_spec
+from core.spec_yaml import parse_spec_mapping
 from jobs import lifecycle
 from jobs.models import Job
 from service.jobs.results import RESULT_EXAMPLE
@@ -98,6 +101,69 @@ def test_a_spec_file_that_means_two_things_is_refused_before_sending(
         client.submit(path)
     assert str(refused.value).startswith(str(path))
     assert [job.id for job in client.list()] == before
+
+
+SHARED_GOOD = "name: t\ndataset: {name: mfeat, primary: [fou], auxiliary: [pix]}\nmethod: {name: logit_kd}\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SHARED_GOOD + "train: {lr: 1e-3, weight_decay: 5E-4, amp: yes, seed: +1}\nmodel: {dropout: .5}\n",
+        SHARED_GOOD.replace("name: t", "name: 2024-01-01"),
+        SHARED_GOOD.replace("name: t", "name: 2024-01-01 10:00:00"),
+        SHARED_GOOD.replace("name: t", "name: !!str 5") + "train: {epochs: !!int 7, lr: -.5}\n",
+        SHARED_GOOD.replace("name: t", 'name: "010"') + "<<: ~\n",
+        '{"name": "\\ud83d\\ude00", "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["pix"]}, '
+        '"method": {"name": "logit_kd"}, "train": {"lr": 1e-3}}',
+        '{"name": NaN}',
+    ],
+)
+def test_the_sdk_reads_a_spec_file_as_the_server_does(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    assert read_spec_file(path) == parse_spec_mapping(text, "spec.yaml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SHARED_GOOD + "x: !!binary aGk=\n",
+        SHARED_GOOD + "x: !!timestamp 2024-01-01\n",
+        SHARED_GOOD + "x: !!set {a: null}\n",
+        SHARED_GOOD + "? [a]\n: 1\n",
+        SHARED_GOOD + "null: 1\n",
+        "a: " + "[" * 40 + "]" * 40 + "\n",
+        "a: " + "[" * 5000 + "]" * 5000 + "\n",
+        '{"a": ' * 40 + "1" + "}" * 40,
+        SHARED_GOOD + "train: {epochs: 010}\n",
+        SHARED_GOOD + "train: {epochs: 0x10}\n",
+        SHARED_GOOD + "train: {epochs: 1:30}\n",
+        SHARED_GOOD + "train: {epochs: 1_0}\n",
+        SHARED_GOOD + "train: {epochs: " + "9" * 5000 + "}\n",
+        SHARED_GOOD + "train: {lr: .inf}\n",
+        SHARED_GOOD + "train: {lr: 1e999}\n",
+        '{"a": 1e999}',
+        SHARED_GOOD + "---\n" + SHARED_GOOD,
+    ],
+)
+def test_the_sdk_refuses_what_the_server_refuses_with_one_value_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError):
+        parse_spec_mapping(text, "spec.yaml")
+    with pytest.raises(ValueError) as refused:
+        read_spec_file(path)
+    assert type(refused.value) is ValueError and str(refused.value).startswith(f"{path}: ")
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_a_spec_file_mmkd_train_accepts_is_submitted_as_written(client: Client, tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SHARED_GOOD.replace("name: t", "name: 2024-01-01") + "train: {lr: 1e-3}\n")
+    job = client.submit(path)
+    assert job.spec["name"] == "2024-01-01" and job.spec["train"]["lr"] == 0.001
+    assert job.spec_hash == load_spec(path).spec_hash()
 
 
 def test_errors_map_to_exceptions(client: Client, api_server: Any) -> None:
