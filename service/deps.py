@@ -42,7 +42,7 @@ def _decimal_digits(value: object) -> object:
 
 
 #: Put after ``Query(...)`` in an ``Annotated`` integer query parameter: decimal digits only.
-#: Integer path parameters get the same from the route's ``{name:int}`` convertor (anything else
+#: Integer path parameters get the same from the route's ``{name:digits}`` convertor (anything else
 #: in that segment matches no route: 404).
 DIGITS_ONLY = BeforeValidator(_decimal_digits)
 _bearer = HTTPBearer(auto_error=False, description="An API key from `mmkd keys create`.")

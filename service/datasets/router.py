@@ -23,6 +23,7 @@ from service.datasets.schemas import DATASET_NAME, CompleteRequest, DatasetOut, 
 from service.deps import DIGITS_ONLY, MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
 from service.openapi import error_responses
 from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
+from service.paths import id_segment
 from service.strict_json import StrictJsonRoute
 
 #: Every datasets operation needs a key and may find the server busy.
@@ -40,8 +41,8 @@ NPZ_BODY = {
 NO_SUCH_DATASET = {404: "No such dataset, or another owner's (the same answer)."}
 NO_SUCH_UPLOAD = {404: "No such upload, or another owner's (the same answer)."}
 NEEDS_S3 = "The server's store is not S3: send the file with `POST /v1/datasets`."
-DATASET_PATH = "/{dataset_id:int}"  # decimal digits only; anything else matches no route (404)
-UPLOAD_PATH = "/uploads/{upload_id:int}"
+DATASET_PATH = f"/{id_segment('dataset_id')}"  # decimal digits only; anything else matches no route (404)
+UPLOAD_PATH = f"/uploads/{id_segment('upload_id')}"
 LOCATION = {"Location": {"description": "The dataset's URL.", "schema": {"type": "string"}, "required": True}}
 DATASET_LINKS = {
     operation: {"operationId": operation, "parameters": {"dataset_id": "$response.body#/id"}}

@@ -34,12 +34,13 @@ from service.jobs.schemas import (
 )
 from service.openapi import error_responses
 from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
+from service.paths import id_segment
 from service.strict_json import StrictJsonRoute
 
 #: Every jobs operation needs a key and may find the server busy.
 router = APIRouter(route_class=StrictJsonRoute, prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 503))
 NO_SUCH_JOB = {404: "No such job, or another owner's (the same answer)."}
-JOB_PATH = "/{job_id:int}"  # decimal digits only: `/v1/jobs/%0C2` or `/v1/jobs/+2` match no route (404)
+JOB_PATH = f"/{id_segment('job_id')}"  # decimal digits only: `/v1/jobs/%0C2` or `/v1/jobs/+2` match no route (404)
 LOCATION = {"Location": {"description": "The job's URL.", "schema": {"type": "string"}, "required": True}}
 #: The job's other operations take the id a submit answers with (OpenAPI links, for stateful clients).
 JOB_LINKS = {
@@ -211,7 +212,7 @@ DOWNLOADED: dict[int | str, dict[str, Any]] = {
 
 
 @router.get(
-    f"{JOB_PATH}/artifacts/{{artifact_id:int}}/download",
+    f"{JOB_PATH}/artifacts/{id_segment('artifact_id')}/download",
     response_class=FileResponse,
     responses={
         **DOWNLOADED,

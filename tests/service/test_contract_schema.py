@@ -86,9 +86,9 @@ def derived_statuses(route: RouteContext) -> set[int]:
         codes |= {401, 503}
     if route.path not in PROBES:
         codes.add(503)
-    if "{" in route.path:
+    if "{" in (route.path or ""):
         codes.add(404)
-    if route.methods & METHODS_WITH_BODY:
+    if (route.methods or set()) & METHODS_WITH_BODY:
         codes.add(413)
     if _all_params(route.dependant):
         codes.add(422)
@@ -218,6 +218,42 @@ def test_ids_in_other_scripts_match_no_route(api: Api) -> None:
     job_id = api.submit(token).json()["id"]
     arabic = str(job_id).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
     assert api.client.get(f"/v1/jobs/{arabic}", headers=api.auth(token)).status_code == 404
+
+
+def _id_urls(app: FastAPI, other_id: int) -> Iterator[tuple[str, str, str]]:
+    """Every route with an id in its path, once per id: (method, URL with that id 5,000 digits long and any
+    other id ``other_id``, the long id's name)."""
+    for route in iter_route_contexts(app.routes):
+        path, methods = route.path or "", route.methods or set()
+        names = re.findall(r"{(\w+)(?::\w+)?}", path)
+        for huge in names:
+            url = path
+            for name in names:
+                url = re.sub(rf"{{{name}(:\w+)?}}", "9" * 5000 if name == huge else str(other_id), url)
+            yield from ((method, url, huge) for method in sorted(methods - {"HEAD"}))
+
+
+def test_an_id_of_5000_digits_is_a_422_at_its_path(api: Api) -> None:
+    """Python's int() refuses more than 4,300 digits; such an id is out of range like any other (not a 500)."""
+    token = api.new_key()
+    headers = {**api.auth(token), "Content-Type": "application/json"}
+    urls = list(_id_urls(api.app, other_id=api.submit(token).json()["id"]))  # a job of the caller's
+    assert {name for _, _, name in urls} == {"job_id", "artifact_id", "dataset_id", "upload_id"}
+    for method, url, name in urls:
+        response = api.client.request(method, url, headers=headers, content=b"{}")
+        assert response.status_code == 422, f"{method} {url[:40]}: {response.status_code}"
+        problem = response.json()
+        assert f"path.{name}" in [error["path"] for error in problem["errors"]], f"{method} {url[:40]}"
+        assert "9" * 50 not in problem["detail"] + str(problem["errors"])  # only `instance` holds the URL
+
+
+@pytest.mark.parametrize("epochs", [True, "3", 3.0])
+def test_a_bool_string_or_float_for_an_int_in_a_spec_is_a_422_naming_it(api: Api, epochs: object) -> None:
+    spec = {**SPEC, "train": {**SPEC["train"], "epochs": epochs}}
+    response = api.submit(api.new_key(), spec)
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM_JSON
+    assert [error["path"] for error in response.json()["errors"]] == ["train.epochs"]
+    assert response.json()["detail"].startswith("train.epochs: ")
 
 
 @pytest.mark.parametrize("limit", ["+5", " 5", "5.0", "%D9%A5", "0x5"])
