@@ -77,16 +77,16 @@ def train_command(
     from cli.run_folder import RunFolder
 
     folder = RunFolder.at(out)
-    step = folder.check_resume() if resume else None
-    if step is None:
-        folder.check_fresh()
+    folder.check(resume=resume)  # before reading the data: a wrong --resume fails at once
     data = _prepare(spec)
-    if step is None:
-        folder.create()
-    else:
-        console.print(f"resuming {folder.work} from the checkpoint at step {step}")
-    summary = _train_in(folder, spec, data)
-    folder.finish()
+    with folder.locked():  # one process trains in OUT.partial; the checks are repeated under the lock
+        step = folder.check(resume=resume)
+        if step is None:
+            folder.create()
+        else:
+            console.print(f"resuming {folder.work} from the checkpoint at step {step}")
+        summary = _train_in(folder, spec, data)
+        folder.finish()
     console.print(result_table(summary))
     console.print(f"student exported to {folder.final / 'student'}")
 

@@ -3,12 +3,17 @@
 ``mmkd train --out RUN`` trains in the sibling ``RUN.partial`` and renames it to ``RUN`` in one step
 at the end. A run that fails or is killed leaves ``RUN.partial`` only when it holds a checkpoint to
 resume (``--resume`` continues there); otherwise nothing. A finished ``RUN`` is never touched again.
+One process at a time trains there: it holds ``flock`` on ``.RUN.lock`` beside it from its checks to the
+rename, and a second ``train`` or ``--resume`` is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +40,28 @@ class RunFolder:
         """Where the run trains until it is finished."""
         return self.final.with_name(f"{self.final.name}.partial")
 
+    @property
+    def lock_path(self) -> Path:
+        """The file whose ``flock`` the process training in ``work`` holds (it holds its pid)."""
+        return self.final.with_name(f".{self.final.name}.lock")
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock (making the parent folders) or fail naming the pid that holds it."""
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            fd = _acquire(self.lock_path)
+        except OSError as exc:
+            fail(f"{self.lock_path}: cannot create the run's lock ({exc.strerror})")
+        if fd is None:
+            holder = _read_pid(self.lock_path)
+            fail(f"{self.work}: in use by {f'pid {holder}' if holder else 'another process'}; wait for it to end")
+        try:
+            yield
+        finally:
+            self.lock_path.unlink(missing_ok=True)  # before the unlock: a waiter then retries on a new file
+            os.close(fd)
+
     def checkpoints(self, keep_last: int = 2) -> LocalCheckpointStore:
         """The store of the unfinished run's checkpoints."""
         return LocalCheckpointStore(self.work / "checkpoints", keep_last=keep_last)
@@ -45,6 +72,13 @@ class RunFolder:
             return self.final.exists() and not (self.final.is_dir() and not any(self.final.iterdir()))
         except OSError as exc:
             fail(f"{self.final}: cannot be read ({exc.strerror})")
+
+    def check(self, *, resume: bool) -> int | None:
+        """The step ``--resume`` continues from, or None for a fresh run; an error when neither fits."""
+        if resume:
+            return self.check_resume()
+        self.check_fresh()
+        return None
 
     def check_fresh(self) -> None:
         """Refuse to start over a finished run or beside an unfinished one."""
@@ -87,3 +121,35 @@ class RunFolder:
             self.work.replace(self.final)
         except OSError as exc:
             fail(f"{self.final}: cannot move the finished run there ({exc.strerror}); it is complete in {self.work}")
+
+
+def _acquire(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive ``flock`` (the pid written in), or None when
+    another process holds it. A file unlinked by its last holder between open and lock is opened again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+def _read_pid(path: Path) -> int | None:
+    """The pid a lock file holds; None when it cannot be read (its holder may not have written it yet)."""
+    try:
+        return int(path.read_text()[:20])
+    except (OSError, ValueError):
+        return None

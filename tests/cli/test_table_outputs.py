@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +198,43 @@ def test_a_finished_run_is_never_touched_again(tmp_path: Path, trained: Path) ->
     assert not trained.with_name("run.partial").exists()
 
 
+LOCK_HOLDER = """
+import fcntl, os, sys
+handle = open(sys.argv[1], "w")
+fcntl.flock(handle, fcntl.LOCK_EX)
+handle.write(str(os.getpid()))
+handle.flush()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture()
+def lock_held_elsewhere(tmp_path: Path) -> Iterator[int]:
+    """Another process holding the run's lock (as a training ``mmkd train`` does); its pid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path / ".run.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    yield holder.pid
+    holder.communicate("", timeout=30)
+
+
+def test_a_run_folder_in_use_is_refused_to_a_second_train_or_resume(tmp_path: Path, lock_held_elsewhere: int) -> None:
+    spec, run, partial = spec_file(tmp_path), tmp_path / "run", tmp_path / "run.partial"
+    message = f"{partial}: in use by pid {lock_held_elsewhere}"
+    assert_one_error(mmkd("train", spec, "--out", run), message)
+    assert not partial.exists() and not run.exists()
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "checkpoints" / "step-5.pt").write_bytes(b"the first process's checkpoint")
+    before = snapshot(partial)
+    assert_one_error(mmkd("train", spec, "--out", run, "--resume"), message)
+    assert snapshot(partial) == before and not run.exists()
+
+
 def test_an_empty_spec_names_its_path_once(tmp_path: Path) -> None:
     (tmp_path / "empty.yaml").write_text("")
     line = assert_one_error(mmkd("train", tmp_path / "empty.yaml", "--out", tmp_path / "run"))
@@ -283,7 +322,7 @@ def card_edit(edit: Callable[[dict[str, object]], object]) -> Callable[[Path], N
     return apply
 
 
-ModelCase = Callable[[Path], None]
+ModelCase = Callable[[Path], object]
 MODEL_CASES: list[tuple[str, ModelCase, str]] = [
     ("missing student.pt2", without_program, "student.pt2: no such file"),
     ("corrupt student.pt2", corrupt_program, "student.pt2: not a loadable torch.export program"),
