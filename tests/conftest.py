@@ -3,8 +3,8 @@
 PostgreSQL and Redis are the configured servers (``MMKD_TEST_PG_ADMIN_URL``, ``MMKD_TEST_REDIS_URL``)
 when they answer, else throwaway ones this session starts and stops (``throwaway_services``;
 ``MMKD_TEST_SERVICES=own`` forces them). Each test session gets its own freshly created PostgreSQL
-database and its own Redis database number, so concurrent test runs on one machine never see each
-other's rows or queues.
+databases, and every Redis database number it uses is claimed first (``redis_claims``: atomically,
+on the server itself), so concurrent test runs on one machine never see each other's rows or queues.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import throwaway_services
 from live_servers import ApiServer, MotoServer
+from redis_claims import DatabaseClaims
 
 PG_ADMIN_URL = os.environ.get("MMKD_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_BASE_URL = os.environ.get("MMKD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -83,19 +84,20 @@ def postgres_url(new_postgres_database: Callable[[str], str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_base_url: str) -> Iterator[str]:
-    """A Redis database number of its own (1..15), flushed before and after the session."""
-    import redis
-
-    number = 1 + (os.getpid() % 15)
-    url = f"{redis_base_url}/{number}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+def redis_databases(redis_base_url: str) -> Iterator[DatabaseClaims]:
+    """Hands out Redis database numbers no other session holds: ``with redis_databases.database() as url``."""
+    claims = DatabaseClaims(redis_base_url)
     try:
-        yield url
+        yield claims
     finally:
-        client.flushdb()
-        client.close()
+        claims.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_databases: DatabaseClaims) -> Iterator[str]:
+    """The session's own Redis database number (claimed), flushed before and after the session."""
+    with redis_databases.database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -105,8 +107,8 @@ def moto_server() -> Iterator[MotoServer]:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     server = MotoServer()
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop()
@@ -116,8 +118,8 @@ def moto_server() -> Iterator[MotoServer]:
 def api_server(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """A live API server (uvicorn, one worker) on a free loopback port for SDK and HTTP tests."""
     server = ApiServer(postgres_url, redis_url, tmp_path_factory.mktemp("api-home"))
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop()
