@@ -173,12 +173,18 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
     try:
         sock.bind((host, port))
+        sock.listen()  # a bound socket nobody listens on yet would let another SO_REUSEADDR bind it too
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             fail(f"port {port} on {host} is in use (another mmkd up or server?); choose another with --port")
         fail(f"cannot listen on {host} port {port}: {exc.strerror or exc}")
     return sock
+
+
+def api_url(host: str, port: int) -> str:
+    """The API's base URL; an IPv6 literal in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def api_command(fd: int) -> list[str]:
@@ -225,7 +231,7 @@ def up_command(
         api = spawn(api_command(api_socket.fileno()), pass_fds=[api_socket.fileno()])
     children = [api, spawn(celery_worker_command("gpu", 1, "warning"))]
     stop = threading.Event()
-    url = f"http://{host}:{port}"
+    url = api_url(host, port)
     try:
         wait_until_up(url, children)
     except (RuntimeError, TimeoutError) as error:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import typer
 
-from cli.worker import wait_until_up
+from cli.worker import api_url, bind_api_socket, wait_until_up
 
 MMKD = str(Path(sys.executable).with_name("mmkd"))
 
@@ -101,3 +102,17 @@ def test_an_answer_while_a_child_has_exited_is_not_up() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_port_bound_by_mmkd_up_cannot_be_bound_again() -> None:
+    """The socket listens as soon as it is bound: a second SO_REUSEADDR bind of the port is refused."""
+    with bind_api_socket("127.0.0.1", 0) as first:
+        port = first.getsockname()[1]
+        with pytest.raises(typer.Exit):
+            bind_api_socket("127.0.0.1", port).close()
+
+
+def test_an_ipv6_host_is_bracketed_in_the_url() -> None:
+    assert api_url("::1", 8000) == "http://[::1]:8000"
+    assert api_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert api_url("localhost", 80) == "http://localhost:80"
