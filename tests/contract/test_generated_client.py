@@ -8,7 +8,8 @@ artifacts and a download, and cancels. The job really runs: the API (``ApiServer
 own, with a local artifact store and a real ``mmkd worker`` (Celery) subprocess.
 
 openapi-python-client pins a typer older than ours, so it lives in its own venv beside the test
-venv (``.venv/tools``, built by ``make install``); without it the test skips and says so.
+venv (``.venv/tools``, built by ``make install``); without it the test fails (a gate never skips)
+and says to run ``make install``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import redis
 from live_servers import ApiServer
+from redis_claims import DatabaseClaims
 
 pytestmark = pytest.mark.contract
 
@@ -79,32 +80,32 @@ class Worker:
         self.popen.wait()
 
 
+def require_generator(generator: Path) -> None:
+    """Fail (a gate never skips) with one line when the generator is missing."""
+    if not generator.exists():
+        pytest.fail(f"{generator} is missing: run `make install` (it builds .venv/tools)", pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def contract_server(
-    new_postgres_database: Callable[[str], str], redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    new_postgres_database: Callable[[str], str],
+    redis_databases: DatabaseClaims,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[ApiServer, Worker]]:
     """The API and one real worker on a database and a Redis number that no other test uses."""
-    base, number = redis_url.rsplit("/", 1)
-    broker = f"{base}/{(int(number) + 1) % 15 + 1}"  # the session's is n, the integration tests' n % 15 + 1
-    queue = redis.Redis.from_url(broker)
-    queue.flushdb()
-    server = ApiServer(new_postgres_database("mmkd_contract"), broker, tmp_path_factory.mktemp("contract-home"))
-    server.start()
-    worker = Worker(server.env, server.storage_root.parent / "worker.log")
-    try:
+    with redis_databases.database() as broker, contextlib.ExitStack() as cleanup:  # servers stop, then flush
+        server = ApiServer(new_postgres_database("mmkd_contract"), broker, tmp_path_factory.mktemp("contract-home"))
+        cleanup.callback(server.stop)
+        server.start()
+        worker = Worker(server.env, server.storage_root.parent / "worker.log")
+        cleanup.callback(worker.stop)
         yield server, worker
-    finally:
-        worker.stop()
-        server.stop()
-        queue.flushdb()
-        queue.close()
 
 
 @pytest.fixture(scope="module")
 def generated(contract_server: tuple[ApiServer, Worker], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The client generated from the server's live schema: the folder that holds its pyproject and package."""
-    if not GENERATOR.exists():
-        pytest.skip(f"NOT TESTED: {GENERATOR} is missing; `make install` builds it (make test always does)")
+    require_generator(GENERATOR)
     server, _ = contract_server
     folder = tmp_path_factory.mktemp("generated-client")
     (folder / "openapi.json").write_text(json.dumps(httpx.get(f"{server.url}/openapi.json").json()))
@@ -138,6 +139,16 @@ def _api(package: ModuleType, name: str) -> Any:
 def _parsed(response: Any, status: int) -> Any:
     assert response.status_code == status, (response.status_code, response.content[:500])
     return response.parsed
+
+
+def test_a_missing_generator_fails_the_gate_and_says_how_to_build_it(tmp_path: Path) -> None:
+    with pytest.raises(BaseException) as outcome:  # BaseException: a skip must not pass for a failure
+        require_generator(tmp_path / "openapi-python-client")
+    assert outcome.type is pytest.fail.Exception
+    assert (
+        str(outcome.value)
+        == f"{tmp_path / 'openapi-python-client'} is missing: run `make install` (it builds .venv/tools)"
+    )
 
 
 def test_generated_package_is_not_the_sdk(generated: Path) -> None:
