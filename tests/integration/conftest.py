@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
-import redis
+from redis_claims import DatabaseClaims
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 from tests_support import wait_until
@@ -160,15 +160,10 @@ def integration_database(new_postgres_database: Callable[[str], str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def integration_broker(redis_url: str) -> Iterator[str]:
-    """A Redis database number next to the session's one, so API tests' messages never reach us."""
-    base, number = redis_url.rsplit("/", 1)
-    url = f"{base}/{int(number) % 15 + 1}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+def integration_broker(redis_databases: DatabaseClaims) -> Iterator[str]:
+    """A Redis database number of its own (claimed), so API tests' messages never reach us."""
+    with redis_databases.database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

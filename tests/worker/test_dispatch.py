@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis_claims import DatabaseClaims
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
@@ -124,19 +125,18 @@ class Worker:
 
 
 @pytest.fixture
-def worker(new_postgres_database: Callable[[str], str], redis_url: str, tmp_path: Path) -> Iterator[Worker]:
-    """A worker on a database of its own and a Redis database number nobody else in the run uses."""
+def worker(
+    new_postgres_database: Callable[[str], str], redis_databases: DatabaseClaims, tmp_path: Path
+) -> Iterator[Worker]:
+    """A worker on a database of its own and a Redis database number nobody else uses (claimed)."""
     database_url = new_postgres_database("mmkd_dispatch")
     upgrade(database_url)
-    base, number = redis_url.rsplit("/", 1)
-    broker_url = f"{base}/{(int(number) + 6) % 15 + 1}"
-    redis.Redis.from_url(broker_url).flushdb()
-    started = Worker(database_url, broker_url, tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop()
-        redis.Redis.from_url(broker_url).flushdb()
+    with redis_databases.database() as broker_url:
+        started = Worker(database_url, broker_url, tmp_path)
+        try:
+            yield started
+        finally:
+            started.stop()
 
 
 def test_cancelled_jobs_messages_start_no_child(worker: Worker) -> None:
