@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from core.data import prepare
-from core.spec import DatasetSpec
+from core.spec import DatasetSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 MMKD = str(Path(sys.executable).with_name("mmkd"))
@@ -31,17 +31,21 @@ def test_the_tour_trains_exports_the_test_split_and_predicts_on_it(tmp_path: Pat
     spec = yaml.safe_load((ROOT / "examples/mfeat-paper.yaml").read_text())
     spec["model"] = {**spec["model"], "hidden_dim": 16, "repr_dim": 8}
     spec["train"] = {**spec["train"], "epochs": 1, "batch_size": 256}
+    spec["dataset"] = {
+        **spec["dataset"],
+        "test_fraction": 0.3,
+        "split_seed": 4,
+    }  # not the defaults: --like carries them
     (tmp_path / "mfeat.yaml").write_text(yaml.safe_dump(spec))
     trained = mmkd("train", "mfeat.yaml", "--out", "runs/mfeat", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
 
     exported = mmkd(
-        "datasets", "export", "mfeat", "--modalities", "fou,zer,mor", "--split", "test", "--out", "primary.npz",
-        cwd=tmp_path,
+        "datasets", "export", "--like", "runs/mfeat/student", "--split", "test", "--out", "primary.npz", cwd=tmp_path
     )  # fmt: skip
     assert exported.returncode == 0, exported.stderr
     assert exported.stdout.strip() == (
-        "400 samples of the test split (seeded stratified split (split_seed=0)) written to primary.npz: "
+        "600 samples of the test split (seeded stratified split (split_seed=4)) written to primary.npz: "
         "fou, zer, mor, label"
     )
     predicted = mmkd("predict", "runs/mfeat/student", "primary.npz", "--out", "preds.npz", cwd=tmp_path)
@@ -72,6 +76,68 @@ def test_an_export_is_the_raw_rows_of_the_split_prepare_makes(
         assert written.files == [modality]
         assert np.array_equal(written[modality], shipped[modality][part.indices].astype(np.float32))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["part"]  # no partial file left behind
+
+
+@pytest.mark.parametrize("like", ["spec", "student"])
+def test_like_splits_with_the_fractions_and_seed_it_trained_with(tmp_path: Path, like: str) -> None:
+    """A spec with test_fraction 0.3: the exported test rows are prepare's test rows, which the
+    default fractions would not give (they would overlap the student's training rows)."""
+    settings = {"name": "mfeat", "primary": ["kar", "fou"], "auxiliary": ["pix"], "test_fraction": 0.3}
+    settings |= {"val_fraction": 0.1, "split_seed": 7}
+    data = {"name": "t", "dataset": settings, "method": {"name": "paper"}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "student").mkdir()  # model.json as the export writes it: the spec under "spec"
+    (tmp_path / "student/model.json").write_text(
+        json.dumps({"spec": load_spec(tmp_path / "spec.yaml").model_dump(mode="json")})
+    )
+    out = tmp_path / "test.npz"
+    args = ["datasets", "export", "--like", str(tmp_path / like if like == "student" else tmp_path / "spec.yaml")]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    test = prepare(DatasetSpec.model_validate(settings), "classification").test
+    train = prepare(DatasetSpec.model_validate(settings), "classification").train
+    with np.load(out) as written, np.load(ROOT / "core/data/builtin/mfeat.npz") as shipped:
+        assert written.files == ["kar", "fou", "label"]  # the student's primary modalities, then the classes
+        assert np.array_equal(written["kar"], shipped["kar"][test.indices].astype(np.float32))
+        assert np.array_equal(written["label"], shipped["label"][test.indices])
+    assert len(test.indices) == 600 and not set(test.indices) & set(train.indices)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "error: name a built-in dataset, or give --like a student folder or spec file"),
+        (["--like", "spec.yaml", "--split-seed", "3"], "error: --split-seed: --like gives the split's seed"),
+        (["--like", "uri.yaml"], "error: --like: uri.yaml trains on dataset.uri, not a built-in dataset"),
+        (["basic_motions", "--like", "spec.yaml"], "error: basic_motions: --like spec.yaml trains on mfeat"),
+        (["--like", "missing.yaml"], "error: missing.yaml: no such file"),
+        (["--like", "bad.yaml"], "error: bad.yaml: invalid spec: "),
+        (["--like", "empty"], "error: --like: empty: not an exported student (no model.json) nor a spec file"),
+        (["--like", "broken"], "error: broken/model.json: not a student's model.json (no valid spec in it)"),
+        (["--like", "spec.yaml", "--modalities", "fou,gyroscope"], "error: --modalities: 'fou,gyroscope' must"),
+    ],
+)
+def test_like_refusals_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    data = {
+        "name": "t",
+        "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["pix"]},
+        "method": {"name": "paper"},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    data["dataset"] = {"uri": "/data/x.npz", "primary": ["a"], "auxiliary": ["b"]}
+    (tmp_path / "uri.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "bad.yaml").write_text("name: t\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/model.json").write_text('{"spec": {"name": "t"}}')
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["datasets", "export", *args, "--out", "x.npz"])
+    assert result.exit_code == 1
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(message), result.stderr
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize(
