@@ -16,25 +16,31 @@ from core.spec import RESERVED_KEYS, TaskKind
 SPLIT_VALUES = ("train", "val", "test")
 
 
-def _check_modality(source: str, name: str, array: np.ndarray) -> np.ndarray:
+def checked_modality(source: str, name: str, array: np.ndarray, *, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A modality as float32: numeric, finite and finite once in float32. Its per-sample shape is
+    ``shape`` when given (a student's inputs), else training's rule: 2-D (N, F) or 3-D (N, C, L),
+    no empty dimension."""
     if array.dtype.kind not in "biuf":
         raise DataError(source, f"modality {name!r} must be numeric, got dtype {array.dtype}")
-    if array.ndim not in (2, 3):
+    if shape is not None:
+        if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != shape:
+            raise DataError(source, f"modality {name!r} must have per-sample shape {shape}, got shape {array.shape}")
+    elif array.ndim not in (2, 3):
         raise DataError(source, f"modality {name!r} must be 2-D (N, F) or 3-D (N, C, L), got shape {array.shape}")
-    if 0 in array.shape[1:]:
+    elif 0 in array.shape[1:]:
         least = "one feature" if array.ndim == 2 else "one channel and one step"
         raise DataError(source, f"modality {name!r} has shape {array.shape}; every sample needs at least {least}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DataError(source, f"modality {name!r} has non-finite values in {_rows(~np.isfinite(array))} samples")
+        raise DataError(source, f"modality {name!r} has non-finite values in {rows_with(~np.isfinite(array))} samples")
     with np.errstate(over="ignore"):
-        values = array.astype(np.float32)
+        values = array.astype(np.float32, copy=False)
     if not np.isfinite(values).all():  # finite float64 values beyond float32's range
-        rows = _rows(~np.isfinite(values))
+        rows = rows_with(~np.isfinite(values))
         raise DataError(source, f"modality {name!r} has values beyond float32's range (3.4e38) in {rows} samples")
     return values
 
 
-def _rows(bad: np.ndarray) -> int:
+def rows_with(bad: np.ndarray) -> int:
     """How many samples (first axis) of a per-value mask hold at least one True."""
     return int(bad.reshape(len(bad), -1).any(axis=1).sum())
 
@@ -141,7 +147,7 @@ def check_arrays(
     if missing:
         present = sorted(set(arrays) - RESERVED_KEYS)
         raise DataError(source, f"modality {missing} not in the file; it has {present}")
-    checked = {name: _check_modality(source, name, arrays[name]) for name in modalities}
+    checked = {name: checked_modality(source, name, arrays[name]) for name in modalities}
     counts = {name: array.shape[0] for name, array in checked.items()}
     if len(set(counts.values())) != 1:
         raise DataError(source, f"modalities have different sample counts: {counts}")

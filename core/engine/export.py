@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from core.data.arrays import MAX_ARRAYS, MAX_CLASSES, read_npz, refuse_oversize
+from core.data.checks import checked_modality, rows_with
 from core.data.prepare import Normaliser
 from core.engine.program_archive import refuse_pickled_payloads
 from core.errors import DataError
@@ -189,35 +190,13 @@ def read_primary(data_path: Path, card: ModelCard, *, max_bytes: int | None) -> 
         raise DataError(
             source, f"primary modality {names} is missing; the student needs {wanted}, the file has {present}"
         )
-    inputs = [_checked_modality(source, name, arrays[name], tuple(card.modalities[name])) for name in wanted]
+    inputs = [checked_modality(source, name, arrays[name], shape=tuple(card.modalities[name])) for name in wanted]
     counts = {name: len(values) for name, values in zip(wanted, inputs, strict=True)}
     if len(set(counts.values())) != 1:
         raise DataError(source, f"primary modalities have different sample counts: {counts}")
     if not inputs[0].shape[0]:
         raise DataError(source, "holds 0 samples; there is nothing to predict")
     return inputs
-
-
-def _checked_modality(source: str, name: str, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Numeric, the student's per-sample shape, finite, and finite once in float32 (as training requires)."""
-    if values.dtype.kind not in "biuf":
-        raise DataError(source, f"modality {name!r} must be numeric, got dtype {values.dtype}")
-    if values.ndim != len(shape) + 1 or tuple(values.shape[1:]) != shape:
-        raise DataError(source, f"modality {name!r} must have per-sample shape {shape}, got shape {values.shape}")
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        rows = _rows(~np.isfinite(values))
-        raise DataError(source, f"modality {name!r} has non-finite values in {rows} samples")
-    with np.errstate(over="ignore"):
-        converted = values.astype(np.float32, copy=False)
-    if not np.isfinite(converted).all():  # finite float64 values beyond float32's range: train refuses them too
-        rows = _rows(~np.isfinite(converted))
-        raise DataError(source, f"modality {name!r} has values beyond float32's range (3.4e38) in {rows} samples")
-    return converted
-
-
-def _rows(bad: np.ndarray) -> int:
-    """How many samples (first axis) of a per-value mask hold at least one True."""
-    return int(bad.any(axis=tuple(range(1, bad.ndim))).sum())
 
 
 def run_program(
@@ -242,7 +221,7 @@ def run_program(
             ):
                 raise DataError(str(program_path), "does not return one row of outputs per sample")
             chunk = output.float().numpy()
-            bad = _rows(~np.isfinite(chunk))
+            bad = rows_with(~np.isfinite(chunk))
             if bad:
                 raise DataError(
                     source,
