@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.common import fail
+from core.errors import one_line
 
 if TYPE_CHECKING:
     from cli.run_folder import RunFolder
@@ -30,12 +31,7 @@ def _load_spec(path: Path) -> JobSpec:
     try:
         return load_spec(path)
     except SpecError as exc:  # one line that starts with the path
-        fail(_one_line(str(exc)))
-
-
-def _one_line(message: str) -> str:
-    """``message`` with its line breaks folded, so an error stays one line."""
-    return " ".join(message.split())
+        fail(one_line(str(exc)))
 
 
 def result_table(summary: dict[str, Any]) -> Table:
@@ -99,7 +95,7 @@ def _prepare(spec: JobSpec) -> PreparedData:
     try:
         return prepare(spec.dataset, spec.task, read=_reader())
     except MmkdError as exc:
-        fail(_one_line(str(exc)))
+        fail(one_line(str(exc)))
 
 
 def _train_in(folder: RunFolder, spec: JobSpec, data: PreparedData) -> dict[str, Any]:
@@ -119,7 +115,7 @@ def _train_in(folder: RunFolder, spec: JobSpec, data: PreparedData) -> dict[str,
             return train(spec, workdir=folder.work, tracker=FanOutTracker(record, bar), checkpoints=store, data=data)
     except (MmkdError, RuntimeError, ValueError, OSError, KeyboardInterrupt) as exc:
         if isinstance(exc, MmkdError):
-            reason = _one_line(str(exc))
+            reason = one_line(str(exc))
         elif isinstance(exc, KeyboardInterrupt):
             reason = "interrupted"
         else:
@@ -160,7 +156,7 @@ def predict_command(
     try:
         result = predict_file(model_dir, data, max_bytes=get_common_settings().max_dataset_bytes)
     except MmkdError as exc:
-        fail(_one_line(str(exc)))
+        fail(one_line(str(exc)))
     from core.files import write_npz
 
     try:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and runs of spaces folded, so an error stays one line."""
+    return " ".join(message.split())
+
+
 class MmkdError(Exception):
     """Base of every error mmkd raises on purpose. ``retryable`` tells a worker whether to retry."""
 

@@ -37,7 +37,7 @@ from yaml.events import (
 )
 from yaml.nodes import ScalarNode
 
-from core.errors import SpecError
+from core.errors import SpecError, one_line
 
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a real spec is under 2 KiB; the cap bounds parse time and memory
 MAX_DEPTH = 32  # a spec nests 3 deep; the cap keeps a "[[[[..." file cheap to refuse
@@ -118,9 +118,9 @@ def parse_spec_mapping(text: str, source: str) -> dict[str, Any]:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "invalid YAML"
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(source, _one_line(f"YAML syntax error{where}: {what}")) from None
+        raise SpecError(source, one_line(f"YAML syntax error{where}: {what}")) from None
     except yaml.YAMLError as exc:
-        raise SpecError(source, _one_line(f"YAML error: {exc}")) from None
+        raise SpecError(source, one_line(f"YAML error: {exc}")) from None
     finally:
         loader.dispose()
     if data is _NO_DOCUMENT:
@@ -275,7 +275,3 @@ def _type_word(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return _TYPE_WORDS.get(type(value), type(value).__name__)
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())

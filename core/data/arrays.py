@@ -20,7 +20,7 @@ from typing import IO, Protocol
 import numpy as np
 
 from core.data.checks import check_arrays
-from core.errors import DataError
+from core.errors import DataError, one_line
 from core.spec import DatasetSpec, TaskKind
 from storage.store import ObjectTooLarge, read_uri
 
@@ -117,12 +117,10 @@ def read_npz(source: str, payload: bytes | Path, *, max_array_bytes: int | None 
             with np.load(handle, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except _CORRUPT as exc:
-            raise DataError(source, f"not a valid .npz file ({_one_line(exc)})") from exc
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception's message on one short line (a parser's may span several or quote the header)."""
-    return " ".join(str(error).split())[:200] or type(error).__name__
+            # a parser's message may span several lines or quote the header: one short line
+            raise DataError(
+                source, f"not a valid .npz file ({one_line(str(exc))[:200] or type(exc).__name__})"
+            ) from exc
 
 
 def _check_members(source: str, handle: IO[bytes], file_size: int, max_array_bytes: int | None) -> None:
