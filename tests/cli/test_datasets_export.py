@@ -55,7 +55,9 @@ def test_the_tour_trains_exports_the_test_split_and_predicts_on_it(tmp_path: Pat
         assert sorted(primary.files) == ["fou", "label", "mor", "zer"]
         accuracy = float((preds["prediction"] == primary["label"]).mean())
     summary = json.loads((tmp_path / "runs/mfeat/summary.json").read_text())
-    assert accuracy == pytest.approx(summary["student"]["accuracy"], abs=1e-9)
+    # The trainer normalises in numpy, the program in its graph: one ulp may flip a near-tie argmax,
+    # so one of the 600 samples may differ (1/600 < 1/400 < 2/600).
+    assert accuracy == pytest.approx(summary["student"]["accuracy"], abs=1 / 400)
 
 
 @pytest.mark.parametrize(("dataset", "split", "seed"), [("mfeat", "val", 3), ("basic_motions", "train", 0)])
