@@ -70,12 +70,10 @@ def start_stack(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, url
 
 
-def predict_test_split(spec: Any) -> float | None:
+def predict_test_split() -> float | None:
     """The README's tour on the downloaded student, in OUT: ``datasets export`` the test split's primary
     modalities, ``predict`` them, and score the predictions against the exported labels (None on a failure)."""
-    modalities = ",".join(spec.dataset.primary)
-    split = ["--split", "test", "--split-seed", str(spec.dataset.split_seed)]
-    export = ["datasets", "export", spec.dataset.name, "--modalities", modalities, *split, "--out", "primary.npz"]
+    export = ["datasets", "export", "--like", "student", "--split", "test", "--out", "primary.npz"]
     predict = ["predict", "student", "primary.npz", "--out", "predictions.npz"]
     for arguments in (export, predict):
         console.print(f"$ mmkd {' '.join(arguments)}   (in {OUT})")
@@ -154,7 +152,7 @@ def main() -> int:
         console.print(f"all artifacts of job {paper_id} in the local store: {stored}")
         if paper.status != "succeeded" or reference.status != "succeeded":
             return 1
-        accuracy = predict_test_split(spec)
+        accuracy = predict_test_split()
         if accuracy is None:
             return 1
         reported = paper.result["student"]["accuracy"]
