@@ -271,6 +271,17 @@ class TrainSpec(StrictModel):
     batch_size: int = Field(default=128, ge=2, le=65_536)
     lr: float = Field(default=1e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Label smoothing of the classification task loss of all three networks; other tasks ignore it.",
+    )
+    select: Literal["best_val", "last"] = Field(
+        default="last",
+        description="Which weights are evaluated on test and exported: those of the epoch with the student's "
+        "best validation primary metric (ties go to the later epoch), or those of the last epoch.",
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     scheduler: Literal["none", "cosine"] = "cosine"
     grad_clip: float | None = Field(default=5.0, gt=0.0, description="Max global grad norm; null disables.")
@@ -299,6 +310,10 @@ class ResourcesSpec(StrictModel):
     """What a worker must provide. One process trains one job; multi-GPU (DDP) is not built yet."""
 
     gpus: int = Field(default=0, ge=0, le=1, description="0 or 1; more GPUs per job (DDP) are not supported yet.")
+
+
+# (section, field) -> the value under which the field is left out of the spec hash.
+HASH_NEUTRAL: dict[tuple[str, str], object] = {("train", "label_smoothing"): 0.0, ("train", "select"): "last"}
 
 
 class JobSpec(StrictModel):
@@ -335,8 +350,17 @@ class JobSpec(StrictModel):
         return self
 
     def spec_hash(self) -> str:
-        """SHA-256 of the canonical JSON of the validated spec (defaults filled in)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON of the validated spec (defaults filled in).
+
+        A field added after specs were already hashed is left out while it holds the value that
+        trains as before it existed (``HASH_NEUTRAL``), so existing specs keep their hash (the
+        bench's cache and the API's idempotency compare hashes) and any other value changes it.
+        """
+        canonical_data = self.model_dump(mode="json")
+        for (section, key), neutral in HASH_NEUTRAL.items():
+            if canonical_data[section][key] == neutral:
+                del canonical_data[section][key]
+        canonical = json.dumps(canonical_data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -14,6 +14,12 @@ PRIMARY_METRIC: dict[str, str] = {
     "regression": "mae",
     "retrieval": "r@1",
 }
+LOWER_IS_BETTER = frozenset({"mae", "median_rank"})
+
+
+def at_least_as_good(metric: str, value: float, reference: float) -> bool:
+    """Whether ``value`` of ``metric`` is as good as ``reference`` or better, in the metric's direction."""
+    return value <= reference if metric in LOWER_IS_BETTER else value >= reference
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

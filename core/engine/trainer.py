@@ -1,8 +1,9 @@
 """The trainer: one run of teacher, auxiliary model and student under one method. Read top to bottom.
 
 ``train`` builds everything from the spec, resumes from the newest checkpoint when there is one,
-loops over epochs and steps, evaluates on the validation split, checkpoints, and ends with one
-test-split evaluation and the export of the student.
+loops over epochs and steps, evaluates on the validation split (keeping the best epoch's weights
+under ``train.select: best_val``), checkpoints, and ends with one test-split evaluation and the
+export of the student, both of the selected epoch's weights.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from core.data.prepare import PreparedData, prepare
 from core.engine import checkpoint as ckpt
 from core.engine.evaluation import compute_metrics
 from core.engine.export import export_student
+from core.engine.selection import EpochSelection
 from core.engine.setup import Run, build_run
 from core.errors import MmkdError, NonFiniteLossError, TrainingCancelled
 from core.objectives.base import Batch, Forward, Role
@@ -103,17 +105,18 @@ def evaluate(run: Run, split: str) -> dict[str, float]:
     return metrics
 
 
-def save_checkpoint(run: Run, checkpoints: CheckpointStore | None, tracker: Tracker) -> None:
-    """Store the full training state at the current step boundary."""
+def save_checkpoint(run: Run, selection: EpochSelection, checkpoints: CheckpointStore | None, tracker: Tracker) -> None:
+    """Store the full training state, and the epoch selected so far, at the current step boundary."""
     if checkpoints is None:
         return
     with tracker.busy(f"checkpoint at step {run.state.step}"):
-        key = checkpoints.save(run.state.step, ckpt.to_bytes(run.state_dict()))
+        payload = ckpt.to_bytes({**run.state_dict(), "selection": selection.state_dict()})
+        key = checkpoints.save(run.state.step, payload)
     tracker.on_checkpoint(epoch=run.state.epoch, step=run.state.step, key=key)
 
 
-def resume(run: Run, checkpoints: CheckpointStore | None) -> None:
-    """Load the newest checkpoint into ``run`` if there is one."""
+def resume(run: Run, selection: EpochSelection, checkpoints: CheckpointStore | None) -> None:
+    """Load the newest checkpoint into ``run`` and ``selection`` if there is one."""
     latest = None if checkpoints is None else checkpoints.load_latest()
     if latest is None:
         return
@@ -124,9 +127,12 @@ def resume(run: Run, checkpoints: CheckpointStore | None) -> None:
     if state["data_sha256"] != run.data.info["sha256"]:
         raise MmkdError(f"checkpoint at step {step} was trained on other data (the file changed); refusing to resume")
     run.load_state_dict(state)
+    selection.load_state_dict(state.get("selection"))
 
 
-def run_epoch(run: Run, epoch: int, tracker: Tracker, checkpoints: CheckpointStore | None) -> None:
+def run_epoch(
+    run: Run, epoch: int, selection: EpochSelection, tracker: Tracker, checkpoints: CheckpointStore | None
+) -> None:
     """The steps of one epoch, from wherever a resumed run left it."""
     every_steps = run.spec.checkpoint.every_steps
     for rows in epoch_batches(run, epoch)[run.state.batch_in_epoch :]:
@@ -137,11 +143,20 @@ def run_epoch(run: Run, epoch: int, tracker: Tracker, checkpoints: CheckpointSto
         run.state.batch_in_epoch += 1
         tracker.on_step(epoch=epoch, step=run.state.step, losses=losses)
         if every_steps and run.state.step % every_steps == 0:
-            save_checkpoint(run, checkpoints, tracker)
+            save_checkpoint(run, selection, checkpoints, tracker)
 
 
-def finish(run: Run, workdir: Path, started: float) -> dict[str, Any]:
-    """Test-split evaluation once, the student export, and ``summary.json``."""
+def validate(run: Run, epoch: int, selection: EpochSelection, tracker: Tracker) -> None:
+    """Validation after ``epoch`` (0-based); offered to the selection when the student trained in it."""
+    with tracker.busy(f"validation after epoch {epoch + 1}"):
+        metrics = evaluate(run, "val")
+    tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=metrics)
+    if run.objective.roles(epoch)["student"] == "train":  # a frozen-teacher method's phase 1 is not a candidate
+        selection.offer(epoch + 1, metrics, run.nets)
+
+
+def finish(run: Run, workdir: Path, started: float, selected_epoch: int) -> dict[str, Any]:
+    """Test-split evaluation once, the student export, and ``summary.json``, all of the weights in ``run``."""
 
     def by_network(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
         return {
@@ -170,6 +185,7 @@ def finish(run: Run, workdir: Path, started: float) -> dict[str, Any]:
         "validation": by_network(evaluate(run, "val")),
         "data": run.data.info,
         "epochs": run.objective.total_epochs,
+        "selected_epoch": selected_epoch,
         "steps": run.state.step,
         "resumed_from_step": run.resumed_from_step,
         "seconds": round(time.monotonic() - started, 3),
@@ -192,7 +208,8 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     with tracker.busy("setup"):  # long stretches without steps are progress, not a stall
         run = build_run(spec, data if data is not None else prepare(spec.dataset, spec.task))
-        resume(run, checkpoints)
+        selection = EpochSelection(spec)
+        resume(run, selection, checkpoints)
     tracker.on_start(
         total_epochs=run.objective.total_epochs,
         steps_per_epoch=len(epoch_batches(run, 0)),
@@ -200,18 +217,17 @@ def train(
     )
     for epoch in range(run.state.epoch, run.objective.total_epochs):
         run.state.epoch = epoch
-        run_epoch(run, epoch, tracker, checkpoints)
+        run_epoch(run, epoch, selection, tracker, checkpoints)
         run.scheduler.step()
         run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
         last = epoch + 1 == run.objective.total_epochs
         if last or (epoch + 1) % spec.train.eval_every_epochs == 0:
-            with tracker.busy(f"validation after epoch {epoch + 1}"):
-                metrics = evaluate(run, "val")
-            tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=metrics)
+            validate(run, epoch, selection, tracker)
         every = spec.checkpoint.every_epochs
         if every and ((epoch + 1) % every == 0 or last):
-            save_checkpoint(run, checkpoints, tracker)
+            save_checkpoint(run, selection, checkpoints, tracker)
     with tracker.busy("test evaluation and export"):
-        summary = finish(run, workdir, started)
+        selected_epoch = selection.apply(run.nets, run.objective.total_epochs)
+        summary = finish(run, workdir, started, selected_epoch)
     tracker.on_finish(summary=summary)
     return summary

@@ -77,7 +77,7 @@ class Objective(nn.Module):
         """The supervised loss of one network (retrieval: InfoNCE against its target encoder)."""
         if self.task == "retrieval":
             return info_nce(fwd.out[name], fwd.target[name], temperature=0.1)
-        return task_loss(self.task, fwd.out[name], batch.labels)
+        return task_loss(self.task, fwd.out[name], batch.labels, label_smoothing=self.spec.train.label_smoothing)
 
     def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """The method's own terms; none in the base class."""

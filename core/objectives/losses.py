@@ -24,15 +24,20 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
 
-def task_loss(task: TaskKind, output: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+def task_loss(
+    task: TaskKind, output: torch.Tensor, labels: torch.Tensor | None, *, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """The supervised loss, averaged over labelled samples only (zero when the batch has none).
 
-    classification: cross-entropy; multilabel: BCE with logits; regression: L1. Written without
-    boolean indexing or a host sync, since it runs for every network at every step.
+    classification: cross-entropy against the label smoothed by eps (Szegedy et al. 2016,
+    "Rethinking the Inception architecture"): target (1 - eps) * onehot(y) + eps / K, so
+    L = (1 - eps) * CE(p, y) + eps * mean_k(-log p_k); multilabel: BCE with logits; regression: L1.
+    ``label_smoothing`` applies to classification only. Written without boolean indexing or a host
+    sync, since it runs for every network at every step.
     """
     assert labels is not None, "task_loss needs labels"
     if task == "classification":
-        total = F.cross_entropy(output, labels, ignore_index=-1, reduction="sum")
+        total = F.cross_entropy(output, labels, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing)
         return total / labels.ge(0).sum().clamp(min=1)
     targets = labels.reshape(output.shape)
     mask = torch.isfinite(targets)

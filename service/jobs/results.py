@@ -107,6 +107,12 @@ class _Result(BaseModel):
     data: DataInfo
     epochs: int = Field(ge=0)
     steps: int = Field(ge=0)
+    selected_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="The epoch whose weights were tested and exported (`train.select`); absent in results "
+        "written before selection existed.",
+    )
     resumed_from_step: int | None = Field(description="The checkpoint step the last attempt resumed from.")
     seconds: float = Field(ge=0.0, description="Wall-clock seconds of the last attempt.")
 
