@@ -2,8 +2,10 @@
 
 A checkpoint carries everything that decides the rest of the run: all networks and method modules,
 every optimiser (the discriminator's included), the scheduler, the RNG states (torch, CUDA, numpy,
-python), and the position in the data order (epoch, batches done in it, global step). Resuming from
-it on the same hardware gives the same weights as an uninterrupted run.
+python), the position in the data order (epoch, batches done in it, global step), and the epoch
+selected so far with its weights (``core.engine.selection``; under ``train.select: last`` it holds
+none). Resuming from it on the same hardware gives the same weights, and the same selection, as an
+uninterrupted run.
 """
 
 from __future__ import annotations
