@@ -275,7 +275,7 @@ class TrainSpec(StrictModel):
         default=0.0,
         ge=0.0,
         lt=0.5,
-        description="Label smoothing of the classification task loss of all three networks; other tasks ignore it.",
+        description="Label smoothing of the classification task loss of all three networks; classification only.",
     )
     select: Literal["best_val", "last"] = Field(
         default="last",
@@ -347,6 +347,8 @@ class JobSpec(StrictModel):
             raise ValueError(f"built-in dataset {self.dataset.name!r} is a classification task")
         if self.task == "retrieval" and (self.method.name == "logit_kd" or getattr(self.method, "kd_weight", 0.0) > 0):
             raise ValueError("logit KD (method logit_kd or method.kd_weight) needs logits; retrieval has none")
+        if self.task != "classification" and self.train.label_smoothing > 0:
+            raise ValueError(f"train.label_smoothing is for classification only; task is {self.task!r}")
         return self
 
     def spec_hash(self) -> str:

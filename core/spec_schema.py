@@ -59,7 +59,8 @@ def builtin_name(builtins: Mapping[str, Sequence[str]]) -> Callable[[JsonSchema]
 
 
 def add_job_rules(schema: JsonSchema) -> None:
-    """JobSpec's rules: retrieval_target exactly for retrieval, no logit KD there; built-ins classify."""
+    """JobSpec's rules: retrieval_target exactly for retrieval, no logit KD there; built-ins classify;
+    label smoothing only for classification."""
     retrieval = {"required": ["task"], "properties": {"task": {"const": "retrieval"}}}
     no_logit_kd = {"properties": {"name": {"not": {"const": "logit_kd"}}, "kd_weight": {"maximum": 0}}}
     schema["allOf"] = [
@@ -71,5 +72,9 @@ def add_job_rules(schema: JsonSchema) -> None:
         {
             "if": {"required": ["dataset"], "properties": {"dataset": _given("name", "string")}},
             "then": {"properties": {"task": {"const": "classification"}}},
+        },
+        {
+            "if": {"required": ["task"], "properties": {"task": {"not": {"const": "classification"}}}},
+            "then": {"properties": {"train": {"properties": {"label_smoothing": {"maximum": 0}}}}},
         },
     ]

@@ -308,6 +308,7 @@ VALID = {
     "paper on mfeat": _data(),
     "uploaded, regression": _data(dataset=UPLOADED, task="regression"),
     "retrieval with its target": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "crd"}),
+    "label smoothing for classification": _data(dataset=UPLOADED, train={"label_smoothing": 0.1}),
     "explicit nulls": _data(dataset={**UPLOADED, "name": None, "uri": None, "retrieval_target": None}),
     **{f"method {name}": _data(method={"name": name}) for name in METHOD_NAMES},
 }
@@ -323,6 +324,7 @@ BROKEN = {
     "target without retrieval": _data(dataset=RETRIEVAL, task="regression"),
     "retrieval with logit_kd": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "logit_kd"}),
     "retrieval with kd_weight": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "paper", "kd_weight": 1}),
+    "label smoothing for regression": _data(dataset=UPLOADED, task="regression", train={"label_smoothing": 0.1}),
     "modality twice": _data(dataset={**UPLOADED, "primary": ["a", "a"]}),
     "reserved key": _data(dataset={**UPLOADED, "auxiliary": ["label"]}),
 }
