@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 
 class Tracker(Protocol):
-    """Receives what the trainer reports, in order: start, steps and epochs, finish."""
+    """Receives what the trainer reports, in order: start, steps and epochs (and any warning), finish."""
 
     def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
         """Training begins (``start_step`` > 0 when resumed from a checkpoint)."""
@@ -27,6 +27,10 @@ class Tracker(Protocol):
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """A checkpoint was stored under ``key``."""
+
+    def on_warning(self, *, kind: str, message: str, data: Mapping[str, Any]) -> None:
+        """A warning about the run (``core.engine.health``: ``weak_teacher``, ``student_regressed``), once
+        per run: ``message`` is one line, ``data`` the numbers behind it. The summary lists it too."""
 
     def busy(self, what: str) -> AbstractContextManager[None]:
         """Brackets a stretch that is progress without steps (setup, an evaluation, a checkpoint,
@@ -63,6 +67,9 @@ class NullTracker:
         """Ignore."""
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
+        """Ignore."""
+
+    def on_warning(self, *, kind: str, message: str, data: Mapping[str, Any]) -> None:
         """Ignore."""
 
     def busy(self, what: str) -> AbstractContextManager[None]:

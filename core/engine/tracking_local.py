@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from core.metrics import Point, from_jsonl, to_jsonl, train_points, validation_points
@@ -49,6 +50,9 @@ class MetricsFileTracker:
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """Flush: a resume from this checkpoint finds every point up to its step."""
         self.flush()
+
+    def on_warning(self, *, kind: str, message: str, data: Mapping[str, Any]) -> None:
+        """Nothing to write: metrics.jsonl holds metric points; summary.json lists the warnings."""
 
     def busy(self, what: str) -> AbstractContextManager[None]:
         """Nothing to record."""
@@ -125,6 +129,10 @@ class RichProgressTracker:
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """Nothing to show."""
 
+    def on_warning(self, *, kind: str, message: str, data: Mapping[str, Any]) -> None:
+        """Print the warning's one line above the bar."""
+        self.progress.console.print(f"[yellow]warning[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
     def busy(self, what: str) -> AbstractContextManager[None]:
         """Nothing to show."""
         return nullcontext()
@@ -173,6 +181,11 @@ class FanOutTracker:
         """Forward."""
         for tracker in self.trackers:
             tracker.on_checkpoint(epoch=epoch, step=step, key=key)
+
+    def on_warning(self, *, kind: str, message: str, data: Mapping[str, Any]) -> None:
+        """Forward."""
+        for tracker in self.trackers:
+            tracker.on_warning(kind=kind, message=message, data=data)
 
     @contextmanager
     def busy(self, what: str) -> Iterator[None]:

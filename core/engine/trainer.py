@@ -2,7 +2,8 @@
 
 ``train`` builds everything from the spec, resumes from the newest checkpoint when there is one,
 loops over epochs and steps, evaluates on the validation split (keeping the best epoch's weights
-under ``train.select: best_val``), checkpoints, and ends with one test-split evaluation and the
+under ``train.select: best_val`` and watching for the warnings of ``core.engine.health``),
+checkpoints, and ends with one test-split evaluation and the
 export of the student, both of the selected epoch's weights.
 """
 
@@ -18,8 +19,9 @@ import torch
 
 from core.data.prepare import PreparedData, prepare
 from core.engine import checkpoint as ckpt
-from core.engine.evaluation import compute_metrics
+from core.engine.evaluation import PRIMARY_METRIC, compute_metrics
 from core.engine.export import export_student
+from core.engine.health import RunHealth
 from core.engine.selection import EpochSelection
 from core.engine.setup import Run, build_run
 from core.errors import MmkdError, NonFiniteLossError, TrainingCancelled
@@ -105,18 +107,21 @@ def evaluate(run: Run, split: str) -> dict[str, float]:
     return metrics
 
 
-def save_checkpoint(run: Run, selection: EpochSelection, checkpoints: CheckpointStore | None, tracker: Tracker) -> None:
-    """Store the full training state, and the epoch selected so far, at the current step boundary."""
+def save_checkpoint(
+    run: Run, selection: EpochSelection, health: RunHealth, checkpoints: CheckpointStore | None, tracker: Tracker
+) -> None:
+    """Store the full training state, the epoch selected so far and the warnings' state at the current step boundary."""
     if checkpoints is None:
         return
     with tracker.busy(f"checkpoint at step {run.state.step}"):
-        payload = ckpt.to_bytes({**run.state_dict(), "selection": selection.state_dict()})
+        state = {**run.state_dict(), "selection": selection.state_dict(), "health": health.state_dict()}
+        payload = ckpt.to_bytes(state)
         key = checkpoints.save(run.state.step, payload)
     tracker.on_checkpoint(epoch=run.state.epoch, step=run.state.step, key=key)
 
 
-def resume(run: Run, selection: EpochSelection, checkpoints: CheckpointStore | None) -> None:
-    """Load the newest checkpoint into ``run`` and ``selection`` if there is one."""
+def resume(run: Run, selection: EpochSelection, health: RunHealth, checkpoints: CheckpointStore | None) -> None:
+    """Load the newest checkpoint into ``run``, ``selection`` and ``health`` if there is one."""
     latest = None if checkpoints is None else checkpoints.load_latest()
     if latest is None:
         return
@@ -128,10 +133,16 @@ def resume(run: Run, selection: EpochSelection, checkpoints: CheckpointStore | N
         raise MmkdError(f"checkpoint at step {step} was trained on other data (the file changed); refusing to resume")
     run.load_state_dict(state)
     selection.load_state_dict(state.get("selection"))
+    health.load_state_dict(state.get("health"))
 
 
 def run_epoch(
-    run: Run, epoch: int, selection: EpochSelection, tracker: Tracker, checkpoints: CheckpointStore | None
+    run: Run,
+    epoch: int,
+    selection: EpochSelection,
+    health: RunHealth,
+    tracker: Tracker,
+    checkpoints: CheckpointStore | None,
 ) -> None:
     """The steps of one epoch, from wherever a resumed run left it."""
     every_steps = run.spec.checkpoint.every_steps
@@ -143,19 +154,24 @@ def run_epoch(
         run.state.batch_in_epoch += 1
         tracker.on_step(epoch=epoch, step=run.state.step, losses=losses)
         if every_steps and run.state.step % every_steps == 0:
-            save_checkpoint(run, selection, checkpoints, tracker)
+            save_checkpoint(run, selection, health, checkpoints, tracker)
 
 
-def validate(run: Run, epoch: int, selection: EpochSelection, tracker: Tracker) -> None:
-    """Validation after ``epoch`` (0-based); offered to the selection when the student trained in it."""
+def validate(run: Run, epoch: int, selection: EpochSelection, health: RunHealth, tracker: Tracker) -> None:
+    """Validation after ``epoch`` (0-based); offered to the selection when the student trained in it, and
+    to the health watch, whose warnings go to the tracker."""
     with tracker.busy(f"validation after epoch {epoch + 1}"):
         metrics = evaluate(run, "val")
     tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=metrics)
-    if run.objective.roles(epoch)["student"] == "train":  # a frozen-teacher method's phase 1 is not a candidate
+    roles = run.objective.roles(epoch)
+    if roles["student"] == "train":  # a frozen-teacher method's phase 1 is not a candidate
         selection.offer(epoch + 1, metrics, run.nets)
+    training = [name for name, role in roles.items() if role == "train"]
+    for warning in health.observe(epoch + 1, metrics, training=training, distilling=run.objective.distilling(epoch)):
+        tracker.on_warning(kind=warning.kind, message=warning.message, data=warning.data())
 
 
-def finish(run: Run, workdir: Path, started: float, selected_epoch: int) -> dict[str, Any]:
+def finish(run: Run, workdir: Path, started: float, selected_epoch: int, health: RunHealth) -> dict[str, Any]:
     """Test-split evaluation once, the student export, and ``summary.json``, all of the weights in ``run``."""
 
     def by_network(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -189,6 +205,9 @@ def finish(run: Run, workdir: Path, started: float, selected_epoch: int) -> dict
         "steps": run.state.step,
         "resumed_from_step": run.resumed_from_step,
         "seconds": round(time.monotonic() - started, 3),
+        "warnings": [
+            {"kind": warning.kind, "message": warning.message, **warning.data()} for warning in health.warnings
+        ],
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -208,8 +227,8 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     with tracker.busy("setup"):  # long stretches without steps are progress, not a stall
         run = build_run(spec, data if data is not None else prepare(spec.dataset, spec.task))
-        selection = EpochSelection(spec)
-        resume(run, selection, checkpoints)
+        selection, health = EpochSelection(spec), RunHealth(PRIMARY_METRIC[spec.task])
+        resume(run, selection, health, checkpoints)
     tracker.on_start(
         total_epochs=run.objective.total_epochs,
         steps_per_epoch=len(epoch_batches(run, 0)),
@@ -217,17 +236,17 @@ def train(
     )
     for epoch in range(run.state.epoch, run.objective.total_epochs):
         run.state.epoch = epoch
-        run_epoch(run, epoch, selection, tracker, checkpoints)
+        run_epoch(run, epoch, selection, health, tracker, checkpoints)
         run.scheduler.step()
         run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
         last = epoch + 1 == run.objective.total_epochs
         if last or (epoch + 1) % spec.train.eval_every_epochs == 0:
-            validate(run, epoch, selection, tracker)
+            validate(run, epoch, selection, health, tracker)
         every = spec.checkpoint.every_epochs
         if every and ((epoch + 1) % every == 0 or last):
-            save_checkpoint(run, selection, checkpoints, tracker)
+            save_checkpoint(run, selection, health, checkpoints, tracker)
     with tracker.busy("test evaluation and export"):
         selected_epoch = selection.apply(run.nets, run.objective.total_epochs)
-        summary = finish(run, workdir, started, selected_epoch)
+        summary = finish(run, workdir, started, selected_epoch, health)
     tracker.on_finish(summary=summary)
     return summary

@@ -64,6 +64,11 @@ class Objective(nn.Module):
         """Joint training by default: all three networks train every epoch."""
         return {name: "train" for name in NETWORKS}
 
+    def distilling(self, epoch: int) -> bool:
+        """Whether the distillation terms act in ``epoch``: always for a method that has any
+        (``core.engine.health`` watches the networks from then on); subclasses with phases say when."""
+        return type(self).distill_terms is not Objective.distill_terms
+
     def losses(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """Task losses of the networks that train, plus the method's distillation terms."""
         terms = {}

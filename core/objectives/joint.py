@@ -40,6 +40,10 @@ class JointObjective(Objective):
             return 1.0
         return min(1.0, (after + 1) / self.method.ramp_epochs)
 
+    def distilling(self, epoch: int) -> bool:
+        """True once the warm-up is over (the ramp is above 0)."""
+        return self.ramp(epoch) > 0
+
     def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """alpha * InfoNCE(T, S) (gradients into both networks) and the optional logit KD."""
         scale = self.ramp(epoch)
