@@ -1,5 +1,6 @@
-"""The small report uploaded with every successful job: a markdown result table from the summary
-and a PNG of the training curves from the job's metric series (``core.metrics``)."""
+"""The small report uploaded with every successful job: a markdown result table from the summary, the
+run's warnings (``core.engine.health``), and a PNG of the training curves from the job's metric series
+(``core.metrics``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ def result_table(summary: Mapping[str, Any]) -> str:
         cells = [f"{values[m]:.4f}" if isinstance(values.get(m), int | float) else "" for m in metrics]
         lines.append(f"| {net} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def warnings_section(summary: Mapping[str, Any]) -> str:
+    """The run's warnings, one bullet each, or a line saying there were none."""
+    warnings = summary.get("warnings") or []
+    if not warnings:
+        return "Warnings: none."
+    return "\n".join(["Warnings:", *(f"- {warning.get('message')}" for warning in warnings)])
 
 
 def plot_curves(series: Series, out: Path, *, title: str) -> None:
@@ -67,6 +76,7 @@ def write_report(workdir: Path, summary: Mapping[str, Any], series: Series, *, j
             "Test split:",
             result_table(summary),
             "\n".join(facts),
+            warnings_section(summary),
             "![training curves](curves.png)",
         ]
     )

@@ -17,7 +17,7 @@ from core.metrics import Point, train_points, validation_points
 from core.tracking import CheckpointStore
 from jobs.leases import LeaseLost, Liveness, last_checkpoint
 from jobs.lifecycle import record_event
-from jobs.models import Job, MetricPoint
+from jobs.models import Job, JobEvent, MetricPoint
 from jobs.orm import utcnow
 from jobs.status import ACTIVE, JobStatus
 
@@ -30,7 +30,9 @@ class DatabaseTracker:
     metric record (``core.metrics`` names them). ``should_stop`` reads the job's status at most every
     ``poll_seconds`` and turns true on ``cancelling`` or a lost lease; past the attempt's deadline it
     raises :class:`TimedOut`. Every step, evaluation and checkpoint tells ``liveness`` that training
-    moves, which is what keeps the lease renewed. Once the lease is lost nothing is written.
+    moves, which is what keeps the lease renewed. A warning becomes a ``warning`` event (its kind under
+    ``data.warning``) written at once, and only once per job: a resumed attempt that sees the same
+    warning again adds nothing. Once the lease is lost nothing is written.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class DatabaseTracker:
         self._points: list[Point] = []
         self._progress: dict[str, Any] = {}
         self._latest: dict[str, float] = {}
+        self._warnings: list[tuple[str, dict[str, Any]]] = []
         self._last_flush = self._last_poll = time.monotonic()
         self._cancel_seen = False
         self._timer_start = time.monotonic()
@@ -102,6 +105,11 @@ class DatabaseTracker:
         self._progress["last_checkpoint_key"] = key
         self.flush()
 
+    def on_warning(self, *, kind: str, message: str, data: Mapping[str, Any]) -> None:
+        """Record a ``warning`` event with the numbers, in the next write (now)."""
+        self._warnings.append((message, {"warning": kind, **data}))
+        self.flush()
+
     def busy(self, what: str) -> AbstractContextManager[None]:
         """A long stretch without steps: progress for the stall watch."""
         return self.liveness.busy(what)
@@ -137,7 +145,7 @@ class DatabaseTracker:
     def _write(self, session: Session) -> None:
         """Update the job only while this worker holds its lease; otherwise drop the batch."""
         if self.lease_lost.is_set():
-            self._points, self._latest = [], {}
+            self._points, self._latest, self._warnings = [], {}, []
             return
         values = dict(self._progress, updated_at=utcnow())
         if self._latest:
@@ -155,9 +163,23 @@ class DatabaseTracker:
         else:
             if self._points:
                 session.execute(insert(MetricPoint), [{"job_id": self.job_id, **asdict(p)} for p in self._points])
+            self._record_warnings(session)
             session.commit()
-        self._points, self._latest = [], {}
+        self._points, self._latest, self._warnings = [], {}, []
         self._last_flush = time.monotonic()
+
+    def _record_warnings(self, session: Session) -> None:
+        """Add the pending warnings' events, each kind once per job (an earlier attempt may have written it)."""
+        if not self._warnings:
+            return
+        recorded = session.scalars(
+            select(JobEvent.data).where(JobEvent.job_id == self.job_id, JobEvent.kind == "warning")
+        ).all()
+        seen = {data.get("warning") for data in recorded if data}
+        for message, data in self._warnings:
+            if data["warning"] not in seen:
+                record_event(session, job_id=self.job_id, kind="warning", reason=message, data=data)
+                seen.add(data["warning"])
 
     def _add(self, points: Iterable[Point]) -> None:
         for point in points:

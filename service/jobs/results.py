@@ -96,6 +96,24 @@ class DataInfo(BaseModel):
     train_labelled: int = Field(ge=0, description="Train samples that kept a label (`label_fraction`).")
 
 
+class RunWarning(BaseModel):
+    """A warning raised during training (`core.engine.health`), with the numbers behind it."""
+
+    kind: Literal["weak_teacher", "student_regressed"] = Field(
+        description="weak_teacher: the teacher's validation metric fell clearly below its own best after the "
+        "distillation terms started; student_regressed: the student's fell below its own earlier level while "
+        "it distilled."
+    )
+    message: str = Field(description="The warning in one line.")
+    network: str = Field(description="The network watched: teacher or student.")
+    metric: str = Field(description="The task's primary validation metric.")
+    best: float = Field(description="The network's best validation value before the warning.")
+    best_epoch: int = Field(ge=1)
+    value: float = Field(description="The validation value when the warning fired.")
+    epoch: int = Field(ge=1)
+    threshold: float = Field(ge=0.0, description="How far from the best a value had to be to count.")
+
+
 class _Result(BaseModel):
     """What every task's result holds besides the metrics."""
 
@@ -115,6 +133,10 @@ class _Result(BaseModel):
     )
     resumed_from_step: int | None = Field(description="The checkpoint step the last attempt resumed from.")
     seconds: float = Field(ge=0.0, description="Wall-clock seconds of the last attempt.")
+    warnings: list[RunWarning] = Field(
+        default_factory=list,
+        description="Warnings raised during training, each once; empty in results written before warnings existed.",
+    )
 
 
 class ClassificationResult(_Result):
