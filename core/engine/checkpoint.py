@@ -4,8 +4,9 @@ A checkpoint carries everything that decides the rest of the run: all networks a
 every optimiser (the discriminator's included), the scheduler, the RNG states (torch, CUDA, numpy,
 python), the position in the data order (epoch, batches done in it, global step), and the epoch
 selected so far with its weights (``core.engine.selection``; under ``train.select: last`` it holds
-none). Resuming from it on the same hardware gives the same weights, and the same selection, as an
-uninterrupted run.
+none), and the run-health detector's state (``core.engine.health``: what it has seen and which
+warnings it gave). Resuming from it on the same hardware gives the same weights, the same selection
+and the same warnings as an uninterrupted run.
 """
 
 from __future__ import annotations
