@@ -209,6 +209,8 @@ RESULT_EXAMPLE: dict[str, Any] = {
     },
     "epochs": 2,
     "steps": 20,
+    "selected_epoch": 2,
     "resumed_from_step": None,
     "seconds": 12.5,
+    "warnings": [],
 }
