@@ -1,6 +1,6 @@
-"""Files written whole or not at all: a temporary file beside the target, renamed into place.
+"""Files and folders written whole or not at all: a temporary one beside the target, renamed into place.
 
-Every local output a person reads (checkpoints, predictions, exported splits) goes through here, so
+Every local output a person reads (checkpoints, predictions, exported splits, the student export) goes through here, so
 a crash, a full disk or Ctrl-C never leaves a half-written file under the name they asked for."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 import io
 import os
 import secrets
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,20 @@ def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     archive = io.BytesIO()
     np.savez(archive, **arrays)  # type: ignore[arg-type]
     atomic_write(path, archive.getvalue())
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; renamed to ``path`` when the block ends (replacing
+    an earlier one), removed if it raises: ``path`` is never seen half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
+    work.mkdir()  # not mkdtemp: the folder keeps the usual permissions
+    try:
+        yield work
+        if path.exists():
+            shutil.rmtree(path)
+        work.replace(path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

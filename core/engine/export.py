@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +30,7 @@ from core.data.checks import checked_modality, rows_with
 from core.data.prepare import Normaliser
 from core.engine.program_archive import refuse_pickled_payloads
 from core.errors import DataError
+from core.files import atomic_folder
 from core.models.network import MultimodalNet
 from core.spec import MODALITY_NAME, JobSpec, TaskKind
 
@@ -72,56 +71,26 @@ def export_student(
     Into a temporary folder beside ``out_dir``, renamed into place at the end: a failure at any
     point leaves no export without its ``model.json``.
     """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:12]}.partial")
-    work.mkdir()  # not mkdtemp: the export keeps the usual permissions
-    try:
-        _write_export(
-            work,
-            spec=spec,
-            student=student,
-            normaliser=normaliser,
-            shapes=shapes,
-            class_names=class_names,
-            metrics=metrics,
-        )
-        if out_dir.exists():  # an earlier attempt's complete export (a resumed run finishes again)
-            shutil.rmtree(out_dir)
-        work.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
-def _write_export(
-    out_dir: Path,
-    *,
-    spec: JobSpec,
-    student: MultimodalNet,
-    normaliser: Normaliser,
-    shapes: dict[str, tuple[int, ...]],
-    class_names: list[str] | None,
-    metrics: dict[str, float],
-) -> None:
-    # A copy: Module.to() works in place and would pull the training student off its device.
-    module = InferenceStudent(copy.deepcopy(student), normaliser).to("cpu").eval()
-    examples = tuple(torch.zeros((3, *shapes[name])) for name in module.modalities)
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    dynamic = tuple({0: batch} for _ in examples)
-    program = torch.export.export(module, examples, dynamic_shapes={"arrays": dynamic})
-    torch.export.save(program, out_dir / "student.pt2")
-    torch.save(student.state_dict(), out_dir / "weights.pt")
-    stats = {f"{name}_mean": normaliser.mean[name] for name in module.modalities}
-    stats.update({f"{name}_std": normaliser.std[name] for name in module.modalities})
-    np.savez(out_dir / "normalization.npz", **stats)  # type: ignore[arg-type]
-    meta = {
-        "spec": spec.model_dump(mode="json"),
-        "task": spec.task,
-        "modalities": {name: list(shapes[name]) for name in module.modalities},
-        "class_names": class_names,
-    }
-    (out_dir / "model.json").write_text(json.dumps(meta, indent=2))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with atomic_folder(out_dir) as work:  # an earlier attempt's complete export is replaced
+        # A copy: Module.to() works in place and would pull the training student off its device.
+        module = InferenceStudent(copy.deepcopy(student), normaliser).to("cpu").eval()
+        examples = tuple(torch.zeros((3, *shapes[name])) for name in module.modalities)
+        batch = torch.export.Dim("batch", min=1, max=1 << 20)
+        dynamic = tuple({0: batch} for _ in examples)
+        program = torch.export.export(module, examples, dynamic_shapes={"arrays": dynamic})
+        torch.export.save(program, work / "student.pt2")
+        torch.save(student.state_dict(), work / "weights.pt")
+        stats = {f"{name}_mean": normaliser.mean[name] for name in module.modalities}
+        stats.update({f"{name}_std": normaliser.std[name] for name in module.modalities})
+        np.savez(work / "normalization.npz", **stats)  # type: ignore[arg-type]
+        meta = {
+            "spec": spec.model_dump(mode="json"),
+            "task": spec.task,
+            "modalities": {name: list(shapes[name]) for name in module.modalities},
+            "class_names": class_names,
+        }
+        (work / "model.json").write_text(json.dumps(meta, indent=2))
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
 class ModelCard(BaseModel):

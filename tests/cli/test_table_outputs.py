@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,13 +118,15 @@ def failing_export(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the student export fail after it wrote every file (a full disk at the last byte)."""
     import core.engine.export as export
 
-    real = export._write_export
+    real = export.atomic_folder
 
-    def write_then_fail(out_dir: Path, **kwargs: object) -> None:
-        real(out_dir, **kwargs)  # type: ignore[arg-type]
-        raise RuntimeError("No space left on device\nand a second line")
+    @contextmanager
+    def write_then_fail(path: Path) -> Iterator[Path]:
+        with real(path) as work:
+            yield work
+            raise RuntimeError("No space left on device\nand a second line")
 
-    monkeypatch.setattr(export, "_write_export", write_then_fail)
+    monkeypatch.setattr(export, "atomic_folder", write_then_fail)
 
 
 def test_a_failure_after_training_keeps_only_a_resumable_partial_run(
