@@ -171,3 +171,20 @@ class DatasetUpload(Base):
     size_bytes: Mapped[int] = mapped_column(BigId)
     part_size: Mapped[int] = mapped_column(BigId)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class JobLogLine(Base):
+    """One line a job's attempt logged (its own logging and Python warnings), with its level and
+    logger. The database keeps a recent tail per job; each attempt's whole log is stored with the
+    job's artifacts (kind ``log``)."""
+
+    __tablename__ = "job_log_lines"
+    __table_args__ = (Index("ix_job_log_lines_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int]
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    level: Mapped[str] = mapped_column(String(16))
+    logger: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
