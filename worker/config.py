@@ -60,6 +60,11 @@ class WorkerSettings(Settings):
     running_limit_delay_seconds: float = Field(
         default=30.0, gt=0.0, description="A job held back by its owner's running limit is offered again after this."
     )
+    log_flush_seconds: float = Field(default=1.0, gt=0.0, description="How often a job's log lines are written.")
+    log_tail_lines: int = Field(default=2000, ge=10, description="Log lines the database keeps per job (the newest).")
+    max_log_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="An attempt's stored log stops at this size, with a note."
+    )
     work_dir: Path | None = Field(default=None, description="Scratch space for running jobs; default home/work.")
 
     @property

@@ -32,6 +32,7 @@ from storage.store import ArtifactStore, store_from_settings
 from worker import outcomes
 from worker.config import WorkerSettings, get_worker_settings
 from worker.data import job_reader
+from worker.joblog import JobLog
 from worker.report import write_report
 from worker.tracking import DatabaseTracker, LeasedCheckpoints
 
@@ -70,17 +71,34 @@ def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None)
         on_give_up=end_stuck_attempt or exit_stuck_process,
     )
     workdir = settings.resolved_work_dir / f"job-{job_id}-attempt-{lease.attempt}"
-    with beat:
+    job_log = _job_log(settings, sessions, lease)
+    with beat, job_log:
         try:
             outcome = _train_and_publish(settings, sessions, lease, beat, workdir)
         except Exception as error:
             outcome = _record_failure(sessions, lease, beat, error)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+    job_log.store(store_from_settings(settings))
+    job_log.path.unlink(missing_ok=True)
     if outcome == "queued":
         _publish_retry(settings, job_id)
     log.info("job %s attempt %s: %s", job_id, lease.attempt, outcome)
     return outcome
+
+
+def _job_log(settings: WorkerSettings, sessions: sessionmaker[Session], lease: Lease) -> JobLog:
+    """The attempt's log capture: lines to the database as it runs, the whole file stored at the end.
+    It writes even after a lost lease: its lines carry their attempt, so the new owner's stay apart."""
+    return JobLog(
+        sessions,
+        job_id=lease.job_id,
+        attempt=lease.attempt,
+        path=settings.resolved_work_dir / f"job-{lease.job_id}-attempt-{lease.attempt}.log",
+        flush_seconds=settings.log_flush_seconds,
+        tail_lines=settings.log_tail_lines,
+        max_bytes=settings.max_log_bytes,
+    )
 
 
 def exit_stuck_process() -> None:

@@ -10,6 +10,7 @@ export of the student, both of the selected epoch's weights.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -28,6 +29,8 @@ from core.errors import MmkdError, NonFiniteLossError, TrainingCancelled
 from core.objectives.base import Batch, Forward, Role
 from core.spec import JobSpec
 from core.tracking import CheckpointStore, NullTracker, Tracker
+
+log = logging.getLogger(__name__)
 
 
 def epoch_batches(run: Run, epoch: int) -> list[torch.Tensor]:
@@ -117,6 +120,7 @@ def save_checkpoint(
         state = {**run.state_dict(), "selection": selection.state_dict(), "health": health.state_dict()}
         payload = ckpt.to_bytes(state)
         key = checkpoints.save(run.state.step, payload)
+    log.info("checkpoint at step %d (%d bytes)", run.state.step, len(payload))
     tracker.on_checkpoint(epoch=run.state.epoch, step=run.state.step, key=key)
 
 
@@ -132,6 +136,7 @@ def resume(run: Run, selection: EpochSelection, health: RunHealth, checkpoints: 
     if state["data_sha256"] != run.data.info["sha256"]:
         raise MmkdError(f"checkpoint at step {step} was trained on other data (the file changed); refusing to resume")
     run.load_state_dict(state)
+    log.info("resumed from the checkpoint at step %d", step)
     selection.load_state_dict(state.get("selection"))
     health.load_state_dict(state.get("health"))
 
@@ -151,6 +156,8 @@ def run_epoch(
             raise TrainingCancelled(run.state.step)
         losses = train_step(run, make_batch(run, rows), epoch)
         run.state.step += 1
+        if run.state.batch_in_epoch == 0:
+            log.info("epoch %d, step %d: %s", epoch + 1, run.state.step, _shown(losses))
         run.state.batch_in_epoch += 1
         tracker.on_step(epoch=epoch, step=run.state.step, losses=losses)
         if every_steps and run.state.step % every_steps == 0:
@@ -163,11 +170,14 @@ def validate(run: Run, epoch: int, selection: EpochSelection, health: RunHealth,
     with tracker.busy(f"validation after epoch {epoch + 1}"):
         metrics = evaluate(run, "val")
     tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=metrics)
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items()))
+    log.info("epoch %d/%d, step %d: validation %s", epoch + 1, run.objective.total_epochs, run.state.step, shown)
     roles = run.objective.roles(epoch)
     if roles["student"] == "train":  # a frozen-teacher method's phase 1 is not a candidate
         selection.offer(epoch + 1, metrics, run.nets)
     training = [name for name, role in roles.items() if role == "train"]
     for warning in health.observe(epoch + 1, metrics, training=training, distilling=run.objective.distilling(epoch)):
+        log.warning("%s: %s", warning.kind, warning.message)
         tracker.on_warning(kind=warning.kind, message=warning.message, data=warning.data())
 
 
@@ -229,6 +239,15 @@ def train(
         run = build_run(spec, data if data is not None else prepare(spec.dataset, spec.task))
         selection, health = EpochSelection(spec), RunHealth(PRIMARY_METRIC[spec.task])
         resume(run, selection, health, checkpoints)
+    log.info(
+        "%s on %s: %d training samples, %d epochs of %d steps, on %s",
+        spec.method.name,
+        spec.dataset.name or spec.dataset.uri or f"dataset {spec.dataset.id}",
+        run.n_train,
+        run.objective.total_epochs,
+        len(epoch_batches(run, 0)),
+        run.device,
+    )
     tracker.on_start(
         total_epochs=run.objective.total_epochs,
         steps_per_epoch=len(epoch_batches(run, 0)),
@@ -248,5 +267,10 @@ def train(
     with tracker.busy("test evaluation and export"):
         selected_epoch = selection.apply(run.nets, run.objective.total_epochs)
         summary = finish(run, workdir, started, selected_epoch, health)
+    log.info("finished: epoch %d selected, test %s", selected_epoch, _shown(summary["student"]))
     tracker.on_finish(summary=summary)
     return summary
+
+
+def _shown(values: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in values.items())
