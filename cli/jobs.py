@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +60,7 @@ def submit(
             fail(str(exc))
         typer.echo(f"submitted job {job.id} ({job.name}): {job.status}")
         if wait:
-            _watch(client, job.id, interval=1.0)
+            _watch(client, job.id)
 
 
 def _checked_spec(path: Path) -> dict[str, Any]:
@@ -131,16 +130,32 @@ def cancel(job_id: int, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None)
 @jobs_app.command()
 def watch(
     job_id: int,
-    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
-    """Follow a job with a live progress bar; ends with the result table."""
+    """Follow a job live (its stream) with a progress bar; ends with the result table."""
     with connect(url, api_key) as client:
-        _watch(client, job_id, interval=interval)
+        _watch(client, job_id)
 
 
-def _watch(client: Client, job_id: int, *, interval: float) -> None:
+@jobs_app.command()
+def logs(
+    job_id: int,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Go on with new lines until the job ends.")] = False,
+    attempt: Annotated[int | None, typer.Option(min=1, help="Only this attempt's lines.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Print the job's log lines (the server keeps each job's newest; the whole log is an artifact)."""
+    with connect(url, api_key) as client:
+        try:
+            for line in client.logs(job_id, follow=follow, attempt=attempt):
+                typer.echo(f"{line.at:%H:%M:%S} [{line.attempt}] {line.level:<7} {line.logger}: {line.message}")
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+def _watch(client: Client, job_id: int) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -156,11 +171,12 @@ def _watch(client: Client, job_id: int, *, interval: float) -> None:
     try:
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(f"job {job_id}", total=None, where="", eta="?", metrics="")
+            for event in client.watch(job_id):
+                if event.job is not None:
+                    bar.update(task, **_bar_fields(event.job))
+                elif event.event is not None and event.event.kind == "warning":
+                    console.print(f"[yellow]warning[/yellow]: {event.event.reason}")
             job = client.get(job_id)
-            while not job.done:
-                bar.update(task, **_bar_fields(job))
-                time.sleep(interval)
-                job = client.get(job_id)
             bar.update(task, **_bar_fields(job))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -3,11 +3,13 @@ No FastAPI here; functions take a SQLAlchemy session and keyword-only arguments.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs.errors import NotFoundError
-from jobs.models import Artifact, Job, JobEvent, MetricPoint
+from jobs.models import Artifact, Job, JobEvent, JobLogLine, MetricPoint
 
 
 def get_job(session: Session, *, owner_id: int, job_id: int) -> Job:
@@ -62,3 +64,65 @@ def get_artifact(session: Session, *, job_id: int, artifact_id: int) -> Artifact
     if artifact is None or artifact.job_id != job_id:
         raise NotFoundError(f"job {job_id} has no artifact {artifact_id}")
     return artifact
+
+
+def list_log_lines(
+    session: Session, *, job_id: int, after_id: int, limit: int, attempt: int | None = None
+) -> list[JobLogLine]:
+    """The job's kept log lines after ``after_id``, oldest first (the database keeps a recent tail)."""
+    query = select(JobLogLine).where(JobLogLine.job_id == job_id, JobLogLine.id > after_id)
+    if attempt is not None:
+        query = query.where(JobLogLine.attempt == attempt)
+    return list(session.scalars(query.order_by(JobLogLine.id).limit(limit)))
+
+
+@dataclass(frozen=True)
+class Marks:
+    """The last metric point, event and log line id seen of a job: where a live reader goes on from."""
+
+    point: int = 0
+    event: int = 0
+    line: int = 0
+
+
+@dataclass
+class Changes:
+    """What a job gained after some :class:`Marks`, and the marks after it."""
+
+    points: list[MetricPoint]
+    events: list[JobEvent]
+    lines: list[JobLogLine]
+    marks: Marks
+    more: bool  # a kind reached ``limit``: read again from ``marks`` for the rest
+
+
+def latest_marks(session: Session, *, job_id: int) -> Marks:
+    """The job's newest ids now (each one index lookup)."""
+    return Marks(
+        point=session.scalar(select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job_id)) or 0,
+        event=session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id)) or 0,
+        line=session.scalar(select(func.max(JobLogLine.id)).where(JobLogLine.job_id == job_id)) or 0,
+    )
+
+
+def changes_after(session: Session, *, job_id: int, marks: Marks, limit: int, lines_only: bool = False) -> Changes:
+    """The job's points, events and log lines after ``marks``, by id, at most ``limit`` of each."""
+
+    def after(model: type[MetricPoint] | type[JobEvent] | type[JobLogLine], mark: int) -> list:
+        query = select(model).where(model.job_id == job_id, model.id > mark).order_by(model.id).limit(limit)
+        return list(session.scalars(query))
+
+    points = [] if lines_only else after(MetricPoint, marks.point)
+    events = [] if lines_only else after(JobEvent, marks.event)
+    lines = after(JobLogLine, marks.line)
+    return Changes(
+        points=points,
+        events=events,
+        lines=lines,
+        marks=Marks(
+            point=points[-1].id if points else marks.point,
+            event=events[-1].id if events else marks.event,
+            line=lines[-1].id if lines else marks.line,
+        ),
+        more=limit in (len(points), len(events), len(lines)),
+    )

@@ -5,13 +5,15 @@ validating its body, resolving dependencies) before it waits for a handler threa
 arrive together, that work queues on the loop ahead of anything that arrives later, ``/healthz``
 included, and each response waits behind it too. Letting only ``limit`` requests in at a time (the
 rest wait their turn, first come first served, before any of their work starts) keeps the loop's
-queue short; the probes and streamed uploads skip the line. A request that cannot get in within
+queue short; the probes, streamed uploads and live streams skip the line. A request that cannot get in within
 ``max_wait_seconds`` is answered 503 with ``Retry-After`` rather than waiting without end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,6 +26,23 @@ PROBES = frozenset({"/healthz", "/readyz"})
 #: shut every other request out.
 STREAMED = OWN_BODY_LIMIT
 RETRY_AFTER_SECONDS = 1
+#: Live streams (server-sent events) stay open as long as their job runs, doing almost nothing:
+#: holding a slot each, a few open dashboards would shut every other request out. Their cost is
+#: bounded per owner instead (``MMKD_MAX_STREAMS_PER_OWNER``) and their reads run apart.
+#: What FastAPI reads as a true boolean query value.
+TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+LIVE = re.compile(r"^/(v1|ui)/jobs/[0-9]+/(stream|logs)$")
+
+
+def is_live_stream(scope: Scope) -> bool:
+    """A stream of a job's events, or of its log lines (``/logs?follow=true``)."""
+    found = LIVE.match(scope["path"])
+    if found is None or scope["method"] != "GET":
+        return False
+    if found.group(2) == "stream":
+        return True
+    follow = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("follow", [])
+    return any(value.lower() in TRUE for value in follow)
 
 
 class Admission:
@@ -40,6 +59,7 @@ class Admission:
             scope["type"] != "http"
             or scope["path"] in PROBES
             or (scope["method"], scope["path"].rstrip("/")) in STREAMED
+            or is_live_stream(scope)
         ):
             await self.app(scope, receive, send)
             return

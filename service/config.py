@@ -24,6 +24,12 @@ class ApiSettings(Settings):
     max_queued_per_owner: int = Field(
         default=1000, ge=1, description="Queued jobs one owner may have; a submit beyond it is a 429."
     )
+    stream_poll_seconds: float = Field(
+        default=0.5, gt=0.0, le=60.0, description="How often a live job stream reads what its job gained."
+    )
+    max_streams_per_owner: int = Field(
+        default=32, ge=1, description="Live streams one owner may hold open per API process; one more is a 429."
+    )
 
     @property
     def bound_to_loopback(self) -> bool:

@@ -20,6 +20,7 @@ from service.datasets.router import router as datasets_router
 from service.errors import BodySizeLimit, install_error_handlers
 from service.health import router as health_router
 from service.jobs.router import router as jobs_router
+from service.jobs.stream import StreamHub
 from service.keys.router import router as keys_router
 from service.openapi import problem_openapi
 from storage.store import store_from_settings
@@ -73,6 +74,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.enqueue = publisher(settings)
     app.state.store = store_from_settings(settings)
     app.state.auth_cache = AuthCache(settings.auth_cache_seconds)
+    # Live streams read on an engine of their own: open dashboards never take the handlers' connections.
+    app.state.stream_hub = StreamHub(
+        engine_for(settings.resolved_database_url, 2),
+        poll_seconds=settings.stream_poll_seconds,
+        max_per_owner=settings.max_streams_per_owner,
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: a request waits for its turn before any of its work starts.
     app.add_middleware(Admission, limit=2 * settings.threads, max_wait_seconds=ADMISSION_WAIT_SECONDS)

@@ -15,7 +15,19 @@ from mmkd_client.errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from mmkd_client.models import Artifact, Dataset, DatasetLabel, Event, Job, JobSummary, MetricPoint, Modality, Progress
+from mmkd_client.models import (
+    Artifact,
+    Dataset,
+    DatasetLabel,
+    Event,
+    Job,
+    JobSummary,
+    LogLine,
+    MetricPoint,
+    Modality,
+    Progress,
+)
+from mmkd_client.stream import StreamEvent
 
 __all__ = [
     "ApiError",
@@ -31,6 +43,7 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobSummary",
+    "LogLine",
     "MetricPoint",
     "MmkdError",
     "Modality",
@@ -38,6 +51,7 @@ __all__ = [
     "Progress",
     "RateLimited",
     "ServerError",
+    "StreamEvent",
     "ValidationFailed",
     "WaitTimeout",
 ]

@@ -35,8 +35,9 @@ from mmkd_client.errors import (
     WaitTimeout,
     error_for,
 )
-from mmkd_client.models import Artifact, Dataset, Event, Job, JobSummary, MetricPoint
+from mmkd_client.models import Artifact, Dataset, Event, Job, JobSummary, LogLine, MetricPoint
 from mmkd_client.spec_file import read_spec_file
+from mmkd_client.stream import StreamEvent, parse_events
 
 #: Files larger than this go through the presigned multipart flow when the server has S3.
 MULTIPART_THRESHOLD = 64 << 20
@@ -156,31 +157,75 @@ class Client:
         job_id: int,
         timeout: float | None = None,
         *,
-        poll_interval: float = 1.0,
-        max_interval: float = 15.0,
         on_update: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Poll (backing off to ``max_interval``) until the job ends; return it if it succeeded.
+        """Follow the job's live stream until it ends; return it if it succeeded.
 
         Raises :class:`JobFailed` or :class:`JobCancelled` with the reason, or :class:`WaitTimeout`.
-        ``on_update`` sees every polled state; by default nothing is shown.
+        ``on_update`` sees every state the stream sends; by default nothing is shown.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll_interval
+        for event in self.watch(job_id, timeout=timeout):
+            if event.job is not None and on_update is not None:
+                on_update(event.job)
+        job = self.get(job_id)
+        if job.status == "failed":
+            raise JobFailed(job)
+        if job.status == "cancelled":
+            raise JobCancelled(job)
+        return job
+
+    def watch(self, job_id: int, timeout: float | None = None) -> Iterator[StreamEvent]:
+        """The job live, as server-sent events (``job``, ``metrics``, ``event``, ``log``), until it
+        ends (the ``end`` event is the last). A dropped connection is resumed after the last event
+        seen (``Last-Event-ID``), so nothing is missed or repeated. :class:`WaitTimeout` after ``timeout``."""
+        yield from self._follow(f"/v1/jobs/{job_id}/stream", {}, timeout, f"job {job_id}")
+
+    def logs(self, job_id: int, *, follow: bool = False, attempt: int | None = None) -> Iterator[LogLine]:
+        """The job's log lines, oldest first (the server keeps each job's newest lines; an attempt's
+        whole log is its ``log`` artifact). ``follow=True`` goes on with new lines until the job ends."""
+        params: dict[str, Any] = {} if attempt is None else {"attempt": attempt}
+        if follow:
+            for event in self._follow(f"/v1/jobs/{job_id}/logs", {**params, "follow": "true"}, None, f"job {job_id}"):
+                yield from event.lines
+            return
+        cursor = None
         while True:
-            job = self.get(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.status == "succeeded":
-                return job
-            if job.status == "failed":
-                raise JobFailed(job)
-            if job.status == "cancelled":
-                raise JobCancelled(job)
-            if deadline is not None and time.monotonic() + interval > deadline:
-                raise WaitTimeout(f"job {job_id} still {job.status} after {timeout}s")
-            time.sleep(interval)
-            interval = min(interval * 1.5, max_interval)
+            page = self._request(
+                "GET", f"/v1/jobs/{job_id}/logs", params={**params, "cursor": cursor} if cursor else params
+            ).json()
+            yield from (LogLine.model_validate(item) for item in page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
+    def _follow(self, path: str, params: dict[str, Any], timeout: float | None, what: str) -> Iterator[StreamEvent]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_id: str | None = None
+        failures = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"{what} did not end within {timeout}s")
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            read = httpx.Timeout(self._http.timeout.connect, read=None if remaining is None else remaining)
+            try:
+                with self._http.stream("GET", path, params=params, headers=headers, timeout=read) as response:
+                    if response.is_error:
+                        response.read()
+                        raise error_for(response.status_code, _body(response))
+                    for event in parse_events(response.iter_lines()):
+                        failures = 0
+                        last_id = event.id or last_id
+                        yield event
+                        if event.kind == "end":
+                            return
+            except httpx.ReadTimeout:
+                continue  # the deadline check above decides
+            except RETRY_ERRORS as exc:
+                failures += 1
+                if failures > self.retries:
+                    raise ConnectionFailed(f"lost the stream of {what}: {exc}") from exc
+                time.sleep(self.backoff * 2 ** (failures - 1))
 
     def download(self, job_id: int, artifact: Artifact | int | str, dest: str | Path) -> Path:
         """Download an artifact (object, id or key) to ``dest``: a file path, or a folder (existing, or

@@ -78,6 +78,17 @@ class MetricPoint(_Model):
     value: float
 
 
+class LogLine(_Model):
+    """One line a job's attempt logged."""
+
+    id: int
+    attempt: int
+    at: dt.datetime
+    level: str
+    logger: str
+    message: str
+
+
 class Artifact(_Model):
     """A file the job produced and where to download it."""
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from core.spec import JobSpec
-from jobs.models import Artifact, Job, JobEvent, MetricPoint
+from jobs.models import Artifact, Job, JobEvent, JobLogLine, MetricPoint
 from jobs.status import JobStatus
 from service.jobs.results import RESULT_EXAMPLE, JobResult
 
@@ -193,7 +193,9 @@ class ArtifactOut(BaseModel):
 
     id: int
     key: str
-    kind: str = Field(max_length=32, description="student (the export), summary, metrics or report.")
+    kind: str = Field(
+        max_length=32, description="student (the export), summary, metrics, report or log (an attempt's whole log)."
+    )
     size_bytes: int | None
     checksum: str | None
     created_at: dt.datetime
@@ -217,3 +219,29 @@ class ArtifactList(BaseModel):
     """A job's artifacts."""
 
     items: list[ArtifactOut]
+
+
+class LogLineOut(BaseModel):
+    """One line a job's attempt logged (its logging and Python warnings)."""
+
+    id: int
+    attempt: int
+    at: dt.datetime
+    level: str = Field(max_length=16, description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    logger: str = Field(max_length=128)
+    message: str
+
+    @classmethod
+    def of(cls, line: JobLogLine) -> LogLineOut:
+        """Build from the ORM row."""
+        return cls(
+            id=line.id, attempt=line.attempt, at=line.at, level=line.level, logger=line.logger, message=line.message
+        )
+
+
+class LogPage(BaseModel):
+    """Log lines oldest first; the database keeps each job's newest lines (the whole log of each
+    attempt is an artifact of kind `log`)."""
+
+    items: list[LogLineOut]
+    next_cursor: str | None

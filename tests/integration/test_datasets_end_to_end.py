@@ -114,7 +114,7 @@ def test_owner_b_reaches_nothing_of_as_dataset_and_a_trains_on_it(
             text = str(problem)
             assert not any(s in text for s in ("secret", str(dataset.size_bytes), dataset.sha256, key))
 
-        job = alice.wait(alice.submit(spec_on({"id": dataset.id})).id, timeout=120, poll_interval=0.5)
+        job = alice.wait(alice.submit(spec_on({"id": dataset.id})).id, timeout=120)
         assert job.status == "succeeded" and set(job.result) >= {"student", "teacher", "auxiliary"}
         alice.delete_dataset(dataset.id)
         assert list(alice.datasets()) == []

@@ -48,7 +48,7 @@ def test_mmkd_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
     try:
         wait_until_up(f"http://127.0.0.1:{port}", timeout=90)
         with Client(f"http://127.0.0.1:{port}") as client:  # auth is off on loopback: no key
-            job = client.wait(client.submit(TINY).id, timeout=180, poll_interval=0.5, max_interval=2)
+            job = client.wait(client.submit(TINY).id, timeout=180)
             student = client.download(job.id, f"jobs/{job.id}/student/model.json", tmp_path)
         assert job.result["student"]["accuracy"] >= 0 and student.stat().st_size > 0
         assert (home / "artifacts" / f"jobs/{job.id}/student/student.pt2").is_file()

@@ -24,7 +24,7 @@ def test_submit_succeeds_and_the_downloaded_student_predicts(stack, worker, tmp_
     from core.engine.export import predict_file
 
     with stack.client() as client:
-        job = client.wait(client.submit(TINY).id, timeout=120, poll_interval=0.5, max_interval=2)
+        job = client.wait(client.submit(TINY).id, timeout=120)
         assert set(job.result) >= {"student", "teacher", "auxiliary"}
         artifacts = client.artifacts(job.id)
         assert {a.kind for a in artifacts} == {"student", "summary", "metrics", "report"}

@@ -188,7 +188,7 @@ def test_wait_returns_result_and_raises_on_failure_or_cancel(client: Client, db:
 
     worker = threading.Thread(target=finish)
     worker.start()
-    done = client.wait(job.id, timeout=20, poll_interval=0.1)
+    done = client.wait(job.id, timeout=20, )
     worker.join()
     assert done.status == "succeeded" and done.result == RESULT_EXAMPLE
 
@@ -202,7 +202,7 @@ def test_wait_returns_result_and_raises_on_failure_or_cancel(client: Client, db:
     with pytest.raises(JobCancelled):
         client.wait(cancelled.id, timeout=5)
     with pytest.raises(WaitTimeout):
-        client.wait(client.submit(SPEC).id, timeout=0.3, poll_interval=0.1)
+        client.wait(client.submit(SPEC).id, timeout=0.3, )
 
 
 def test_events_metrics_artifacts_download(client: Client, db: Session, api_server: Any, tmp_path: Path) -> None:

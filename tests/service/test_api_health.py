@@ -45,6 +45,8 @@ def test_operation_ids_are_stable(api: Api) -> None:
         "get_job_metrics",
         "list_job_artifacts",
         "download_artifact",
+        "list_job_logs",
+        "stream_job",
         "healthz",
         "readyz",
         "whoami",

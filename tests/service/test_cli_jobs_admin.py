@@ -96,7 +96,7 @@ def test_watch_shows_progress_then_result_table(api_server: Any) -> None:
 
     worker = threading.Thread(target=train)
     worker.start()
-    watched = runner.invoke(app, ["jobs", "watch", str(job_id), "--interval", "0.2"], env=env)
+    watched = runner.invoke(app, ["jobs", "watch", str(job_id)], env=env)
     worker.join()
     assert watched.exit_code == 0, watched.output
     assert "student.accuracy" in watched.output and "0.9100" in watched.output

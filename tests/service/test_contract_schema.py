@@ -39,6 +39,8 @@ DOMAIN_STATUSES: dict[str, set[int]] = {
     "get_job_metrics": {200},
     "list_job_artifacts": {200},
     "download_artifact": {200, 307},
+    "list_job_logs": {200, 429},
+    "stream_job": {200, 429},
     "upload_dataset": {201},
     "list_datasets": {200},
     "get_dataset": {200},
@@ -141,7 +143,13 @@ def test_success_content_types(schema: dict[str, Any]) -> None:
         for code, response in operation["responses"].items():
             if code in {"204", "307"}:
                 assert "content" not in response, f"{method} {path} {code}"
-            elif int(code) < 300 and "download" not in path:
+            elif int(code) >= 300:
+                continue
+            elif path.endswith("/stream"):
+                assert set(response["content"]) == {"text/event-stream"}, f"{method} {path} {code}"
+            elif path.endswith("/logs"):  # a page, or with follow=true the live lines
+                assert set(response["content"]) == {"application/json", "text/event-stream"}, f"{method} {path}"
+            elif "download" not in path:
                 assert set(response["content"]) == {"application/json"}, f"{method} {path} {code}"
     download = schema["paths"]["/v1/jobs/{job_id}/artifacts/{artifact_id}/download"]["get"]["responses"]
     assert download["200"]["content"] == {
