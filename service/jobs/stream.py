@@ -96,11 +96,32 @@ def _message(kind: str, data: Any, marks: Marks) -> bytes:
 
 @dataclass
 class Broadcast:
-    """One poll's news: what the job gained, and the job itself when it changed."""
+    """One poll's news: what the job gained after ``before``, and the job itself when it changed.
+
+    Its messages are encoded once and shared by every reader that stands at ``before`` (all of them
+    but one that has just caught up past it), so twenty readers cost one encoding, not twenty."""
 
     changes: Changes | None
     job: Job | None
     finished: bool
+    before: Marks = field(default_factory=Marks)
+    _encoded: dict[tuple[str, bool], tuple[list[bytes], Marks]] = field(default_factory=dict)
+
+    def messages_for(self, seen: Marks, *, owner: str, lines_only: bool) -> tuple[list[bytes], Marks]:
+        """The SSE messages a reader at ``seen`` sends for this news, and its marks after them."""
+        if seen != self.before:
+            return self._encode(seen, owner=owner, lines_only=lines_only)
+        key = (owner, lines_only)
+        if key not in self._encoded:
+            self._encoded[key] = self._encode(seen, owner=owner, lines_only=lines_only)
+        return self._encoded[key]
+
+    def _encode(self, seen: Marks, *, owner: str, lines_only: bool) -> tuple[list[bytes], Marks]:
+        assert self.changes is not None
+        messages, marks = change_events(self.changes, seen, lines_only=lines_only)
+        if self.job is not None and not lines_only:
+            messages.insert(0, _message("job", JobOut.of_job(self.job, owner=owner).model_dump(mode="json"), marks))
+        return messages, marks
 
 
 @dataclass
@@ -190,8 +211,9 @@ class StreamHub:
             more = True
             while more:  # bounded reads until the job's news are all out
                 changes: Changes = await self.read(partial(_changes, job_id=feed.job_id, marks=marks, lines_only=False))
+                news = Broadcast(changes, job if changed else None, job.status.terminal and not changes.more, marks)
                 marks, more = changes.marks, changes.more
-                self._send(feed, Broadcast(changes, job if changed else None, job.status.terminal and not more))
+                self._send(feed, news)
                 changed = False
             if job.status.terminal:
                 break
@@ -250,9 +272,7 @@ async def job_events(
                 continue
             if news.changes is None:  # dropped for falling behind
                 return
-            messages, marks = change_events(news.changes, marks, lines_only=lines_only)
-            if news.job is not None and not lines_only:
-                messages.insert(0, _message("job", JobOut.of_job(news.job, owner=owner).model_dump(mode="json"), marks))
+            messages, marks = news.messages_for(marks, owner=owner, lines_only=lines_only)
             for message in messages:
                 yield message
             finished = news.finished
