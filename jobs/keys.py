@@ -97,7 +97,11 @@ def create_key(session: Session, *, owner_name: str) -> tuple[ApiKey, str]:
 
 def authenticate(session: Session, *, token: str, cache: AuthCache | None = None) -> Principal | None:
     """The owner of a valid, unrevoked key, or ``None``; touches ``last_used_at`` now and then."""
-    key_hash = hash_key(token)
+    return authenticate_hash(session, key_hash=hash_key(token), cache=cache)
+
+
+def authenticate_hash(session: Session, *, key_hash: str, cache: AuthCache | None = None) -> Principal | None:
+    """:func:`authenticate` for a key known by its hash (a dashboard session keeps only the hash)."""
     cached = cache.get(key_hash) if cache is not None else None
     if cached is not None:
         return cached

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from settings import Settings
 
@@ -29,6 +29,14 @@ class ApiSettings(Settings):
     )
     max_streams_per_owner: int = Field(
         default=32, ge=1, description="Live streams one owner may hold open per API process; one more is a 429."
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies; required for sign-in when auth is on (the same "
+        "value on every API process).",
+    )
+    session_max_age_seconds: int = Field(
+        default=12 * 3600, ge=60, description="A dashboard session lasts this long after sign-in."
     )
 
     @property

@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
 from jobs.db import autocommit_session_factory, engine_for, session_factory, unpooled_engine
 from jobs.keys import AuthCache
@@ -23,6 +24,8 @@ from service.jobs.router import router as jobs_router
 from service.jobs.stream import StreamHub
 from service.keys.router import router as keys_router
 from service.openapi import problem_openapi
+from service.ui.router import UI_STATIC
+from service.ui.router import router as ui_router
 from storage.store import store_from_settings
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(Admission, limit=2 * settings.threads, max_wait_seconds=ADMISSION_WAIT_SECONDS)
     install_error_handlers(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
-    for router in (health_router, jobs_router, keys_router, datasets_router):
+    for router in (health_router, jobs_router, keys_router, datasets_router, ui_router):
         app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=UI_STATIC), name="ui-static")
     if not settings.auth:
         log.warning("authentication is OFF: every loopback client acts as owner 'local'")
     return app
