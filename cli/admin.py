@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
@@ -149,4 +150,7 @@ def serve(
         fail(f"MMKD_AUTH=off is allowed only on loopback, not on {host}")
     if migrate:
         upgrade(revision="head")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker process writes its metrics here; /metrics on any of them sums them all.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mmkd-api-metrics-")
     uvicorn.run("service.main:create_app", factory=True, host=host, port=port, workers=workers)

@@ -215,8 +215,10 @@ class Heartbeat:
         interval: float,
         liveness: Liveness,
         on_give_up: Callable[[], None],
+        on_renewed: Callable[[], None] = lambda: None,
     ) -> None:
         self.sessions = sessions
+        self.on_renewed = on_renewed
         self.lease = lease
         self.lease_seconds = lease_seconds
         self.interval = interval
@@ -241,6 +243,7 @@ class Heartbeat:
         with self.sessions() as session:
             if self._verdict is None:
                 if renew(session, lease=self.lease, lease_seconds=self.lease_seconds):
+                    self.on_renewed()
                     return False
                 log.warning("job %s: lease %s lost", self.lease.job_id, self.lease.owner)
                 self.lost.set()

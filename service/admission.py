@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import OWN_BODY_LIMIT, problem
 
-#: Paths that never wait: the probes must answer while the API is saturated.
-PROBES = frozenset({"/healthz", "/readyz"})
+#: Paths that never wait: the probes and the scrape must answer while the API is saturated.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 #: Requests that stream a large body (dataset uploads, ``OWN_BODY_LIMIT``) do not take a slot
 #: either: they mostly wait for the client's bytes, and a few slow senders holding slots would
 #: shut every other request out.

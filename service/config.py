@@ -30,6 +30,10 @@ class ApiSettings(Settings):
     max_streams_per_owner: int = Field(
         default=32, ge=1, description="Live streams one owner may hold open per API process; one more is a 429."
     )
+    metrics_public: bool = Field(
+        default=True,
+        description="Serve /metrics without a key (it names no owner, job or spec); off: any valid key.",
+    )
     session_secret: SecretStr | None = Field(
         default=None,
         description="Signs the dashboard's session cookies; required for sign-in when auth is on (the same "

@@ -24,6 +24,8 @@ from service.jobs.router import router as jobs_router
 from service.jobs.stream import StreamHub
 from service.keys.router import router as keys_router
 from service.openapi import problem_openapi
+from service.telemetry import RequestMetrics, registry_for
+from service.telemetry import router as telemetry_router
 from service.ui.router import UI_STATIC
 from service.ui.router import router as ui_router
 from storage.store import store_from_settings
@@ -83,12 +85,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         poll_seconds=settings.stream_poll_seconds,
         max_per_owner=settings.max_streams_per_owner,
     )
+    app.state.metrics_registry = registry_for(unpooled_engine(settings.resolved_database_url))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: a request waits for its turn before any of its work starts.
     app.add_middleware(Admission, limit=2 * settings.threads, max_wait_seconds=ADMISSION_WAIT_SECONDS)
+    app.add_middleware(RequestMetrics)  # outermost: counts the 503s admission gives too
     install_error_handlers(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
-    for router in (health_router, jobs_router, keys_router, datasets_router, ui_router):
+    for router in (health_router, jobs_router, keys_router, datasets_router, telemetry_router, ui_router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=UI_STATIC), name="ui-static")
     if not settings.auth:

@@ -65,6 +65,9 @@ class WorkerSettings(Settings):
     max_log_bytes: int = Field(
         default=10 * 1024 * 1024, ge=1024, description="An attempt's stored log stops at this size, with a note."
     )
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port; 0 serves none."
+    )
     work_dir: Path | None = Field(default=None, description="Scratch space for running jobs; default home/work.")
 
     @property

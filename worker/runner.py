@@ -24,12 +24,13 @@ from jobs.db import engine_for, session_factory
 from jobs.leases import Heartbeat, Lease, LeaseLost, Liveness, claim, new_lease_owner
 from jobs.lifecycle import record_artifact, transition
 from jobs.models import Job, MetricPoint
+from jobs.orm import utcnow
 from jobs.publish import publisher
 from jobs.status import JobStatus
 from storage.checkpoints import StorageCheckpointStore
 from storage.objects import StoredObject
 from storage.store import ArtifactStore, store_from_settings
-from worker import outcomes
+from worker import outcomes, telemetry
 from worker.config import WorkerSettings, get_worker_settings
 from worker.data import job_reader
 from worker.joblog import JobLog
@@ -69,7 +70,9 @@ def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None)
         interval=settings.resolved_heartbeat_seconds,
         liveness=Liveness(stall_seconds=settings.stall_seconds, busy_seconds=settings.busy_seconds),
         on_give_up=end_stuck_attempt or exit_stuck_process,
+        on_renewed=telemetry.LEASE_RENEWALS.inc,
     )
+    telemetry.JOBS_STARTED.inc()
     workdir = settings.resolved_work_dir / f"job-{job_id}-attempt-{lease.attempt}"
     job_log = _job_log(settings, sessions, lease)
     with beat, job_log:
@@ -81,6 +84,7 @@ def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None)
             shutil.rmtree(workdir, ignore_errors=True)
     job_log.store(store_from_settings(settings))
     job_log.path.unlink(missing_ok=True)
+    telemetry.JOBS_FINISHED.labels(outcome).inc()
     if outcome == "queued":
         _publish_retry(settings, job_id)
     log.info("job %s attempt %s: %s", job_id, lease.attempt, outcome)
@@ -115,6 +119,7 @@ def _record_failure(sessions: sessionmaker[Session], lease: Lease, beat: Heartbe
         log.warning("job %s attempt %s: lease lost (%s); nothing recorded", lease.job_id, lease.attempt, error)
         return "lease_lost"
     ending = outcomes.classify(error, attempt=lease.attempt, max_attempts=lease.max_attempts)
+    telemetry.FAILURES.labels(ending.kind).inc()
     unexpected = ending.kind == "internal"
     log.warning("job %s attempt %s: %s", lease.job_id, lease.attempt, ending.reason, exc_info=unexpected)
     return outcomes.record(sessions, lease, ending)
@@ -150,7 +155,7 @@ def _train_and_publish(
     summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints, data=data)
     if beat.lost.is_set():
         raise LeaseLost("lease lost before the results were published")
-    with beat.liveness.busy("publishing the results"):
+    with beat.liveness.busy("publishing the results"), telemetry.UPLOAD_SECONDS.time():
         stored = publish_results(sessions, store, lease.job_id, workdir, summary)
     return _record_success(sessions, lease, summary, stored)
 
@@ -162,7 +167,11 @@ def _prepare(
     from core.data import prepare
 
     with sessions() as session:
-        spec_json, owner_id = session.execute(select(Job.spec, Job.owner_id).where(Job.id == job_id)).one()
+        spec_json, owner_id, queued_at = session.execute(
+            select(Job.spec, Job.owner_id, Job.queued_at).where(Job.id == job_id)
+        ).one()
+    if queued_at is not None:
+        telemetry.QUEUE_WAIT_SECONDS.observe(max((utcnow() - queued_at).total_seconds(), 0.0))
     spec = JobSpec.model_validate(spec_json)
     store = store_from_settings(settings)
     read = job_reader(settings, store, sessions, owner_id=owner_id)

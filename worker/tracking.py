@@ -20,6 +20,7 @@ from jobs.lifecycle import record_event
 from jobs.models import Job, JobEvent, MetricPoint
 from jobs.orm import utcnow
 from jobs.status import ACTIVE, JobStatus
+from worker import telemetry
 
 
 class DatabaseTracker:
@@ -62,6 +63,7 @@ class DatabaseTracker:
         self._timer_start = time.monotonic()
         self._timer_step = 0
         self._total_steps = 0
+        self._last_step_at: float | None = None
 
     def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
         """Record the totals. A start past step 0 is a resume: it gets a ``resumed`` event, and the
@@ -87,6 +89,10 @@ class DatabaseTracker:
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
         """Buffer the step's loss terms; flush when the batch is old enough."""
         self.liveness.advanced(f"step {step}")
+        now = time.monotonic()
+        if self._last_step_at is not None:  # the wall time of a step: data, forward, backward, update
+            telemetry.STEP_SECONDS.observe(now - self._last_step_at)
+        self._last_step_at = now
         self._add(train_points(step=step, epoch=epoch, losses=losses))
         self._progress.update(epoch=epoch, step=step, eta_seconds=self._eta(step))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
@@ -206,7 +212,8 @@ class LeasedCheckpoints:
         """Store the checkpoint while the lease is held."""
         if self.lease_lost.is_set():
             raise LeaseLost(f"lease lost; checkpoint at step {step} not written")
-        return self.store.save(step, payload)
+        with telemetry.CHECKPOINT_SECONDS.time():
+            return self.store.save(step, payload)
 
     def load_latest(self) -> tuple[int, bytes] | None:
         """The newest checkpoint."""

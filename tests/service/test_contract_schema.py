@@ -98,7 +98,11 @@ def derived_statuses(route: RouteContext) -> set[int]:
 
 
 def test_every_operation_documents_exactly_what_it_can_return(app: FastAPI, schema: dict[str, Any]) -> None:
-    routes = {route.name: route for route in iter_route_contexts(app.routes) if hasattr(route, "dependant")}
+    routes = {
+        route.name: route
+        for route in iter_route_contexts(app.routes)
+        if hasattr(route, "dependant") and getattr(route, "include_in_schema", True)  # pages and /metrics: not API
+    }
     documented = {
         operation["operationId"]: {int(code) for code in operation["responses"]}
         for *_, operation in _operations(schema)
@@ -232,6 +236,8 @@ def _id_urls(app: FastAPI, other_id: int) -> Iterator[tuple[str, str, str]]:
     """Every route with an id in its path, once per id: (method, URL with that id 5,000 digits long and any
     other id ``other_id``, the long id's name)."""
     for route in iter_route_contexts(app.routes):
+        if not getattr(route, "include_in_schema", True):
+            continue  # the dashboard's pages: tests/service/test_ui_pages.py
         path, methods = route.path or "", route.methods or set()
         names = re.findall(r"{(\w+)(?::\w+)?}", path)
         for huge in names:

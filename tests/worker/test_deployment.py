@@ -83,3 +83,28 @@ def test_api_image_has_no_torch_and_worker_pins_it() -> None:
     assert "torch" not in stages["api"].replace('import torch"', "")
     assert "[service]" in stages["api"] and "train" not in stages["api"]
     assert "torch==2.13.0" in stages["worker"] and "[train,service]" in stages["worker"]
+
+
+def test_the_grafana_dashboard_and_prometheus_use_metrics_that_exist() -> None:
+    import json
+
+    import service.telemetry
+    import worker.telemetry
+
+    defined = {"mmkd_jobs", "mmkd_queue_oldest_wait_seconds"}  # the API's scrape-time collector
+    for module in (service.telemetry, worker.telemetry):
+        for value in vars(module).values():
+            name = getattr(value, "_name", None)
+            if isinstance(name, str) and name.startswith("mmkd_"):
+                defined.add(name)
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "mmkd.json").read_text())
+    used = {
+        re.sub(r"_(bucket|count|sum|total)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bmmkd_[a-z_]+", target["expr"])
+    }
+    assert used and used <= {re.sub(r"_total$", "", name) for name in defined}, used - defined
+    scraped = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["scrape_configs"]
+    port = _environment("worker")["MMKD_WORKER_METRICS_PORT"]
+    assert {t for job in scraped for t in job["static_configs"][0]["targets"]} == {"api:8000", f"worker:{port}"}
