@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TOOLS := $(VENV)/tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install servers test lint bench demo clean mutation fuzz
+.PHONY: install servers test lint bench demo clean mutation fuzz screenshots
 
 install: $(STAMP) $(TOOLS_STAMP) servers
 
@@ -26,12 +26,14 @@ $(TOOLS_STAMP):
 	touch $(TOOLS_STAMP)
 
 # The server binaries the tests start throwaway PostgreSQL and Redis from when none is running
-# (tests/throwaway_services.py): Debian's packages, installed only when missing and only as root.
+# (tests/throwaway_services.py), and the browser the dashboard's tests drive (tests/ui): Debian's
+# packages, installed only when missing and only as root.
 INITDB_GLOB ?= /usr/lib/postgresql/*/bin/initdb
 servers:
 	@packages=""; \
 	ls $(INITDB_GLOB) >/dev/null 2>&1 || packages="$$packages postgresql"; \
 	command -v redis-server >/dev/null || packages="$$packages redis-server"; \
+	command -v chromium >/dev/null || packages="$$packages chromium chromium-driver"; \
 	if [ -z "$$packages" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "missing:$$packages (make install installs them as root)"; exit 0; fi; \
 	echo "installing$$packages"; \
@@ -49,6 +51,7 @@ bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.api_load --workers 2 --requests 1600 --rounds 3
+	$(BIN)/python -m bench.dashboards
 	$(BIN)/python -m bench.accuracy
 	$(BIN)/python -m bench.weak_teacher
 	$(BIN)/python -m bench.explore_paper
@@ -65,6 +68,10 @@ mutation: install
 # 2 hours here (pyproject's 600 s is the suite's); schemathesis's own limit under MMKD_FUZZ=long sits below.
 fuzz: install
 	MMKD_FUZZ=long $(BIN)/pytest -q -m "fuzz or contract" -p no:cacheprovider --timeout=7200
+
+# The dashboard's screenshots in docs/ui/, taken by its browser tests (docs/ui.md).
+screenshots: install
+	MMKD_UI_SCREENSHOTS=docs/ui $(BIN)/pytest -q tests/ui -p no:cacheprovider
 
 demo: install
 	$(BIN)/python -m bench.demo

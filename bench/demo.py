@@ -139,6 +139,8 @@ def main() -> int:
             paper_id = client.submit(spec).id
             reference_id = client.submit(reference_spec).id
             console.print(f"submitted job {paper_id} ({SPEC.name}) and job {reference_id} (student_only reference)")
+            compare = f"{url}/compare?ids={paper_id},{reference_id}"
+            console.print(f"watch them live in a browser: {url}/jobs/{paper_id} (both: {compare})")
             paper = follow(client, paper_id, f"job {paper_id} paper")
             reference = follow(client, reference_id, f"job {reference_id} student_only")
             console.print(result_table(paper, reference))

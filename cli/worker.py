@@ -240,7 +240,7 @@ def up_command(
         raise typer.Exit(1) from error
     start_reaper(stop)
     auth = "OFF (loopback only: every local client acts as owner 'local')" if not settings.auth else "on"
-    typer.echo(f"mmkd is up: API {url} (docs {url}/docs), one worker, reaper")
+    typer.echo(f"mmkd is up: dashboard {url}/, API {url}/v1 (docs {url}/docs), one worker, reaper")
     typer.echo(f"  home {settings.home.resolve()}: database, broker and artifacts; authentication {auth}")
     typer.echo("  Ctrl-C stops everything")
     raise typer.Exit(supervise(children, stop))

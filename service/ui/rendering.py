@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
@@ -82,6 +83,9 @@ class PageRoute(APIRoute):
                 response = _error_page(request, 404, "Not found", "No such page, job or artifact.")
             except InvalidRequestError as error:
                 response = _error_page(request, 422, "Invalid request", error.detail)
+            except RequestValidationError as error:
+                fields = ", ".join(".".join(str(part) for part in e["loc"]) for e in error.errors()[:5])
+                response = _error_page(request, 422, "Invalid request", f"Check {fields}.")
             except SessionSecretMissing:
                 detail = "Sign-in needs MMKD_SESSION_SECRET on the server (auth is on)."
                 response = _error_page(request, 503, "Dashboard not configured", detail)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from jobs import datasets, lifecycle, queries
@@ -39,6 +40,9 @@ router = APIRouter(include_in_schema=False, route_class=PageRoute)
 UI_STATIC = Path(__file__).parent / "static"
 JOB = id_segment("job_id")
 ARTIFACT = id_segment("artifact_id")
+#: Ids are 32-bit columns: a larger one is a 422 page, never a query.
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+ArtifactId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 NAME_FILTER = Annotated[str, Query(max_length=200)]
 
 
@@ -121,14 +125,14 @@ def jobs_rows(
 
 
 @router.get(f"/jobs/{JOB}", response_class=HTMLResponse)
-def job_page(request: Request, who: VisitorDep, session: AutocommitSessionDep, job_id: int) -> HTMLResponse:
+def job_page(request: Request, who: VisitorDep, session: AutocommitSessionDep, job_id: JobId) -> HTMLResponse:
     """One job, live."""
     job = queries.get_job(session, owner_id=who.owner.id, job_id=job_id)
     return render(request, "job.html", who, job=views.job_view(job), events=views.event_rows(session, job.id))
 
 
 @router.get(f"/ui/jobs/{JOB}/artifacts", response_class=HTMLResponse)
-def job_artifacts(request: Request, who: VisitorDep, session: AutocommitSessionDep, job_id: int) -> HTMLResponse:
+def job_artifacts(request: Request, who: VisitorDep, session: AutocommitSessionDep, job_id: JobId) -> HTMLResponse:
     """The job's artifacts and report (refreshed when the job ends)."""
     job = queries.get_job(session, owner_id=who.owner.id, job_id=job_id)
     return render(request, "artifacts.html", who, job=views.job_view(job), artifacts=views.artifacts(session, job.id))
@@ -139,8 +143,8 @@ def artifact(
     request: Request,
     who: VisitorDep,
     session: AutocommitSessionDep,
-    job_id: int,
-    artifact_id: int,
+    job_id: JobId,
+    artifact_id: ArtifactId,
     inline: bool = False,
 ) -> Response:
     """An artifact's bytes (local store) or a redirect to its presigned URL; ``inline`` shows a report image."""
@@ -157,7 +161,7 @@ def artifact(
 
 
 @router.get(f"/ui/jobs/{JOB}/stream")
-async def job_stream(request: Request, who: VisitorDep, session: AutocommitSessionDep, job_id: int) -> Response:
+async def job_stream(request: Request, who: VisitorDep, session: AutocommitSessionDep, job_id: JobId) -> Response:
     """The API's live stream of the job, for the page's EventSource (which sends the cookie, not a key)."""
     job = queries.get_job(session, owner_id=who.owner.id, job_id=job_id)
     session.close()
@@ -172,7 +176,7 @@ async def job_stream(request: Request, who: VisitorDep, session: AutocommitSessi
 
 
 @router.get(f"/ui/jobs/{JOB}/points")
-def job_points(who: VisitorDep, session: AutocommitSessionDep, job_id: int) -> JSONResponse:
+def job_points(who: VisitorDep, session: AutocommitSessionDep, job_id: JobId) -> JSONResponse:
     """Every metric point of a job by series (the compare page's curves), at most ``views.MAX_POINTS``."""
     job = queries.get_job(session, owner_id=who.owner.id, job_id=job_id)
     return JSONResponse(views.series_of(session, job.id))
@@ -183,7 +187,7 @@ def cancel(
     request: Request,
     who: VisitorDep,
     session: SessionDep,
-    job_id: int,
+    job_id: JobId,
     csrf: Annotated[str, Form(alias=CSRF_FIELD, max_length=128)] = "",
     csrf_header: CsrfHeader = None,
 ) -> Response:

@@ -18,7 +18,9 @@ from mmkd_client.stream import parse_events
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 from tests_support import add_metric_points, wait_until
+from typer.testing import CliRunner
 
+from cli.main import app
 from jobs import lifecycle
 from jobs.log_lines import LogLine, append_lines
 from jobs.orm import utcnow
@@ -203,6 +205,13 @@ def test_logs_page_filter_and_follow(server: ApiServer, key: str, db: sessionmak
         _write(db, job_id, 2, lines=1, status="succeeded")
         thread.join(15)
     assert not thread.is_alive() and followed[-1] == "step 2 line 0" and len(followed) == 7
+    env = {"MMKD_URL": server.url, "MMKD_API_KEY": key}
+    printed = CliRunner().invoke(app, ["jobs", "logs", str(job_id), "--attempt", "2"], env=env)
+    assert printed.exit_code == 0 and printed.output.strip().endswith("[2] WARNING worker: second")
+    assert "step 1" not in printed.output
+    # A finished job: every kept line, then the command ends.
+    followed_cli = CliRunner().invoke(app, ["jobs", "logs", str(job_id), "-f"], env=env)
+    assert followed_cli.exit_code == 0 and followed_cli.output.count("\n") == 7
 
 
 def test_sdk_watch_and_wait_follow_the_stream(server: ApiServer, key: str, db: sessionmaker[Session]) -> None:

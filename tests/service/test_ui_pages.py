@@ -1,0 +1,105 @@
+"""The dashboard's server side on a real server, without a browser (tests/ui drives chromium): the
+session cookie's integrity and revocation, login CSRF, the security headers, the list's filters,
+and the answer when no session secret is configured."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from itsdangerous import URLSafeTimedSerializer
+from live_servers import ApiServer
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from jobs.keys import hash_key, revoke_key
+
+SECRET = "test-session-secret"
+SPEC = {
+    "name": "page-test",
+    "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["kar"]},
+    "method": {"name": "student_only"},
+}
+
+
+@pytest.fixture(scope="module")
+def server(postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    api = ApiServer(postgres_url, redis_url, tmp_path_factory.mktemp("ui-home"))
+    api.env.update(MMKD_SESSION_SECRET=SECRET, MMKD_AUTH_CACHE_SECONDS="0")
+    api.start()
+    yield api
+    api.stop()
+
+
+def _signed_in(server: ApiServer, key: str) -> httpx.Client:
+    browser = httpx.Client(base_url=server.url, follow_redirects=False)
+    form = browser.get("/signin")
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', form.text)
+    assert token is not None
+    answer = browser.post("/signin", data={"csrf_token": token.group(1), "api_key": key})
+    assert answer.status_code == 303 and answer.headers["location"] == "/"
+    return browser
+
+
+def test_sign_in_cookie_and_what_breaks_it(server: ApiServer) -> None:
+    key = server.new_key()
+    browser = _signed_in(server, key)
+    cookie = next(c for c in browser.cookies.jar if c.name == "mmkd_session")
+    assert cookie.has_nonstandard_attr("HttpOnly") and key not in cookie.value
+    assert browser.get("/").status_code == 200
+
+    tampered = httpx.Client(base_url=server.url, cookies={"mmkd_session": cookie.value[:-2] + "xx"})
+    assert tampered.get("/").headers["location"] == "/signin"
+    forged_value = URLSafeTimedSerializer("another-secret", salt="mmkd-session").dumps({"k": hash_key(key), "n": "x"})
+    forged = httpx.Client(base_url=server.url, cookies={"mmkd_session": forged_value})
+    assert forged.get("/").headers["location"] == "/signin"
+    assert forged.get("/ui/fragments/jobs").status_code == 401  # fragments and streams do not redirect
+
+    engine = create_engine(server.database_url)
+    with Session(engine) as session:
+        revoke_key(session, key_ref="_".join(key.split("_")[:2]))
+    engine.dispose()
+    assert browser.get("/").headers["location"] == "/signin"  # the revoked key's session ended
+
+
+def test_login_csrf_wrong_key_and_headers(server: ApiServer) -> None:
+    browser = httpx.Client(base_url=server.url, follow_redirects=False)
+    page = browser.get("/signin")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-frame-options"] == "DENY" and "<script>" not in page.text
+    without = httpx.post(f"{server.url}/signin", data={"api_key": server.new_key()}, follow_redirects=False)
+    assert without.status_code == 403 and "mmkd_session" not in without.cookies
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+    assert token is not None
+    wrong = browser.post("/signin", data={"csrf_token": token.group(1), "api_key": "mmkd_nope_nope"})
+    assert wrong.status_code == 401 and "Unknown or revoked API key" in wrong.text
+
+
+def test_the_list_filters_by_status_and_name(server: ApiServer) -> None:
+    key = server.new_key()
+    auth = {"Authorization": f"Bearer {key}"}
+    first = httpx.post(f"{server.url}/v1/jobs", json=SPEC, headers=auth).json()["id"]
+    other = httpx.post(f"{server.url}/v1/jobs", json={**SPEC, "name": "another"}, headers=auth).json()["id"]
+    httpx.post(f"{server.url}/v1/jobs/{other}/cancel", headers=auth)
+    browser = _signed_in(server, key)
+
+    def ids(**params: str | list[str]) -> set[str]:
+        return set(re.findall(r'data-job-id="(\d+)"', browser.get("/ui/fragments/jobs", params=params).text))
+
+    assert ids() == {str(first), str(other)}
+    assert ids(status="cancelled") == {str(other)}
+    assert ids(name="page-") == {str(first)}
+    assert ids(name="%") == set()  # a LIKE wildcard is a plain character here
+    assert browser.get(f"/jobs/{first}").status_code == 200
+    assert browser.get("/compare", params={"ids": f"{first}"}).status_code == 422
+    for path in ("/jobs/" + "9" * 40, f"/ui/jobs/{first}/artifacts/" + "9" * 5000):  # out of range: not a query
+        assert browser.get(path).status_code == 422
+
+
+def test_without_a_session_secret_the_pages_say_so(api_server: ApiServer) -> None:
+    answer = httpx.get(f"{api_server.url}/signin")
+    assert answer.status_code == 503 and "MMKD_SESSION_SECRET" in answer.text
+    assert httpx.get(f"{api_server.url}/healthz").status_code == 200
