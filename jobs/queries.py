@@ -21,12 +21,15 @@ def get_job(session: Session, *, owner_id: int, job_id: int) -> Job:
 
 
 def list_jobs(
-    session: Session, *, owner_id: int, statuses: list[str], limit: int, before_id: int | None
+    session: Session, *, owner_id: int, statuses: list[str], limit: int, before_id: int | None, name: str = ""
 ) -> tuple[list[Job], int | None]:
-    """Newest first, filtered before the limit; returns the page and the id to continue before."""
+    """Newest first, filtered (statuses; ``name``: a part of the name, taken literally) before the
+    limit; returns the page and the id to continue before."""
     query = select(Job).where(Job.owner_id == owner_id)
     if statuses:
         query = query.where(Job.status.in_(statuses))
+    if name:
+        query = query.where(Job.name.contains(name, autoescape=True))
     if before_id is not None:
         query = query.where(Job.id < before_id)
     rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))

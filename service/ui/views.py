@@ -104,16 +104,10 @@ def job_rows(
     session: Session, *, owner_id: int, statuses: list[JobStatus], name: str, before: int | None
 ) -> tuple[list[JobView], int | None]:
     """A page of the owner's jobs, newest first, filtered by status and by a name fragment."""
-    query = select(Job).where(Job.owner_id == owner_id)
-    if statuses:
-        query = query.where(Job.status.in_(statuses))
-    if name:
-        query = query.where(Job.name.contains(name, autoescape=True))
-    if before is not None:
-        query = query.where(Job.id < before)
-    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(PAGE + 1)))
-    page = rows[:PAGE]
-    return [job_view(job) for job in page], (page[-1].id if len(rows) > PAGE else None)
+    jobs, next_before = queries.list_jobs(
+        session, owner_id=owner_id, statuses=list(statuses), limit=PAGE, before_id=before, name=name
+    )
+    return [job_view(job) for job in jobs], next_before
 
 
 def event_rows(session: Session, job_id: int) -> list[dict[str, Any]]:
