@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import time
 import weakref
@@ -35,6 +36,8 @@ from jobs.errors import InvalidRequestError, LimitExceededError
 from jobs.models import Job
 from jobs.queries import Changes, Marks
 from service.jobs.schemas import EventOut, JobOut, LogLineOut, MetricPointOut
+
+log = logging.getLogger(__name__)
 
 #: Items of each kind per read (and per ``metrics``/``log`` event).
 READ_LIMIT = 2000
@@ -197,6 +200,21 @@ class StreamHub:
                 feed.task.cancel()
 
     async def _poll(self, feed: JobFeed) -> None:
+        """Read the job's news until it ends. If reading fails (the database went away) or the job
+        is gone, the readers are told to close: their clients reconnect and a fresh feed starts."""
+        ended = False
+        try:
+            ended = await self._follow(feed)
+        except Exception:
+            log.exception("job %s: the live feed failed; its streams close and their clients reconnect", feed.job_id)
+        finally:
+            feed.ready.set()
+            if not ended:
+                self._send(feed, Broadcast(None, None, finished=False))
+                if self.feeds.get(feed.job_id) is feed:
+                    del self.feeds[feed.job_id]
+
+    async def _follow(self, feed: JobFeed) -> bool:
         marks: Marks = await self.read(lambda session: queries.latest_marks(session, job_id=feed.job_id))
         feed.ready.set()
         updated_at = None
@@ -204,7 +222,7 @@ class StreamHub:
             await asyncio.sleep(self.poll_seconds)
             job = await self.read(lambda session: session.scalar(select(Job).where(Job.id == feed.job_id)))
             if job is None:
-                break
+                return False
             if job.status.terminal:  # everything the attempt wrote, its last log lines included
                 await asyncio.sleep(END_GRACE_SECONDS)
             changed, updated_at = job.updated_at != updated_at, job.updated_at
@@ -216,7 +234,8 @@ class StreamHub:
                 self._send(feed, news)
                 changed = False
             if job.status.terminal:
-                break
+                return True
+        return True
 
     def _send(self, feed: JobFeed, news: Broadcast) -> None:
         for queue in list(feed.readers):
@@ -270,7 +289,7 @@ async def job_events(
                     quiet_since = time.monotonic()
                     yield b": keep-alive\n\n"
                 continue
-            if news.changes is None:  # dropped for falling behind
+            if news.changes is None:  # told to close: it fell behind, or the feed stopped; its client reconnects
                 return
             messages, marks = news.messages_for(marks, owner=owner, lines_only=lines_only)
             for message in messages:

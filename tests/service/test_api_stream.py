@@ -15,7 +15,7 @@ import pytest
 from live_servers import ApiServer
 from mmkd_client import Client, StreamEvent
 from mmkd_client.stream import parse_events
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 from tests_support import add_metric_points, wait_until
 from typer.testing import CliRunner
@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from jobs import lifecycle
 from jobs.log_lines import LogLine, append_lines
+from jobs.models import Job
 from jobs.orm import utcnow
 
 SPEC = {
@@ -232,3 +233,18 @@ def test_sdk_watch_and_wait_follow_the_stream(server: ApiServer, key: str, db: s
         assert done.status == "succeeded" and states[-1].status == "succeeded"
         events = list(client.watch(job_id))  # a finished job: everything, then the end
     assert _points(events) == [1, 2, 3, 4] and events[-1].kind == "end"
+
+
+def test_a_stream_whose_feed_stops_closes_instead_of_hanging(
+    server: ApiServer, key: str, db: sessionmaker[Session]
+) -> None:
+    job_id = _running_job(server, key, db)
+    reader = Reader(f"{server.url}/v1/jobs/{job_id}/stream", key)
+    wait_until(lambda: reader.kinds()[:1] == ["job"], 10, what="the first event")
+    with db() as session:  # the job goes (its owner deleted, say): the feed finds nothing more to follow
+        session.execute(delete(Job).where(Job.id == job_id))
+        session.commit()
+    reader.join()
+    assert "end" not in reader.kinds()  # closed without an end: a client reconnects and is told 404
+    again = httpx.get(f"{server.url}/v1/jobs/{job_id}/stream", headers={"Authorization": f"Bearer {key}"})
+    assert again.status_code == 404
