@@ -120,7 +120,7 @@ class Stack:
     def start_stuck_worker(self, name: str, *, stuck_at_step: int, pid_file: Path, **env: str) -> Process:
         """A real Celery worker on the ``gpu`` queue whose training hangs at ``stuck_at_step``."""
         celery_arguments = celery_worker_command("gpu", 1)[3:]  # after "python -m celery"
-        command = [sys.executable, str(Path(__file__).with_name("stuck_worker.py")), *celery_arguments]
+        command = [sys.executable, str(Path(__file__).parent / "integration" / "stuck_worker.py"), *celery_arguments]
         return self.spawn(command, name, STUCK_AT_STEP=str(stuck_at_step), STUCK_PID_FILE=str(pid_file), **env)
 
     def new_key(self, owner: str | None = None) -> str:

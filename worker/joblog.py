@@ -1,6 +1,7 @@
 """One job attempt's log: what the attempt logs (its own logging and Python warnings) while it runs
-in this worker process, kept as a recent tail in the database and, at the end, as a whole file
-among the job's artifacts (``jobs/{id}/logs/attempt-{n}.log``, kind ``log``).
+in this worker process, kept as a recent tail in the database and, when the attempt reaches its
+outcome, as a whole file among the job's artifacts (``jobs/{id}/logs/attempt-{n}.log``, kind
+``log``), recorded before the outcome so a finished job already lists it.
 
 Bounded everywhere: a line is cut at ``MAX_LINE_CHARS``; lines wait for the database in a buffer of
 at most ``max_buffered`` (beyond it they are counted, and one line says how many were dropped);
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.lifecycle import record_artifact
 from jobs.log_lines import LogLine, append_lines, trim_tail
 from jobs.orm import utcnow
+from storage.objects import StoredObject
 from storage.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -143,11 +145,21 @@ class JobLog(logging.Handler):
             self._dropped -= dropped
         return True
 
-    def store(self, store: ArtifactStore) -> str | None:
-        """Upload the whole log and record it as a ``log`` artifact; returns its key, or None if that failed."""
-        key = f"jobs/{self.job_id}/logs/attempt-{self.attempt}.log"
+    def upload(self, store: ArtifactStore) -> StoredObject | None:
+        """The log so far, uploaded as ``jobs/{id}/logs/attempt-{n}.log``; None if storage failed
+        (the tail in the database is all there is then)."""
         try:
-            stored = store.put_file(key, self.path)
+            return store.put_file(f"jobs/{self.job_id}/logs/attempt-{self.attempt}.log", self.path)
+        except Exception:
+            log.exception("job %s attempt %s: storing the log failed", self.job_id, self.attempt)
+            return None
+
+    def store(self, store: ArtifactStore) -> None:
+        """Upload the log and record it as a ``log`` artifact in a transaction of its own."""
+        stored = self.upload(store)
+        if stored is None:
+            return
+        try:
             with self.sessions() as session:
                 record_artifact(
                     session,
@@ -158,9 +170,7 @@ class JobLog(logging.Handler):
                     checksum=f"sha256:{stored.sha256}",
                 )
                 session.commit()
-        except IntegrityError:  # this attempt's log was recorded already (a re-run of the same attempt)
-            return key
+        except IntegrityError:  # this attempt's log was recorded already
+            pass
         except Exception:
-            log.exception("job %s attempt %s: storing the log failed", self.job_id, self.attempt)
-            return None
-        return key
+            log.exception("job %s attempt %s: recording the log failed", self.job_id, self.attempt)

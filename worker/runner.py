@@ -77,12 +77,12 @@ def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None)
     job_log = _job_log(settings, sessions, lease)
     with beat, job_log:
         try:
-            outcome = _train_and_publish(settings, sessions, lease, beat, workdir)
+            outcome = _train_and_publish(settings, sessions, lease, beat, workdir, job_log)
         except Exception as error:
+            job_log.store(store_from_settings(settings))  # before the outcome: a failed job lists its log
             outcome = _record_failure(sessions, lease, beat, error)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    job_log.store(store_from_settings(settings))
     job_log.path.unlink(missing_ok=True)
     telemetry.JOBS_FINISHED.labels(outcome).inc()
     if outcome == "queued":
@@ -92,7 +92,7 @@ def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None)
 
 
 def _job_log(settings: WorkerSettings, sessions: sessionmaker[Session], lease: Lease) -> JobLog:
-    """The attempt's log capture: lines to the database as it runs, the whole file stored at the end.
+    """The attempt's log capture: lines to the database as it runs, the whole file stored with the outcome.
     It writes even after a lost lease: its lines carry their attempt, so the new owner's stay apart."""
     return JobLog(
         sessions,
@@ -133,7 +133,12 @@ def _publish_retry(settings: WorkerSettings, job_id: int) -> None:
 
 
 def _train_and_publish(
-    settings: WorkerSettings, sessions: sessionmaker[Session], lease: Lease, beat: Heartbeat, workdir: Path
+    settings: WorkerSettings,
+    sessions: sessionmaker[Session],
+    lease: Lease,
+    beat: Heartbeat,
+    workdir: Path,
+    job_log: JobLog,
 ) -> str:
     with beat.liveness.busy("preparing the job"):
         from core.engine.trainer import train  # torch loads here
@@ -157,6 +162,8 @@ def _train_and_publish(
         raise LeaseLost("lease lost before the results were published")
     with beat.liveness.busy("publishing the results"), telemetry.UPLOAD_SECONDS.time():
         stored = publish_results(sessions, store, lease.job_id, workdir, summary)
+        log_object = job_log.upload(store)  # recorded with the success, so a succeeded job lists it
+    stored += [("log", log_object)] if log_object is not None else []
     return _record_success(sessions, lease, summary, stored)
 
 

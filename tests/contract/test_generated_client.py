@@ -189,7 +189,7 @@ def test_submit_wait_read_download_and_cancel_through_the_generated_client(
     assert max(point.step for point in metrics.items) == job.progress.total_steps
 
     artifacts = _parsed(_api(client_package, "jobs.list_job_artifacts").sync_detailed(job.id, client=client), 200)
-    assert {artifact.kind for artifact in artifacts.items} == {"student", "summary", "metrics", "report"}
+    assert {artifact.kind for artifact in artifacts.items} == {"student", "summary", "metrics", "report", "log"}
     download = _api(client_package, "jobs.download_artifact")
     student = tmp_path / "student"
     student.mkdir()

@@ -119,3 +119,12 @@ def test_a_run_leaves_its_tail_and_stores_the_whole_log(
     assert "paper on basic_motions" in text and text.count("validation") >= 12
     assert all(row.message in text for row in rows)
     assert not list((tmp_path / "work").glob("*.log"))  # the local copy is gone
+
+
+def test_a_failed_attempt_lists_its_log_when_it_reads_failed(embedded: sessionmaker[Session]) -> None:
+    diverging = {**TINY, "train": {**TINY["train"], "lr": 10.0, "optimizer": "sgd", "grad_clip": None}}
+    job_id = submit(embedded, diverging)
+    assert runner.run_job(job_id) == "failed"
+    with embedded() as session:
+        kinds = list(session.scalars(select(Artifact.kind).where(Artifact.job_id == job_id)))
+    assert kinds == ["log"]  # the only artifact of a failed job, recorded before the failure
