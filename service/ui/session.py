@@ -7,7 +7,8 @@ request checks the hash against the keys table (through the same short cache as 
 revoked key's sessions end with it. A CSRF token is an HMAC of the nonce: forms carry it as a
 hidden field and htmx as an ``X-CSRF-Token`` header; before sign-in, a short-lived ``mmkd_csrf``
 cookie plays the nonce (login CSRF). With auth off (loopback only) there is no sign-in: everyone is
-the ``local`` owner, and actions still need the token.
+the ``local`` owner, and actions still need the token, signed with a random secret of the process
+unless ``MMKD_SESSION_SECRET`` is set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -63,7 +65,15 @@ def _secret(settings: ApiSettings) -> bytes:
         return settings.session_secret.get_secret_value().encode()
     if settings.auth:
         raise SessionSecretMissing
-    return b"mmkd-local-dashboard"  # auth off: loopback only, one owner; the token still stops cross-site posts
+    # Auth off (loopback only, one owner): the tokens are all that stops another site's page from
+    # posting to this server through the user's browser, so they must not be guessable. A secret of
+    # this process's own; several API processes with auth off need MMKD_SESSION_SECRET to agree.
+    return _process_secret()
+
+
+@lru_cache(maxsize=1)
+def _process_secret() -> bytes:
+    return secrets.token_bytes(32)
 
 
 def csrf_token(settings: ApiSettings, nonce: str) -> str:

@@ -103,3 +103,21 @@ def test_without_a_session_secret_the_pages_say_so(api_server: ApiServer) -> Non
     answer = httpx.get(f"{api_server.url}/signin")
     assert answer.status_code == 503 and "MMKD_SESSION_SECRET" in answer.text
     assert httpx.get(f"{api_server.url}/healthz").status_code == 200
+
+
+def test_with_auth_off_the_tokens_are_this_process_own() -> None:
+    """Auth off has no cookie to bind a token to: the token must not be computable from the source."""
+    import subprocess
+    import sys
+
+    from service.config import ApiSettings
+    from service.ui.session import CsrfRefused, check_csrf, csrf_token
+
+    settings = ApiSettings(auth=False)
+    code = "from service.config import ApiSettings; from service.ui.session import csrf_token; "
+    code += "print(csrf_token(ApiSettings(auth=False), 'local'))"
+    elsewhere = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert len(elsewhere) == 64 and elsewhere != csrf_token(settings, "local")
+    with pytest.raises(CsrfRefused):
+        check_csrf(settings, "local", elsewhere)
+    check_csrf(settings, "local", csrf_token(settings, "local"))
