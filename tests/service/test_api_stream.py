@@ -248,3 +248,68 @@ def test_a_stream_whose_feed_stops_closes_instead_of_hanging(
     assert "end" not in reader.kinds()  # closed without an end: a client reconnects and is told 404
     again = httpx.get(f"{server.url}/v1/jobs/{job_id}/stream", headers={"Authorization": f"Bearer {key}"})
     assert again.status_code == 404
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to the server that cuts its first connection's answer just before
+    ``cut_at`` (bytes) first appears, as a flaky network does; later connections pass whole."""
+
+    def __init__(self, target_port: int, cut_at: bytes) -> None:
+        self.target_port, self.cut_at = target_port, cut_at
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            limit = self.cut_at if self.connections == 1 else None
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket, cut_at: bytes | None) -> None:
+        tail = b""  # the end of what went before, so a pattern split across reads is found
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                window = tail + data
+                if cut_at is not None and cut_at in window:
+                    target.sendall(data[: max(window.index(cut_at) - len(tail), 0)])
+                    break
+                target.sendall(data)
+                tail = window[-len(cut_at) :] if cut_at else b""
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_sdk_watch_resumes_a_cut_stream_without_gaps_or_repeats(
+    server: ApiServer, key: str, db: sessionmaker[Session]
+) -> None:
+    job_id = _running_job(server, key, db)
+    for step in range(1, 41):
+        _write(db, job_id, step)
+    _write(db, job_id, 41, status="succeeded")
+    port = int(server.url.rsplit(":", 1)[1])
+    with Client(server.url, key) as direct:
+        whole = list(direct.watch(job_id))
+    assert [e.kind for e in whole][:3] == ["job", "metrics", "event"]
+    proxy = CuttingProxy(port, cut_at=b"event: event")  # dies after the points, before the events
+    try:
+        with Client(f"http://127.0.0.1:{proxy.port}", key, backoff=0.05) as flaky:
+            resumed = list(flaky.watch(job_id))
+    finally:
+        proxy.close()
+    assert proxy.connections >= 2  # it was cut and came back
+    assert _points(resumed) == _points(whole) == list(range(1, 42))
+    assert _lines(resumed) == _lines(whole) and resumed[-1].kind == "end"
