@@ -20,6 +20,7 @@ from service.config import ApiSettings, get_settings
 from service.datasets.router import router as datasets_router
 from service.errors import BodySizeLimit, install_error_handlers
 from service.health import router as health_router
+from service.jobs.live import router as live_router
 from service.jobs.router import router as jobs_router
 from service.jobs.stream import StreamHub
 from service.keys.router import router as keys_router
@@ -92,7 +93,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: counts the 503s admission gives too
     install_error_handlers(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
-    for router in (health_router, jobs_router, keys_router, datasets_router, telemetry_router, ui_router):
+    for router in (health_router, jobs_router, live_router, keys_router, datasets_router, telemetry_router, ui_router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=UI_STATIC), name="ui-static")
     if not settings.auth:
