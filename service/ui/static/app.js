@@ -153,7 +153,8 @@
     const runs = await Promise.all(ids.map((id) => fetch(`/ui/jobs/${id}/points`).then((r) => r.json())));
     const metrics = [...new Set(runs.flatMap((run) => Object.keys(run)))].sort();
     const holder = document.getElementById("compare-charts");
-    for (const metric of metrics) {
+    // Every card first, so the grid has its final columns before a chart measures its width.
+    const elements = metrics.map((metric) => {
       const card = document.createElement("div");
       card.className = "card wide";
       card.append(text("h2", metric));
@@ -162,7 +163,10 @@
       element.dataset.chart = metric;
       card.append(element);
       holder.append(card);
-      const chart = new LiveChart(element, metric);
+      return element;
+    });
+    metrics.forEach((metric, m) => {
+      const chart = new LiveChart(elements[m], metric);
       runs.forEach((run, i) => {
         const series = run[metric];
         if (!series) return;
@@ -170,7 +174,7 @@
       });
       chart.draw();
       window.mmkdCharts[metric] = chart;
-    }
+    });
     root.dataset.ready = "true";
   }
 
