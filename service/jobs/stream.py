@@ -267,7 +267,9 @@ async def job_events(
     hub = hub_of(app)
     queue = await hub.subscribe(job_id)
     try:
-        job: Job = await hub.read(lambda session: session.get(Job, job_id))
+        job: Job | None = await hub.read(lambda session: session.get(Job, job_id))
+        if job is None:  # gone since the route found it: nothing to stream
+            return
         if not lines_only:
             yield _message("job", JobOut.of_job(job, owner=owner).model_dump(mode="json"), marks)
         finished = job.status.terminal
@@ -295,7 +297,9 @@ async def job_events(
             for message in messages:
                 yield message
             finished = news.finished
-        yield _message("end", {"status": (await hub.read(lambda s: s.get(Job, job_id))).status.value}, marks)
+        ended: Job | None = await hub.read(lambda session: session.get(Job, job_id))
+        if ended is not None:
+            yield _message("end", {"status": ended.status.value}, marks)
     finally:
         hub.unsubscribe(job_id, queue)
 
