@@ -100,10 +100,10 @@ def _prepare(spec: JobSpec) -> PreparedData:
 
 def _train_in(folder: RunFolder, spec: JobSpec, data: PreparedData) -> dict[str, Any]:
     """Train in ``folder.work``; on any failure keep it only if a checkpoint makes it resumable."""
-    from core.engine.evaluation import PRIMARY_METRIC
     from core.engine.tracking_local import FanOutTracker, MetricsFileTracker, RichProgressTracker
     from core.engine.trainer import train
     from core.errors import MmkdError
+    from core.metrics import PRIMARY_METRIC
 
     store = folder.checkpoints(spec.checkpoint.keep_last)
     try:

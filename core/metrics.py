@@ -13,6 +13,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 TRAIN, VALIDATION = "train", "val"
+#: The metric that judges a network, per task (best-epoch selection, warnings, what pages show).
+PRIMARY_METRIC: dict[str, str] = {
+    "classification": "accuracy",
+    "multilabel": "mean_ap",
+    "regression": "mae",
+    "retrieval": "r@1",
+}
+LOWER_IS_BETTER = frozenset({"mae", "median_rank"})
 Series = dict[str, list[tuple[int, float]]]
 
 

@@ -6,15 +6,8 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 
+from core.metrics import LOWER_IS_BETTER
 from core.spec import TaskKind
-
-PRIMARY_METRIC: dict[str, str] = {
-    "classification": "accuracy",
-    "multilabel": "mean_ap",
-    "regression": "mae",
-    "retrieval": "r@1",
-}
-LOWER_IS_BETTER = frozenset({"mae", "median_rank"})
 
 
 def at_least_as_good(metric: str, value: float, reference: float) -> bool:

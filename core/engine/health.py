@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, Literal
 
-from core.engine.evaluation import LOWER_IS_BETTER
+from core.metrics import LOWER_IS_BETTER
 
 WarningKind = Literal["weak_teacher", "student_regressed"]
 NOISE_MULTIPLE = 3.0

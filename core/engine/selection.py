@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.engine.evaluation import PRIMARY_METRIC, at_least_as_good
+from core.engine.evaluation import at_least_as_good
+from core.metrics import PRIMARY_METRIC
 from core.spec import JobSpec
 
 

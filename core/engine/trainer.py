@@ -20,12 +20,13 @@ import torch
 
 from core.data.prepare import PreparedData, prepare
 from core.engine import checkpoint as ckpt
-from core.engine.evaluation import PRIMARY_METRIC, compute_metrics
+from core.engine.evaluation import compute_metrics
 from core.engine.export import export_student
 from core.engine.health import RunHealth
 from core.engine.selection import EpochSelection
 from core.engine.setup import Run, build_run
 from core.errors import MmkdError, NonFiniteLossError, TrainingCancelled
+from core.metrics import PRIMARY_METRIC
 from core.objectives.base import Batch, Forward, Role
 from core.spec import JobSpec
 from core.tracking import CheckpointStore, NullTracker, Tracker

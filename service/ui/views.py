@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.metrics import PRIMARY_METRIC
 from jobs import queries
 from jobs.errors import InvalidRequestError, NotFoundError
 from jobs.models import Artifact, Job, MetricPoint
@@ -26,8 +27,6 @@ MAX_POINTS = 50_000
 #: Report images shown inline are at most this large.
 MAX_INLINE_BYTES = 8 << 20
 MAX_COMPARED = 6
-#: The metric a job's row shows, by task.
-PRIMARY = {"classification": "accuracy", "multilabel": "micro_f1", "regression": "rmse", "retrieval": "recall_at_1"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def job_view(job: Job) -> JobView:
     duration = (end - job.started_at).total_seconds() if job.started_at else None
     percent = 100.0 * (job.step or 0) / job.total_steps if job.total_steps else None
     result = job.result or {}
-    metric = PRIMARY.get(task, "accuracy")
+    metric = PRIMARY_METRIC.get(task, "accuracy")
     student = (result.get("student") or {}).get(metric)
     if student is None:
         student = (job.latest_metrics or {}).get(f"val/student/{metric}")

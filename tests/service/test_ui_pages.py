@@ -121,3 +121,29 @@ def test_with_auth_off_the_tokens_are_this_process_own() -> None:
     with pytest.raises(CsrfRefused):
         check_csrf(settings, "local", elsewhere)
     check_csrf(settings, "local", csrf_token(settings, "local"))
+
+
+@pytest.mark.parametrize(
+    ("task", "metric"),
+    [("classification", "accuracy"), ("multilabel", "mean_ap"), ("regression", "mae"), ("retrieval", "r@1")],
+)
+def test_a_row_shows_the_student_metric_the_trainer_reports(task: str, metric: str) -> None:
+    """The row's metric is the task's primary one, under the name the trainer's result uses."""
+    import datetime as dt
+
+    from jobs.models import Job
+    from jobs.status import JobStatus
+    from service.ui.views import job_view
+
+    now = dt.datetime.now(dt.UTC)
+    job = Job(
+        id=1,
+        name="j",
+        spec={"task": task, "method": {"name": "paper"}, "dataset": {"name": "mfeat"}},
+        status=JobStatus.SUCCEEDED,
+        started_at=now - dt.timedelta(seconds=75),
+        finished_at=now,
+        result={"student": {metric: 0.8125, "other": 0.1}, "gain": {"mean": 0.015}},
+    )
+    shown = job_view(job)
+    assert (shown.student, shown.gain, shown.duration, shown.percent) == (f"{metric} 0.8125", "+0.0150", "1m15s", 100.0)
