@@ -59,10 +59,16 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     disc_optimizer: torch.optim.Optimizer | None
+    disc_schedule: Callable[[int], float] | None  # D's lr factor by epoch: the method modules' window
     train_inputs: dict[str, torch.Tensor]
     train_labels: torch.Tensor | None
     state: RunState = field(default_factory=RunState)
     resumed_from_step: int | None = None
+
+    def disc_lr(self, epoch: int) -> float:
+        """D's learning rate in ``epoch``: ``method.disc_lr`` (default ``train.lr``) on the method modules' window."""
+        assert self.disc_schedule is not None
+        return (getattr(self.spec.method, "disc_lr", None) or self.spec.train.lr) * self.disc_schedule(epoch)
 
     @property
     def n_train(self) -> int:
@@ -164,10 +170,10 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
     optimizer = make_optimizer(spec, groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_windows(objective, groups))
     disc_parameters = objective.discriminator_parameters()
-    disc_optimizer = None
-    if disc_parameters:
-        disc_lr = getattr(spec.method, "disc_lr", None) or spec.train.lr
-        disc_optimizer = torch.optim.Adam(disc_parameters, lr=disc_lr, betas=(0.5, 0.999))
+    disc_optimizer, disc_schedule = None, None
+    if disc_parameters:  # D follows the method modules' schedule window
+        disc_optimizer = torch.optim.Adam(disc_parameters, betas=(0.5, 0.999))  # lr set at each step
+        disc_schedule = CosineWindow(*objective.window("method"), spec.train.scheduler == "cosine")
     labels = data.train.label
     return Run(
         spec=spec,
@@ -180,6 +186,7 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         disc_optimizer=disc_optimizer,
+        disc_schedule=disc_schedule,
         train_inputs={name: torch.from_numpy(v).to(device) for name, v in data.train.modalities.items()},
         train_labels=None if labels is None else torch.from_numpy(labels).to(device),
     )

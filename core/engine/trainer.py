@@ -84,7 +84,12 @@ def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
     run.optimizer.step()
     if run.disc_optimizer is not None:
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
-            disc = run.objective.discriminator_step(fwd)["disc"]
+            disc_terms = run.objective.discriminator_step(fwd)
+        if not disc_terms:
+            return values
+        disc = disc_terms["disc"]
+        for group in run.disc_optimizer.param_groups:  # a function of the epoch: nothing to checkpoint
+            group["lr"] = run.disc_lr(epoch)
         run.disc_optimizer.zero_grad(set_to_none=True)
         disc.backward()
         run.disc_optimizer.step()

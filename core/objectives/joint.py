@@ -45,8 +45,14 @@ class JointObjective(Objective):
         return self.ramp(epoch) > 0
 
     def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
-        """alpha * InfoNCE(T, S) (gradients into both networks) and the optional logit KD."""
+        """alpha * InfoNCE(T, S) (gradients into both networks) and the optional logit KD; none in warm-up.
+
+        In warm-up the terms are left out, not multiplied by 0: a zero-weighted term would still hand
+        its heads zero gradients, and AdamW would then decay them and count steps for them.
+        """
         scale = self.ramp(epoch)
+        if scale == 0:
+            return {}
         z_t, z_s = fwd.z["teacher"], fwd.z["student"]
         tau = self.method.temperature
         terms = {

@@ -25,6 +25,8 @@ class MIJointAuxObjective(JointObjective):
     def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
         """The mi_joint terms plus beta * InfoNCE(T, A) (gradients into T and A)."""
         terms = super().distill_terms(nets, batch, fwd, epoch)
+        if not terms:  # warm-up
+            return terms
         assert isinstance(self.method, MIJointAux | Paper)
         mi_ta = info_nce(
             self.proj_ta_teacher(fwd.z["teacher"]),

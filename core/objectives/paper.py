@@ -48,8 +48,10 @@ class PaperObjective(MIJointAuxObjective):
         return self.discriminator(torch.cat([z_s, z_t], dim=1)).squeeze(1)
 
     def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
-        """The mi_joint_aux terms plus gamma * L_adv for the student and G."""
+        """The mi_joint_aux terms plus gamma * L_adv for the student and G (none in warm-up or at gamma 0)."""
         terms = super().distill_terms(nets, batch, fwd, epoch)
+        if not terms or self.method.gamma == 0:
+            return terms
         z_s, z_t = fwd.z["student"], fwd.z["teacher"].detach()
         fake = self.generate(z_s)
         fake_logit = self.critic(z_s, fake)
@@ -64,7 +66,10 @@ class PaperObjective(MIJointAuxObjective):
         return list(self.discriminator.parameters())
 
     def discriminator_step(self, fwd: Forward) -> dict[str, torch.Tensor]:
-        """BCE of D on real (z_S, z_T) vs fake (z_S, G(z_S)) pairs, all detached."""
+        """BCE of D on real (z_S, z_T) vs fake (z_S, G(z_S)) pairs, all detached; none when this step's
+        generator term did not run (warm-up, gamma 0), so D does not train against an idle G."""
+        if "fake" not in fwd.extras:
+            return {}
         z_s, z_t = fwd.z["student"].detach(), fwd.z["teacher"].detach()
         fake = fwd.extras["fake"]
         real_logit, fake_logit = self.critic(z_s, z_t), self.critic(z_s, fake)

@@ -150,7 +150,10 @@ def test_adversarial_term_follows_the_warm_up_and_ramp() -> None:
         fwd = forward_of(torch.tensor(Z_S), torch.tensor(Z_T))
         return objective.distill_terms(None, no_batch(), fwd, epoch)["adv"].item()  # type: ignore[arg-type]
 
-    assert adv(0) == 0.0
+    # Warm-up: no term at all (a zero-weighted one would hand G zero gradients), and nothing for D.
+    warm = forward_of(torch.tensor(Z_S), torch.tensor(Z_T))
+    assert objective.distill_terms(None, no_batch(), warm, 0) == {}  # type: ignore[arg-type]
+    assert objective.discriminator_step(warm) == {}
     assert adv(1) == pytest.approx(full["adv"].item() / 2, abs=1e-6)
     assert adv(2) == pytest.approx(full["adv"].item(), abs=1e-6)
 

@@ -199,6 +199,8 @@ def reference_loss(
     z_a, out_a = model.nets.auxiliary(x)
     loss = reference_task(out_s, y) + reference_task(out_t, y) + reference_task(out_a, y)
     scale = ramp(epoch)
+    if scale == 0:  # warm-up: no distillation term at all, so its heads get no (zero) gradient
+        return loss, {}
     tau = method.temperature
     loss = loss + scale * method.alpha * reference_info_nce(head.proj_ts_teacher(z_t), head.proj_ts_student(z_s), tau)
     if method.kd_weight > 0:
@@ -208,7 +210,7 @@ def reference_loss(
         mi_ta = reference_info_nce(head.proj_ta_teacher(z_t), head.proj_ta_auxiliary(z_a), tau)
         loss = loss + scale * method.beta * mi_ta
     pairs: dict[str, torch.Tensor] = {}
-    if method.name == "paper":
+    if method.name == "paper" and method.gamma > 0:  # type: ignore[union-attr]
         assert isinstance(head, PaperObjective) and isinstance(method, Paper)
         generator, discriminator = head.generator, head.discriminator
         fake = generator(torch.cat([z_s, torch.randn(len(z_s), method.noise_dim)], dim=1))
@@ -237,8 +239,13 @@ def reference_run(spec: JobSpec, data: PreparedData) -> dict[str, torch.Tensor]:
     for module in (model.nets, model.objective):
         module.train()
     for epoch in range(EPOCHS):
-        for group in optimizer.param_groups:  # cosine decay over the run, set per epoch
-            group["lr"] = train_spec.lr * 0.5 * (1 + math.cos(math.pi * epoch / EPOCHS))
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / EPOCHS))  # cosine decay over the run, set per epoch
+        for group in optimizer.param_groups:
+            group["lr"] = train_spec.lr * factor
+        if disc_optimizer is not None:  # D decays on the same schedule
+            assert isinstance(spec.method, Paper)
+            for group in disc_optimizer.param_groups:
+                group["lr"] = (spec.method.disc_lr or train_spec.lr) * factor
         order = torch.randperm(
             len(labels), generator=torch.Generator().manual_seed(train_spec.seed * 1_000_003 + epoch)
         )
@@ -251,7 +258,7 @@ def reference_run(spec: JobSpec, data: PreparedData) -> dict[str, torch.Tensor]:
             assert train_spec.grad_clip is not None
             nn.utils.clip_grad_norm_(main_parameters, train_spec.grad_clip)
             optimizer.step()
-            if disc is not None and disc_optimizer is not None:
+            if disc is not None and disc_optimizer is not None and pairs:  # D rests while G does
                 real = disc(torch.cat([pairs["student"], pairs["teacher"]], dim=1)).squeeze(1)
                 fake = disc(torch.cat([pairs["student"], pairs["fake"]], dim=1)).squeeze(1)
                 disc_optimizer.zero_grad(set_to_none=True)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.data.prepare import prepare
 from core.engine import checkpoint as ckpt
 from core.engine.checkpoint import LocalCheckpointStore
+from core.engine.setup import build_run
 from core.engine.trainer import train
 from core.errors import MmkdError, NonFiniteLossError, TrainingCancelled
 from core.spec import METHOD_NAMES, JobSpec
@@ -232,3 +234,38 @@ def test_evaluation_runs_in_float32_even_under_autocast() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = run.nets.student(inputs)[1]
     assert bf16.dtype == torch.bfloat16  # the probe: autocast would have changed the outputs
+
+
+def _method_weights(store: LocalCheckpointStore) -> dict[str, torch.Tensor]:
+    latest = store.load_latest()
+    assert latest is not None
+    return ckpt.from_bytes(latest[1])["objective"]
+
+
+@pytest.mark.parametrize(
+    ("method", "still"),
+    [
+        # All of warm-up: no distillation term runs, so no head and no discriminator moves.
+        ({"name": "paper", "warmup_epochs": 2}, ("proj_", "generator", "discriminator")),
+        ({"name": "mi_joint", "warmup_epochs": 2}, ("proj_",)),
+        # gamma 0: G and D sit still (D must not train against an idle G) while the MI heads train.
+        ({"name": "paper", "gamma": 0.0}, ("generator", "discriminator")),
+    ],
+)
+def test_a_term_that_does_not_act_leaves_its_modules_untouched(
+    method: dict[str, Any], still: tuple[str, ...], tmp_path: Path
+) -> None:
+    spec = mfeat_spec(method)
+    store = LocalCheckpointStore(tmp_path / "ckpt")
+    initial = {
+        k: v.clone() for k, v in build_run(spec, prepare(spec.dataset, spec.task)).objective.state_dict().items()
+    }
+    recorder = Recorder()
+    train(spec, workdir=tmp_path / "run", tracker=recorder, checkpoints=store)
+    final = _method_weights(store)
+    for key, value in initial.items():
+        if key.startswith(still):
+            assert torch.equal(final[key], value), f"{key} moved while its term was off"
+        else:
+            assert not torch.equal(final[key], value), f"{key} never trained"
+    assert ("disc" in recorder.steps[-1]) is (method["name"] == "paper" and not set(still) & {"discriminator"})
