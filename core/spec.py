@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from core.errors import SpecError
-from core.spec_schema import add_job_rules, builtin_name, dataset_rules
+from core.spec_schema import LOGIT_METHODS, add_job_rules, builtin_name, dataset_rules
 from core.spec_yaml import parse_spec_mapping, read_spec_file
 
 TaskKind = Literal["classification", "multilabel", "regression", "retrieval"]
@@ -248,10 +248,38 @@ class Paper(_Joint):
     disc_lr: float | None = Field(default=None, gt=0.0, description="Discriminator lr (default: train.lr).")
 
 
+class DML(_MethodBase):
+    """Deep mutual learning (Zhang et al., CVPR 2018; stage 1 of MST-Distill): the three networks train
+    together, each on its task loss plus temperature-softened KL toward the other two, unlabelled samples included."""
+
+    name: Literal["dml"]
+    kd_weight: float = Field(default=1.0, ge=0.0, description="Weight of each network's KL toward the other two.")
+    kd_temperature: float = Field(default=4.0, gt=0.0)
+
+
+class C2KD(_FrozenTeacher):
+    """Huo et al., CVPR 2024: a pre-trained teacher that keeps training beside the student, proxy heads on both,
+    bidirectional KL between each network and its proxy, and non-target distillation between the proxies on the
+    samples whose class rankings agree. Classification only."""
+
+    name: Literal["c2kd"]
+    proxy_weight: float = Field(
+        default=1.0, ge=0.0, description="Weight of the two KLs between a network and its proxy."
+    )
+    nt_weight: float = Field(default=1.0, ge=0.0, description="Weight of the non-target KL between the proxies.")
+    tau_threshold: float = Field(
+        default=0.0,
+        ge=-1.0,
+        lt=1.0,
+        description="A sample's non-target term counts when Kendall's tau of the proxies exceeds it; -1: every sample.",
+    )
+
+
 MethodSpec = Annotated[
-    StudentOnly | TeacherOnly | LogitKD | FeatureKD | CRD | MIJoint | MIJointAux | Paper,
+    StudentOnly | TeacherOnly | LogitKD | FeatureKD | CRD | MIJoint | MIJointAux | Paper | DML | C2KD,
     Field(discriminator="name"),
 ]
+
 METHOD_NAMES = (
     "student_only",
     "teacher_only",
@@ -261,6 +289,8 @@ METHOD_NAMES = (
     "mi_joint",
     "mi_joint_aux",
     "paper",
+    "dml",
+    "c2kd",
 )
 
 
@@ -345,8 +375,15 @@ class JobSpec(StrictModel):
             raise ValueError("dataset.retrieval_target is required for task 'retrieval' and only for it")
         if self.dataset.name is not None and self.task != "classification":
             raise ValueError(f"built-in dataset {self.dataset.name!r} is a classification task")
-        if self.task == "retrieval" and (self.method.name == "logit_kd" or getattr(self.method, "kd_weight", 0.0) > 0):
-            raise ValueError("logit KD (method logit_kd or method.kd_weight) needs logits; retrieval has none")
+        if self.task == "retrieval" and (
+            self.method.name in LOGIT_METHODS or getattr(self.method, "kd_weight", 0.0) > 0
+        ):
+            raise ValueError(
+                f"logit distillation (methods {', '.join(sorted(LOGIT_METHODS))}, or method.kd_weight) needs logits; "
+                "retrieval has none"
+            )
+        if self.method.name == "c2kd" and self.task != "classification":
+            raise ValueError(f"method c2kd distils non-target classes and needs classification; task is {self.task!r}")
         if self.task != "classification" and self.train.label_smoothing > 0:
             raise ValueError(f"train.label_smoothing is for classification only; task is {self.task!r}")
         return self

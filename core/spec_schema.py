@@ -13,6 +13,9 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+#: Methods whose distillation is on logits: they need a task with logits (not retrieval).
+LOGIT_METHODS = frozenset({"logit_kd", "dml", "c2kd"})
+
 JsonSchema = dict[str, Any]
 
 
@@ -62,7 +65,7 @@ def add_job_rules(schema: JsonSchema) -> None:
     """JobSpec's rules: retrieval_target exactly for retrieval, no logit KD there; built-ins classify;
     label smoothing only for classification."""
     retrieval = {"required": ["task"], "properties": {"task": {"const": "retrieval"}}}
-    no_logit_kd = {"properties": {"name": {"not": {"const": "logit_kd"}}, "kd_weight": {"maximum": 0}}}
+    no_logit_kd = {"properties": {"name": {"not": {"enum": sorted(LOGIT_METHODS)}}, "kd_weight": {"maximum": 0}}}
     schema["allOf"] = [
         {
             "if": retrieval,
@@ -75,6 +78,11 @@ def add_job_rules(schema: JsonSchema) -> None:
         },
         {
             "if": {"required": ["task"], "properties": {"task": {"not": {"const": "classification"}}}},
-            "then": {"properties": {"train": {"properties": {"label_smoothing": {"maximum": 0}}}}},
+            "then": {
+                "properties": {
+                    "train": {"properties": {"label_smoothing": {"maximum": 0}}},
+                    "method": {"properties": {"name": {"not": {"const": "c2kd"}}}},
+                }
+            },
         },
     ]

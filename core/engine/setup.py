@@ -163,7 +163,9 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
         output_dim=data.output_dim,
         retrieval_target=spec.dataset.retrieval_target,
     )
-    objective = OBJECTIVES.get(spec.method.name)(spec, repr_dim=spec.model.repr_dim, n_train=len(data.train))
+    objective = OBJECTIVES.get(spec.method.name)(
+        spec, repr_dim=spec.model.repr_dim, n_train=len(data.train), output_dim=data.output_dim
+    )
     nets.to(device)
     objective.to(device)
     groups = parameter_groups(nets, objective)

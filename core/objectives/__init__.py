@@ -1,7 +1,9 @@
 """The methods, one file each, all registered in ``OBJECTIVES`` under their spec key."""
 
 from core.objectives import (
+    c2kd,
     crd,
+    dml,
     feature_kd,
     logit_kd,
     mi_joint,
@@ -17,7 +19,9 @@ __all__ = [
     "Batch",
     "Forward",
     "Objective",
+    "c2kd",
     "crd",
+    "dml",
     "feature_kd",
     "logit_kd",
     "mi_joint",

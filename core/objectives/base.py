@@ -44,12 +44,13 @@ class Forward:
 class Objective(nn.Module):
     """Base of every method. Subclasses add modules in ``__init__`` and terms in ``distill_terms``."""
 
-    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int) -> None:
+    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.task = spec.task
         self.repr_dim = repr_dim
         self.n_train = n_train
+        self.output_dim = output_dim  # the heads' width (classes); None where a caller does not know it
 
     @property
     def total_epochs(self) -> int:

@@ -31,8 +31,8 @@ class CRDObjective(FrozenTeacherObjective):
 
     method: CRD
 
-    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int) -> None:
-        super().__init__(spec, repr_dim=repr_dim, n_train=n_train)
+    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
+        super().__init__(spec, repr_dim=repr_dim, n_train=n_train, output_dim=output_dim)
         k = self.method.proj_dim
         self.embed_student = projection_head(repr_dim, k, self.method.proj_layers)
         self.embed_teacher = projection_head(repr_dim, k, self.method.proj_layers)

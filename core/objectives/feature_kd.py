@@ -18,8 +18,8 @@ class FeatureKDObjective(FrozenTeacherObjective):
 
     method: FeatureKD
 
-    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int) -> None:
-        super().__init__(spec, repr_dim=repr_dim, n_train=n_train)
+    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
+        super().__init__(spec, repr_dim=repr_dim, n_train=n_train, output_dim=output_dim)
         self.regressor = nn.Linear(repr_dim, repr_dim)
 
     def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:

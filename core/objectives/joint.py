@@ -20,8 +20,8 @@ class JointObjective(Objective):
 
     method: MIJoint | MIJointAux | Paper
 
-    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int) -> None:
-        super().__init__(spec, repr_dim=repr_dim, n_train=n_train)
+    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
+        super().__init__(spec, repr_dim=repr_dim, n_train=n_train, output_dim=output_dim)
         assert isinstance(spec.method, MIJoint | MIJointAux | Paper)
         self.method = spec.method
         self.proj_ts_teacher = self.projection()

@@ -73,3 +73,27 @@ def projection_head(in_dim: int, out_dim: int, layers: int) -> nn.Module:
     if layers == 1:
         return nn.Linear(in_dim, out_dim)
     return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
+
+
+def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Kendall's tau-a between the rows of ``a`` and ``b`` (N, C), batched on the device: the mean of
+    sign(a_i - a_j) * sign(b_i - b_j) over the C(C-1)/2 pairs i < j (ties count 0). C2KD's ranking
+    agreement; the reference code calls scipy per sample on the CPU. Memory is N * C^2."""
+    classes = a.shape[1]
+    upper = torch.triu(torch.ones(classes, classes, dtype=torch.bool, device=a.device), diagonal=1)
+    concordance = torch.sign(a[:, :, None] - a[:, None, :]) * torch.sign(b[:, :, None] - b[:, None, :])
+    return (concordance * upper).sum(dim=(1, 2)) / max(classes * (classes - 1) // 2, 1)
+
+
+def kl_to(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) || softmax(logits)) per sample at temperature 1, ``target`` detached: the
+    ``KL(logits <- target)`` of the C2KD and MST-Distill code."""
+    return F.kl_div(F.log_softmax(logits, dim=1), F.softmax(target.detach(), dim=1), reduction="none").sum(dim=1)
+
+
+def non_target_kl(logits: torch.Tensor, target: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """C2KD's non-target distillation, per sample: ``kl_to`` with the logit of ``classes`` (one class
+    index per sample) multiplied by 0 on both sides, as in the reference code, so the
+    distributions compared are shaped by the other classes' logits."""
+    keep = torch.ones_like(logits).scatter(1, classes[:, None], 0.0)
+    return kl_to(logits * keep, target * keep)

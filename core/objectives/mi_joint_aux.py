@@ -17,8 +17,8 @@ class MIJointAuxObjective(JointObjective):
 
     method: MIJointAux | Paper
 
-    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int) -> None:
-        super().__init__(spec, repr_dim=repr_dim, n_train=n_train)
+    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
+        super().__init__(spec, repr_dim=repr_dim, n_train=n_train, output_dim=output_dim)
         self.proj_ta_teacher = self.projection()
         self.proj_ta_auxiliary = self.projection()
 

@@ -31,8 +31,8 @@ class PaperObjective(MIJointAuxObjective):
 
     method: Paper
 
-    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int) -> None:
-        super().__init__(spec, repr_dim=repr_dim, n_train=n_train)
+    def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
+        super().__init__(spec, repr_dim=repr_dim, n_train=n_train, output_dim=output_dim)
         assert isinstance(spec.method, Paper)
         hidden = 2 * repr_dim
         self.generator = _mlp(repr_dim + spec.method.noise_dim, hidden, repr_dim)

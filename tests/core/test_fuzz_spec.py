@@ -18,6 +18,7 @@ from tests_support import fuzz_budget
 
 from core.errors import SpecError
 from core.spec import BUILTIN_DATASETS, METHOD_NAMES, RESERVED_KEYS, JobSpec, load_spec, parse_spec_text
+from core.spec_schema import LOGIT_METHODS
 from core.spec_yaml import decode_spec
 
 pytestmark = pytest.mark.fuzz
@@ -124,17 +125,23 @@ def datasets(draw: st.DrawFn, task: str) -> dict[str, Any]:
 
 @st.composite
 def methods(draw: st.DrawFn, task: str) -> dict[str, Any]:
-    names = [name for name in METHOD_NAMES if not (task == "retrieval" and name == "logit_kd")]
+    names = [
+        name
+        for name in METHOD_NAMES
+        if not (task == "retrieval" and name in LOGIT_METHODS) and not (task != "classification" and name == "c2kd")
+    ]
     name = draw(st.sampled_from(names))
     optional: dict[str, Any] = {}
-    if name in ("logit_kd", "crd", "mi_joint", "mi_joint_aux", "paper"):
+    if name in ("logit_kd", "crd", "mi_joint", "mi_joint_aux", "paper", "dml"):
         optional["kd_weight"] = st.just(0.0) if task == "retrieval" else floats(0.0, 10.0)
     if name in ("crd", "mi_joint", "mi_joint_aux", "paper"):
         optional |= {"temperature": floats(0.0, 10.0, exclude_low=True), "proj_layers": st.sampled_from([1, 2])}
-    if name not in ("student_only", "teacher_only", "mi_joint", "mi_joint_aux", "paper"):
+    if name not in ("student_only", "teacher_only", "mi_joint", "mi_joint_aux", "paper", "dml"):
         optional["teacher_epochs"] = st.one_of(st.none(), st.integers(1, 10_000))
     if name == "paper":
         optional |= {"gamma": floats(0.0, 5.0), "noise_dim": st.integers(0, 1024), "disc_lr": st.none()}
+    if name == "c2kd":
+        optional |= {"nt_weight": floats(0.0, 10.0), "tau_threshold": floats(-1.0, 1.0, exclude_high=True)}
     return {"name": name, **draw(st.fixed_dictionaries({}, optional=optional))}
 
 
