@@ -275,8 +275,23 @@ class C2KD(_FrozenTeacher):
     )
 
 
+class MFHKD(_FrozenTeacher):
+    """Modality focusing (Xue et al., ICLR 2023): logit KD from a frozen teacher whose representation keeps only
+    its modality-general channels (those the primary modalities explain); the others are set to their mean."""
+
+    name: Literal["mfh_kd"]
+    kd_weight: float = Field(default=1.0, ge=0.0)
+    kd_temperature: float = Field(default=1.0, gt=0.0, description="MFH distils at temperature 1.")
+    keep_ratio: float = Field(default=0.25, gt=0.0, le=1.0, description="Share of teacher channels kept (MFH: 25%).")
+    channels: Literal["general", "specific", "random"] = Field(
+        default="general",
+        description="Which channels are kept: the most modality-general, the most modality-specific, or a seeded "
+        "random choice (MFH's ablation).",
+    )
+
+
 MethodSpec = Annotated[
-    StudentOnly | TeacherOnly | LogitKD | FeatureKD | CRD | MIJoint | MIJointAux | Paper | DML | C2KD,
+    StudentOnly | TeacherOnly | LogitKD | FeatureKD | CRD | MIJoint | MIJointAux | Paper | DML | C2KD | MFHKD,
     Field(discriminator="name"),
 ]
 
@@ -291,6 +306,7 @@ METHOD_NAMES = (
     "paper",
     "dml",
     "c2kd",
+    "mfh_kd",
 )
 
 

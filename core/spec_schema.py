@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 #: Methods whose distillation is on logits: they need a task with logits (not retrieval).
-LOGIT_METHODS = frozenset({"logit_kd", "dml", "c2kd"})
+LOGIT_METHODS = frozenset({"logit_kd", "dml", "c2kd", "mfh_kd"})
 
 JsonSchema = dict[str, Any]
 

@@ -157,6 +157,9 @@ def run_epoch(
 ) -> None:
     """The steps of one epoch, from wherever a resumed run left it."""
     every_steps = run.spec.checkpoint.every_steps
+    note = run.objective.begin_epoch(run.nets, run.train_inputs, run.train_labels, epoch)
+    if note:
+        log.info("%s", note)
     for rows in epoch_batches(run, epoch)[run.state.batch_in_epoch :]:
         if tracker.should_stop():
             raise TrainingCancelled(run.state.step)

@@ -89,6 +89,14 @@ class Objective(nn.Module):
         """The method's own terms; none in the base class."""
         return {}
 
+    def begin_epoch(
+        self, nets: Networks, inputs: dict[str, torch.Tensor], labels: torch.Tensor | None, epoch: int
+    ) -> str | None:
+        """Called before each epoch's steps (also the first after a resume) with the whole training split;
+        a method that must look at all of it once (mfh_kd's channel choice) does so here, keeping what it
+        found in buffers so that a checkpoint holds it. Returns a line for the job's log, or None."""
+        return None
+
     def discriminator_parameters(self) -> list[nn.Parameter]:
         """Parameters trained in a separate, alternating optimiser step (the adversarial D)."""
         return []

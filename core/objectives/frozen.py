@@ -8,17 +8,17 @@ task losses; then both are frozen (eval mode, no gradients) and the student trai
 from __future__ import annotations
 
 from core.objectives.base import Objective, Role
-from core.spec import C2KD, CRD, FeatureKD, JobSpec, LogitKD
+from core.spec import C2KD, CRD, MFHKD, FeatureKD, JobSpec, LogitKD
 
 
 class FrozenTeacherObjective(Objective):
     """Phase 1: teacher + auxiliary train. Phase 2: teacher frozen, student distils from it."""
 
-    method: LogitKD | FeatureKD | CRD | C2KD
+    method: LogitKD | FeatureKD | CRD | C2KD | MFHKD
 
     def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
         super().__init__(spec, repr_dim=repr_dim, n_train=n_train, output_dim=output_dim)
-        assert isinstance(spec.method, LogitKD | FeatureKD | CRD | C2KD)
+        assert isinstance(spec.method, LogitKD | FeatureKD | CRD | C2KD | MFHKD)
         self.method = spec.method
         self.teacher_epochs = spec.method.teacher_epochs or spec.train.epochs
 

@@ -132,7 +132,7 @@ def methods(draw: st.DrawFn, task: str) -> dict[str, Any]:
     ]
     name = draw(st.sampled_from(names))
     optional: dict[str, Any] = {}
-    if name in ("logit_kd", "crd", "mi_joint", "mi_joint_aux", "paper", "dml"):
+    if name in ("logit_kd", "crd", "mi_joint", "mi_joint_aux", "paper", "dml", "mfh_kd"):
         optional["kd_weight"] = st.just(0.0) if task == "retrieval" else floats(0.0, 10.0)
     if name in ("crd", "mi_joint", "mi_joint_aux", "paper"):
         optional |= {"temperature": floats(0.0, 10.0, exclude_low=True), "proj_layers": st.sampled_from([1, 2])}
@@ -142,6 +142,11 @@ def methods(draw: st.DrawFn, task: str) -> dict[str, Any]:
         optional |= {"gamma": floats(0.0, 5.0), "noise_dim": st.integers(0, 1024), "disc_lr": st.none()}
     if name == "c2kd":
         optional |= {"nt_weight": floats(0.0, 10.0), "tau_threshold": floats(-1.0, 1.0, exclude_high=True)}
+    if name == "mfh_kd":
+        optional |= {
+            "keep_ratio": floats(0.0, 1.0, exclude_low=True),
+            "channels": st.sampled_from(["general", "random"]),
+        }
     return {"name": name, **draw(st.fixed_dictionaries({}, optional=optional))}
 
 

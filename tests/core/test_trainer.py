@@ -62,12 +62,13 @@ EXPECTED_TERMS = {
     "paper": {"task_student", "task_teacher", "task_auxiliary", "mi_ts", "mi_ta", "adv", "disc"},
     "dml": {"task_student", "task_teacher", "task_auxiliary", "mutual_student", "mutual_teacher", "mutual_auxiliary"},
     "c2kd": {"task_student", "task_teacher", "proxy_teacher", "proxy_student", "nt_teacher", "nt_student"},
+    "mfh_kd": {"task_student", "kd"},
 }
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_every_method_trains_and_reports_its_terms(method: str, tmp_path: Path) -> None:
-    params = {"teacher_epochs": 1} if method in ("logit_kd", "feature_kd", "crd", "c2kd") else {}
+    params = {"teacher_epochs": 1} if method in ("logit_kd", "feature_kd", "crd", "c2kd", "mfh_kd") else {}
     recorder = Recorder()
     summary = train(mfeat_spec({"name": method, **params}), workdir=tmp_path, tracker=recorder)
     last = set(recorder.steps[-1]) - {"total"}
@@ -99,7 +100,13 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("method", "every"), [("paper", {"every_epochs": 2}), ("crd", {"every_steps": 3}), ("c2kd", {"every_steps": 4})]
+    ("method", "every"),
+    [
+        ("paper", {"every_epochs": 2}),
+        ("crd", {"every_steps": 3}),
+        ("c2kd", {"every_steps": 4}),
+        ("mfh_kd", {"every_steps": 4}),
+    ],
 )
 def test_resume_is_exact(method: str, every: dict[str, int], tmp_path: Path) -> None:
     """N epochs straight == stop part-way + resume from the checkpoint, bit for bit on CPU."""
@@ -107,6 +114,7 @@ def test_resume_is_exact(method: str, every: dict[str, int], tmp_path: Path) -> 
         "crd": {"teacher_epochs": 2, "n_neg": 16},
         "paper": {"kd_weight": 1.0},
         "c2kd": {"teacher_epochs": 1},  # the teacher keeps training: a stop in phase 2 resumes both networks
+        "mfh_kd": {"teacher_epochs": 1},  # the channels chosen at step 10 come back from the checkpoint
     }[method]
     spec = mfeat_spec({"name": method, **extra}, epochs=4, batch_size=128).model_copy(
         update={"checkpoint": mfeat_spec({"name": method}).checkpoint.model_copy(update=every)}
@@ -114,7 +122,7 @@ def test_resume_is_exact(method: str, every: dict[str, int], tmp_path: Path) -> 
     straight = train(spec, workdir=tmp_path / "a", checkpoints=LocalCheckpointStore(tmp_path / "a" / "ck"))
     # 10 steps an epoch. Interrupt the second run a few steps after a checkpoint: paper at step 25
     # (checkpoint at the end of epoch 2, step 20); crd at step 26 (mid-epoch checkpoint at step 24);
-    # c2kd at step 26 too (checkpoint at step 24, in phase 2).
+    # c2kd and mfh_kd at step 26 too (checkpoint at step 24, in phase 2).
     stop_at, checkpointed = (25, 20) if method == "paper" else (26, 24)
     with pytest.raises(TrainingCancelled):
         train(
