@@ -183,7 +183,57 @@ def datasets_command() -> None:
     console.print("Sources and licences: core/data/builtin/README.md")
 
 
+def probe_table(result: dict[str, Any]) -> Table:
+    """One row per primary modality set: the probe's three figures."""
+    table = Table(title=f"distillability of {result['dataset']}: primary {', '.join(result['primary'])}")
+    for column in ("primary modalities", "general channels", "decisive share on them", "weighted R^2"):
+        table.add_column(column, justify="left" if column == "primary modalities" else "right")
+
+    def shown(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    for name, row in result["sets"].items():
+        table.add_row(
+            name, shown(row["general_share"]), shown(row["decisive_general_share"]), shown(row["weighted_r2"])
+        )
+    return table
+
+
+def probe_command(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Job spec (YAML or JSON); its method is ignored.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the probe's figures to this JSON file.")] = None,
+) -> None:
+    """Distillability probe: train the teacher alone, then report how much of its decision the primary
+    modalities can explain (the modality focusing diagnosis), in minutes, before a long run."""
+    spec = _load_spec(spec_path)
+    if spec.task == "retrieval":
+        fail(f"{spec_path}: the probe needs a task with a prediction head; retrieval has none")
+    if out is not None:
+        _check_output_file(out)
+    data = _prepare(spec)
+    import json
+
+    from core.engine.probe import probe
+    from core.engine.tracking_local import RichProgressTracker
+    from core.files import atomic_write
+    from core.metrics import PRIMARY_METRIC
+
+    with RichProgressTracker(PRIMARY_METRIC[spec.task]) as bar:
+        result = probe(spec, data=data, tracker=bar)
+    console.print(probe_table(result))
+    metric, value = next(iter(result["teacher_val"].items()))
+    console.print(f"teacher after {result['teacher_epochs']} epochs: validation {metric} {value:.4f}")
+    console.print(f"prediction: {result['verdict']}")
+    if out is not None:
+        try:
+            atomic_write(out, (json.dumps(result, indent=2) + "\n").encode())
+        except OSError as exc:
+            fail(f"{out}: cannot be written ({exc.strerror})")
+        console.print(f"figures written to {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the local commands to ``app`` (``mmkd datasets builtin`` lives in ``cli.datasets``)."""
     app.command("train")(train_command)
     app.command("predict")(predict_command)
+    app.command("probe")(probe_command)

@@ -8,8 +8,8 @@ from what the primary modalities give the teacher, the outputs of the teacher's 
 encoders, to the channel's value in z_T, cross-fitted on two halves of the training rows. A
 channel's **salience** is its cross-fitted R^2, clipped to [0, 1]: near 1 the channel is
 modality-general (the primary modalities determine it), near 0 modality-specific (it carries
-what only the auxiliary modalities know). Its **decisiveness** is how much the teacher's accuracy
-drops when that channel alone is permuted across samples (MFH's "decisive" features).
+what only the auxiliary modalities know). Its **decisiveness** is how much the teacher's
+cross-entropy rises when that channel alone is permuted across samples (MFH's "decisive" features).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from core.models.network import MultimodalNet
 
@@ -30,7 +31,7 @@ CHUNK = 4096
 @dataclass(frozen=True)
 class Salience:
     """Per teacher channel: cross-fitted R^2 from the primary encoders, its training-set mean, and
-    the teacher's accuracy drop when it is permuted (None without labels)."""
+    the teacher's loss rise when it is permuted (None without class labels)."""
 
     r2: torch.Tensor
     mean: torch.Tensor
@@ -76,19 +77,20 @@ def cross_fitted_r2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def permutation_drop(teacher: MultimodalNet, z: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Per channel: the teacher's accuracy on the labelled rows minus its accuracy with that channel
-    permuted across those rows (classification labels; -1 marks an unlabelled row)."""
+    """Per channel: how much the teacher's cross-entropy on the labelled rows rises when that channel
+    alone is permuted across those rows (0 when it falls); -1 marks an unlabelled row. A loss, not
+    an accuracy: with many redundant channels one permuted channel rarely flips a prediction."""
     known = labels >= 0
     z, labels = z[known], labels[known]
     drops = torch.zeros(z.shape[1], device=z.device)
     if len(z) < 2:
         return drops
-    base = (teacher.head(z).argmax(1) == labels).float().mean()
+    base = F.cross_entropy(teacher.head(z), labels)
     order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed)).to(z.device)
     for channel in range(z.shape[1]):
         permuted = z.clone()
         permuted[:, channel] = z[order, channel]
-        drops[channel] = base - (teacher.head(permuted).argmax(1) == labels).float().mean()
+        drops[channel] = F.cross_entropy(teacher.head(permuted), labels) - base
     return drops.clamp(min=0.0)
 
 

@@ -70,7 +70,7 @@ def test_salience_marks_the_channel_the_primary_modality_explains_as_general() -
     found = channel_salience(teacher, inputs, ["a"], labels)
     assert found.r2[0] > 0.9 and found.r2[1] < 0.1
     assert torch.allclose(found.mean, z.mean(0))
-    assert found.decisive is not None and found.decisive[0] > 0.2 and found.decisive[1] == 0.0
+    assert found.decisive is not None and found.decisive[0] > 0.1 and found.decisive[1] == 0.0
     # From the auxiliary side the picture flips.
     flipped = channel_salience(teacher, inputs, ["b"], None)
     assert flipped.r2[1] > 0.9 and flipped.r2[0] < 0.1 and flipped.decisive is None
@@ -82,7 +82,7 @@ def test_permutation_drop_ignores_unlabelled_rows() -> None:
     z = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [3.0, 0.0], [-3.0, 0.0]])
     labels = torch.tensor([1, 0, 1, -1])
     drops = permutation_drop(teacher, z, labels)
-    assert drops[1] == 0.0 and 0.0 <= drops[0] <= 1.0
+    assert drops[1] == 0.0 and drops[0] >= 0.0
     assert permutation_drop(teacher, z, torch.tensor([-1, -1, -1, 1])).tolist() == [0.0, 0.0]
 
 

@@ -1,0 +1,128 @@
+"""The distillability probe (``mmkd probe SPEC``): before a long run, how much of what the teacher
+decides on can the student's modalities reproduce?
+
+It trains the teacher alone, as a frozen-teacher method's phase 1 does (``method.teacher_epochs``
+when the spec's method has it, else ``train.epochs``), then runs the modality-focusing diagnosis of
+``core.objectives.salience`` on the training split, for the primary modalities together and for
+each one alone:
+
+- ``general_share``: the share of teacher channels the primary modalities explain (R^2 >= 0.5);
+- ``decisive_general_share``: the same share weighted by how decisive each channel is (the rise
+  of the teacher's cross-entropy when it is permuted), i.e. the share of the teacher's decision
+  that rests on modality-general channels; classification only;
+- ``weighted_r2``: the decisiveness-weighted mean R^2 (the plain mean without labels), the probe's
+  one number.
+
+The modality focusing hypothesis (Xue et al., ICLR 2023) says cross-modal KD can only transfer
+the modality-general decisive part; ``verdict`` turns ``weighted_r2`` into a sentence. Checked
+against docs/results.md there (``python -m bench.probe``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from core.data.prepare import PreparedData, prepare
+from core.engine.evaluation import compute_metrics
+from core.engine.setup import build_run
+from core.engine.trainer import epoch_batches, make_batch, train_step
+from core.errors import TrainingCancelled
+from core.metrics import PRIMARY_METRIC
+from core.objectives.salience import GENERAL_R2, channel_salience
+from core.spec import JobSpec
+from core.tracking import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+#: weighted_r2 at or above this: the teacher's decision rests mostly on what the student can see.
+HIGH, LOW = 0.5, 0.25
+
+
+def teacher_spec(spec: JobSpec) -> JobSpec:
+    """The spec of the probe's run: a frozen-teacher method whose phase 1 is the teacher's training."""
+    epochs = getattr(spec.method, "teacher_epochs", None) or spec.train.epochs
+    method = {"name": "logit_kd", "teacher_epochs": epochs}
+    data = spec.model_dump(mode="json")
+    return JobSpec.model_validate({**data, "method": method})
+
+
+def summarise(r2: torch.Tensor, decisive: torch.Tensor | None) -> dict[str, float | None]:
+    """The three figures of one modality set."""
+    general = (r2 >= GENERAL_R2).float()
+    weights = decisive if decisive is not None and float(decisive.sum()) > 0 else None
+    if weights is None:
+        return {"general_share": float(general.mean()), "decisive_general_share": None, "weighted_r2": float(r2.mean())}
+    total = float(weights.sum())
+    return {
+        "general_share": float(general.mean()),
+        "decisive_general_share": float((weights * general).sum()) / total,
+        "weighted_r2": float((weights * r2).sum()) / total,
+    }
+
+
+def verdict(weighted_r2: float) -> str:
+    """What the probe's number predicts about distillation into the student."""
+    if weighted_r2 >= HIGH:
+        return (
+            "most of what the teacher decides on is visible to the primary modalities: distillation can transfer it "
+            "(it pays where the student lacks labels, not where it already has them all)"
+        )
+    if weighted_r2 >= LOW:
+        return "part of the teacher's decision is visible to the primary modalities: expect a modest transfer at best"
+    return (
+        "the teacher decides mostly on what only the auxiliary modalities carry: the student cannot reproduce it; "
+        "expect little from distillation"
+    )
+
+
+def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Train the teacher and return the diagnosis (JSON-ready)."""
+    if spec.task == "retrieval":
+        raise ValueError("the probe needs a task with a head to permute; retrieval has none")
+    started = time.monotonic()
+    tracker = tracker or NullTracker()
+    run_spec = teacher_spec(spec)
+    run = build_run(run_spec, data if data is not None else prepare(spec.dataset, spec.task))
+    epochs = run.objective.window("teacher")[1]
+    tracker.on_start(total_epochs=epochs, steps_per_epoch=len(epoch_batches(run, 0)), start_step=0)
+    for epoch in range(epochs):
+        for batch_rows in epoch_batches(run, epoch):
+            if tracker.should_stop():
+                raise TrainingCancelled(run.state.step)
+            losses = train_step(run, make_batch(run, batch_rows), epoch)
+            run.state.step += 1
+            tracker.on_step(epoch=epoch, step=run.state.step, losses=losses)
+        run.scheduler.step()
+    teacher = run.nets.teacher
+    metric = PRIMARY_METRIC[spec.task]
+    with torch.no_grad():
+        teacher.eval()
+        val = run.data.val
+        inputs = {name: torch.from_numpy(values).to(run.device) for name, values in val.modalities.items()}
+        teacher_val = compute_metrics(spec.task, teacher(inputs)[1], val.label, None)[metric]
+    labels = run.train_labels if spec.task == "classification" else None
+    primary = list(spec.dataset.primary)
+    sets = {"all primary": primary, **{name: [name] for name in primary}} if len(primary) > 1 else {primary[0]: primary}
+    rows: dict[str, dict[str, Any]] = {}
+    for label, names in sets.items():
+        found = channel_salience(teacher, run.train_inputs, names, labels)
+        rows[label] = {"modalities": names, **summarise(found.r2, found.decisive)}
+    overall = rows["all primary" if len(primary) > 1 else primary[0]]
+    result = {
+        "dataset": spec.dataset.name or spec.dataset.uri or f"dataset {spec.dataset.id}",
+        "primary": primary,
+        "auxiliary": list(spec.dataset.auxiliary),
+        "teacher_epochs": epochs,
+        "teacher_val": {metric: teacher_val},
+        "channels": spec.model.repr_dim,
+        "sets": rows,
+        "weighted_r2": overall["weighted_r2"],
+        "verdict": verdict(overall["weighted_r2"]),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    log.info("probe: weighted R^2 %.3f: %s", result["weighted_r2"], result["verdict"])
+    return result
