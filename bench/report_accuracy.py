@@ -30,6 +30,27 @@ def fmt(mean_std: tuple[float, float]) -> str:
     return f"{100 * mean_std[0]:.1f} ± {100 * mean_std[1]:.1f}"
 
 
+def paired_gain(runs: list[dict[str, Any]], reference: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """Mean per-seed difference of the student's test accuracy to the reference's on the same seeds,
+    with its 95 % t-interval: (mean, low, high), in accuracy units."""
+    from scipy import stats as scipy_stats
+
+    by_seed = {run["seed"]: run["student"]["accuracy"] for run in reference}
+    diffs = [run["student"]["accuracy"] - by_seed[run["seed"]] for run in runs if run["seed"] in by_seed]
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, float("nan"), float("nan")
+    half = scipy_stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def fmt_gain(gain: tuple[float, float, float]) -> str:
+    """A paired gain in points with its interval; bold when the interval excludes 0."""
+    mean, low, high = (100 * value for value in gain)
+    text = f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]"
+    return f"**{text}**" if low > 0 or high < 0 else text
+
+
 def claims(cell: dict[str, Any]) -> list[tuple[str, bool, str]]:
     """(claim, held, evidence) for the three claims on one dataset/setting."""
     runs = cell["runs"]
@@ -49,7 +70,11 @@ def claims(cell: dict[str, Any]) -> list[tuple[str, bool, str]]:
     note = "" if weak else " (moot: mi_joint did not weaken the teacher)"
     out.append(("2. I(T;A) keeps the teacher at teacher_only level", holds, f"teacher: {evidence}{note}"))
     paper = stats(runs["paper"], "student")
-    others = {row: stats(runs[row], "student") for row in runs if row not in ("paper", "paper+kd", "teacher_only")}
+    others = {
+        row: stats(runs[row], "student")
+        for row in runs
+        if row not in ("paper", "paper+kd", "teacher_only") and "/" not in row  # ablation rows are not methods
+    }
     best_other = max(others, key=lambda row: others[row][0])
     gains = paper[0] > others[best_other][0]
     out.append(
@@ -66,14 +91,16 @@ def claims(cell: dict[str, Any]) -> list[tuple[str, bool, str]]:
 def table(cell: dict[str, Any]) -> list[str]:
     """Markdown rows: test accuracy of the three networks per method, and the chosen config."""
     lines = [
-        "| method | student | teacher | auxiliary | chosen on validation |",
-        "|---|---|---|---|---|",
+        "| method | student | student gain over student_only (95% CI) | teacher | auxiliary | chosen on validation |",
+        "|---|---|---|---|---|---|",
     ]
+    reference = cell["runs"]["student_only"]
     for row, runs in cell["runs"].items():
         chosen = {k: v for k, v in cell["chosen"][row].items() if k != "name"}
         shown = ", ".join(f"{k}={v}" for k, v in chosen.items()) or "defaults"
-        cells = " | ".join(fmt(stats(runs, network)) for network in NETWORKS)
-        lines.append(f"| {row} | {cells} | {shown} |")
+        student, teacher, auxiliary = (fmt(stats(runs, network)) for network in NETWORKS)
+        gain = "—" if row in ("student_only", "teacher_only") else fmt_gain(paired_gain(runs, reference))
+        lines.append(f"| {row} | {student} | {gain} | {teacher} | {auxiliary} | {shown} |")
     return lines
 
 
@@ -116,7 +143,9 @@ def write_report(results: dict[str, Any]) -> None:
                 f"## {dataset}, {setting} labels",
                 "",
                 f"Test accuracy (%), mean ± std over {seeds} seeds; train {sizes['sizes']['train']} samples"
-                f" ({sizes['train_labelled']} labelled), val {sizes['sizes']['val']}, test {sizes['sizes']['test']}.",
+                f" ({sizes['train_labelled']} labelled), val {sizes['sizes']['val']}, test {sizes['sizes']['test']}."
+                " Gain: the mean per-seed difference to student_only's student on the same seeds, in points, with"
+                " its 95% t-interval; bold when the interval excludes 0.",
                 "",
                 *table(cell),
                 "",
