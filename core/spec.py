@@ -222,6 +222,9 @@ class _Joint(_MethodBase, _Contrastive):
     ramp_epochs: int = Field(default=0, ge=0, description="Linear ramp of alpha/beta/gamma after warm-up.")
     kd_weight: float = Field(default=0.0, ge=0.0, description="Temperature-softened logit KD T->S.")
     kd_temperature: float = Field(default=4.0, gt=0.0)
+    teacher_lr_scale: float = Field(
+        default=1.0, gt=0.0, le=10.0, description="The teacher's learning rate as a multiple of train.lr (<1: slower)."
+    )
 
 
 class MIJoint(_Joint):
@@ -245,6 +248,11 @@ class Paper(_Joint):
     gamma: float = Field(default=0.1, ge=0.0, description="Weight of L_adv(T|S).")
     noise_dim: int = Field(default=16, ge=0, le=1024, description="Noise input of the generator G.")
     recon_weight: float = Field(default=1.0, ge=0.0, description="Weight of ||G(z_S) - z_T||^2 in L_adv.")
+    fool_weight: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Weight of the generator's fooling term in L_adv; 0 leaves reconstruction alone.",
+    )
     disc_lr: float | None = Field(default=None, gt=0.0, description="Discriminator lr (default: train.lr).")
 
 
@@ -359,7 +367,12 @@ class ResourcesSpec(StrictModel):
 
 
 # (section, field) -> the value under which the field is left out of the spec hash.
-HASH_NEUTRAL: dict[tuple[str, str], object] = {("train", "label_smoothing"): 0.0, ("train", "select"): "last"}
+HASH_NEUTRAL: dict[tuple[str, str], object] = {
+    ("train", "label_smoothing"): 0.0,
+    ("train", "select"): "last",
+    ("method", "teacher_lr_scale"): 1.0,
+    ("method", "fool_weight"): 1.0,
+}
 
 
 class JobSpec(StrictModel):
@@ -413,7 +426,7 @@ class JobSpec(StrictModel):
         """
         canonical_data = self.model_dump(mode="json")
         for (section, key), neutral in HASH_NEUTRAL.items():
-            if canonical_data[section][key] == neutral:
+            if key in canonical_data[section] and canonical_data[section][key] == neutral:
                 del canonical_data[section][key]
         canonical = json.dumps(canonical_data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()

@@ -133,7 +133,12 @@ def make_optimizer(spec: JobSpec, groups: list[dict[str, Any]]) -> torch.optim.O
 def parameter_groups(nets: Networks, objective: Objective) -> list[dict[str, Any]]:
     """One group per network plus the method's modules (the discriminator excluded: own optimiser)."""
     disc = {id(p) for p in objective.discriminator_parameters()}
-    groups = [{"name": name, "params": list(net.parameters())} for name, net in nets.named_networks().items()]
+    groups: list[dict[str, Any]] = [
+        {"name": name, "params": list(net.parameters())} for name, net in nets.named_networks().items()
+    ]
+    scale = getattr(objective.spec.method, "teacher_lr_scale", 1.0)
+    if scale != 1.0:  # a slower (or faster) teacher: its group's own learning rate, under the same schedule
+        groups[[group["name"] for group in groups].index("teacher")]["lr"] = objective.spec.train.lr * scale
     groups.append({"name": "method", "params": [p for p in objective.parameters() if id(p) not in disc]})
     everything = [*nets.parameters(), *objective.parameters()]
     grouped = [id(p) for group in groups for p in group["params"]] + list(disc)

@@ -27,7 +27,7 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 @OBJECTIVES.register("paper")
 class PaperObjective(MIJointAuxObjective):
-    """mi_joint_aux plus gamma * (non-saturating generator loss + recon_weight * ||G(z_S) - z_T||^2)."""
+    """mi_joint_aux plus gamma * (fool_weight * non-saturating generator loss + recon_weight * ||G(z_S) - z_T||^2)."""
 
     method: Paper
 
@@ -54,11 +54,14 @@ class PaperObjective(MIJointAuxObjective):
             return terms
         z_s, z_t = fwd.z["student"], fwd.z["teacher"].detach()
         fake = self.generate(z_s)
-        fake_logit = self.critic(z_s, fake)
-        fool = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
         recon = F.mse_loss(fake, z_t)
-        terms["adv"] = self.ramp(epoch) * self.method.gamma * (fool + self.method.recon_weight * recon)
-        fwd.extras["fake"] = fake.detach()
+        adv = self.method.recon_weight * recon
+        if self.method.fool_weight > 0:  # at 0 there is no adversary to train: D rests
+            fake_logit = self.critic(z_s, fake)
+            fool = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+            adv = adv + self.method.fool_weight * fool
+            fwd.extras["fake"] = fake.detach()
+        terms["adv"] = self.ramp(epoch) * self.method.gamma * adv
         return terms
 
     def discriminator_parameters(self) -> list[nn.Parameter]:
@@ -67,7 +70,7 @@ class PaperObjective(MIJointAuxObjective):
 
     def discriminator_step(self, fwd: Forward) -> dict[str, torch.Tensor]:
         """BCE of D on real (z_S, z_T) vs fake (z_S, G(z_S)) pairs, all detached; none when this step's
-        generator term did not run (warm-up, gamma 0), so D does not train against an idle G."""
+        fooling term did not run (warm-up, gamma 0, fool_weight 0), so D does not train against an idle G."""
         if "fake" not in fwd.extras:
             return {}
         z_s, z_t = fwd.z["student"].detach(), fwd.z["teacher"].detach()

@@ -183,3 +183,19 @@ def test_one_generator_step_raises_the_critic_score_of_its_fakes() -> None:
     objective.distill_terms(None, no_batch(), forward_of(z_s, z_t), epoch=0)["adv"].backward()  # type: ignore[arg-type]
     optimizer.step()
     assert (objective.critic(z_s, objective.generate(z_s)) > before).all()
+
+
+def test_fool_weight_scales_the_fooling_part_and_at_zero_leaves_reconstruction_alone_and_d_at_rest() -> None:
+    objective = hand_set_objective()
+    fool = (softplus(-2.15) + softplus(-0.65)) / 2
+    recon = ((1.5 - 1.0) ** 2 + (-0.5 - 0.5) ** 2 + (0.1 - 2.0) ** 2 + (0.5 + 1.0) ** 2) / 4
+    objective.method = objective.method.model_copy(update={"fool_weight": 0.25})
+    fwd = forward_of(torch.tensor(Z_S), torch.tensor(Z_T))
+    terms = objective.distill_terms(None, no_batch(), fwd, epoch=0)  # type: ignore[arg-type]
+    assert terms["adv"].item() == pytest.approx(GAMMA * (0.25 * fool + RECON_WEIGHT * recon), abs=1e-6)
+    assert "disc" in objective.discriminator_step(fwd)
+    objective.method = objective.method.model_copy(update={"fool_weight": 0.0})
+    fwd = forward_of(torch.tensor(Z_S), torch.tensor(Z_T))
+    terms = objective.distill_terms(None, no_batch(), fwd, epoch=0)  # type: ignore[arg-type]
+    assert terms["adv"].item() == pytest.approx(GAMMA * RECON_WEIGHT * recon, abs=1e-6)
+    assert objective.discriminator_step(fwd) == {}  # no adversary to train

@@ -286,3 +286,19 @@ def test_a_term_that_does_not_act_leaves_its_modules_untouched(
         else:
             assert not torch.equal(final[key], value), f"{key} never trained"
     assert ("disc" in recorder.steps[-1]) is (method["name"] == "paper" and not set(still) & {"discriminator"})
+
+
+def test_teacher_lr_scale_gives_the_teacher_its_own_learning_rate_under_the_same_schedule() -> None:
+    spec = mfeat_spec({"name": "mi_joint", "teacher_lr_scale": 0.1}, lr=2e-3)
+    run = build_run(spec, prepare(spec.dataset, spec.task))
+    rates = {group["name"]: group["lr"] for group in run.optimizer.param_groups}
+    assert rates["teacher"] == pytest.approx(2e-4)
+    assert rates["student"] == rates["auxiliary"] == rates["method"] == pytest.approx(2e-3)
+    run.scheduler.step()  # the cosine factor applies to every group alike
+    after = {group["name"]: group["lr"] for group in run.optimizer.param_groups}
+    assert after["teacher"] / after["student"] == pytest.approx(0.1)
+    assert (
+        mfeat_spec({"name": "mi_joint"}).spec_hash()
+        == mfeat_spec({"name": "mi_joint", "teacher_lr_scale": 1.0}).spec_hash()
+    )
+    assert spec.spec_hash() != mfeat_spec({"name": "mi_joint"}, lr=2e-3).spec_hash()
