@@ -104,6 +104,60 @@ def table(cell: dict[str, Any]) -> list[str]:
     return lines
 
 
+PROBE = Path("bench/results/probe.json")
+
+
+def best_gain(cell: dict[str, Any]) -> tuple[str, tuple[float, float, float]]:
+    """The method row with the largest mean paired gain over student_only, and that gain."""
+    reference = cell["runs"]["student_only"]
+    gains = {
+        row: paired_gain(runs, reference)
+        for row, runs in cell["runs"].items()
+        if row not in ("student_only", "teacher_only") and "/" not in row
+    }
+    row = max(gains, key=lambda name: gains[name][0])
+    return row, gains[row]
+
+
+def probe_section(results: dict[str, Any]) -> list[str]:
+    """The probe's figures (bench/results/probe.json) beside each setting's best measured gain."""
+    if not PROBE.exists():
+        return []
+    probes = json.loads(PROBE.read_text())
+    lines = [
+        "## The distillability probe beside the gains",
+        "",
+        "`python -m bench.probe --processes 2` runs `mmkd probe`'s computation (the teacher alone, then the"
+        " modality-focusing diagnosis; docs/method.md) with this page's model and schedule, seeds 0–2."
+        " Weighted R²: how much of the teacher's decision the primary modalities explain (≥ 0.5: the probe"
+        " predicts distillation *can* transfer). Best gain: the row above with the largest mean paired gain.",
+        "",
+        "| dataset | labels | probe: weighted R² | probe: general channels | probe: teacher val acc"
+        " | best method | its gain over student_only (95% CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, cells in results.items():
+        for setting, cell in cells.items():
+            runs = probes.get(dataset, {}).get(setting)
+            if not runs:
+                continue
+            overall = [run["weighted_r2"] for run in runs]
+            first = next(iter(runs[0]["sets"]))
+            general = [run["sets"][first]["general_share"] for run in runs]
+            teacher = [next(iter(run["teacher_val"].values())) for run in runs]
+            row, gain = best_gain(cell)
+
+            def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                return f"{scale * statistics.mean(values):.{digits}f} ± {scale * std:.{digits}f}"
+
+            lines.append(
+                f"| {dataset} | {setting} | {spread(overall)} | {spread(general)} | {spread(teacher, 100, 1)} "
+                f"| {row} | {fmt_gain(gain)} |"
+            )
+    return [*lines, ""]
+
+
 def plot(results: dict[str, Any]) -> None:
     """Student test accuracy per method, one panel per dataset, bars per label setting."""
     import matplotlib
@@ -166,6 +220,7 @@ def write_report(results: dict[str, Any]) -> None:
         "",
         "![student test accuracy per method](results.png)",
         "",
+        *probe_section(results),
     ]
     outro = Path("bench/results_outro.md")
     if outro.exists():
