@@ -367,7 +367,8 @@ class ResourcesSpec(StrictModel):
 
 
 # (section, field) -> the value under which the field is left out of the spec hash.
-HASH_NEUTRAL: dict[tuple[str, str], object] = {
+HASH_NEUTRAL: dict[tuple[str, str], object] = {  # section "" is the top level
+    ("", "kind"): "train",
     ("train", "label_smoothing"): 0.0,
     ("train", "select"): "last",
     ("method", "teacher_lr_scale"): 1.0,
@@ -393,6 +394,12 @@ class JobSpec(StrictModel):
         description="retrieval needs dataset.retrieval_target and no logit KD; a built-in dataset is classification.",
     )
     model: ModelSpec = ModelSpec()
+    kind: Literal["train", "probe"] = Field(
+        default="train",
+        description="train: the method's run. probe: the distillability probe (`mmkd probe`): the teacher alone "
+        "for method.teacher_epochs or train.epochs, then the modality-focusing diagnosis; no student is exported "
+        "and the result is the probe's figures. Not for retrieval.",
+    )
     method: MethodSpec
     train: TrainSpec = TrainSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
@@ -400,6 +407,8 @@ class JobSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
+        if self.kind == "probe" and self.task == "retrieval":
+            raise ValueError("kind 'probe' needs a task with a prediction head; retrieval has none")
         if (self.task == "retrieval") != (self.dataset.retrieval_target is not None):
             raise ValueError("dataset.retrieval_target is required for task 'retrieval' and only for it")
         if self.dataset.name is not None and self.task != "classification":
@@ -426,8 +435,9 @@ class JobSpec(StrictModel):
         """
         canonical_data = self.model_dump(mode="json")
         for (section, key), neutral in HASH_NEUTRAL.items():
-            if key in canonical_data[section] and canonical_data[section][key] == neutral:
-                del canonical_data[section][key]
+            holder = canonical_data[section] if section else canonical_data
+            if key in holder and holder[key] == neutral:
+                del holder[key]
         canonical = json.dumps(canonical_data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

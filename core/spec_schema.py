@@ -69,7 +69,13 @@ def add_job_rules(schema: JsonSchema) -> None:
     schema["allOf"] = [
         {
             "if": retrieval,
-            "then": {"properties": {"dataset": _given("retrieval_target", "string"), "method": no_logit_kd}},
+            "then": {
+                "properties": {
+                    "dataset": _given("retrieval_target", "string"),
+                    "method": no_logit_kd,
+                    "kind": {"not": {"const": "probe"}},
+                }
+            },
             "else": {"properties": {"dataset": {"properties": {"retrieval_target": {"type": "null"}}}}},
         },
         {

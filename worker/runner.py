@@ -7,6 +7,7 @@ timed-out attempt itself and then ends this process (:func:`exit_stuck_process`)
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -154,15 +155,43 @@ def _train_and_publish(
         flush_seconds=settings.metrics_flush_seconds,
         poll_seconds=settings.cancel_poll_seconds,
     )
+    workdir.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "probe":
+        return _probe_and_publish(sessions, store, lease, beat, workdir, job_log, spec, data, tracker)
     stored_checkpoints = StorageCheckpointStore(store, lease.job_id, keep_last=spec.checkpoint.keep_last)
     checkpoints = LeasedCheckpoints(stored_checkpoints, lease_lost=beat.lost)
-    workdir.mkdir(parents=True, exist_ok=True)
     summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints, data=data)
     if beat.lost.is_set():
         raise LeaseLost("lease lost before the results were published")
     with beat.liveness.busy("publishing the results"), telemetry.UPLOAD_SECONDS.time():
         stored = publish_results(sessions, store, lease.job_id, workdir, summary)
         log_object = job_log.upload(store)  # recorded with the success, so a succeeded job lists it
+    stored += [("log", log_object)] if log_object is not None else []
+    return _record_success(sessions, lease, summary, stored)
+
+
+def _probe_and_publish(
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    lease: Lease,
+    beat: Heartbeat,
+    workdir: Path,
+    job_log: JobLog,
+    spec: JobSpec,
+    data: PreparedData,
+    tracker: DatabaseTracker,
+) -> str:
+    """A ``kind: probe`` job: the distillability probe, its figures as the result and as ``probe.json``.
+    It keeps no checkpoint (it is minutes long): a retried attempt probes again from the start."""
+    from core.engine.probe import probe
+
+    summary = probe(spec, data=data, tracker=tracker)
+    if beat.lost.is_set():
+        raise LeaseLost("lease lost before the results were published")
+    with beat.liveness.busy("publishing the results"), telemetry.UPLOAD_SECONDS.time():
+        (workdir / "probe.json").write_text(json.dumps(summary, indent=2))
+        stored = [("summary", store.put_file(f"jobs/{lease.job_id}/probe.json", workdir / "probe.json"))]
+        log_object = job_log.upload(store)
     stored += [("log", log_object)] if log_object is not None else []
     return _record_success(sessions, lease, summary, stored)
 

@@ -104,6 +104,7 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
         val = run.data.val
         inputs = {name: torch.from_numpy(values).to(run.device) for name, values in val.modalities.items()}
         teacher_val = compute_metrics(spec.task, teacher(inputs)[1], val.label, None)[metric]
+    tracker.on_epoch(epoch=epochs, step=run.state.step, metrics={f"teacher/{metric}": teacher_val})
     labels = run.train_labels if spec.task == "classification" else None
     primary = list(spec.dataset.primary)
     sets = {"all primary": primary, **{name: [name] for name in primary}} if len(primary) > 1 else {primary[0]: primary}
@@ -113,6 +114,13 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
         rows[label] = {"modalities": names, **summarise(found.r2, found.decisive)}
     overall = rows["all primary" if len(primary) > 1 else primary[0]]
     result = {
+        "kind": "probe",
+        "name": spec.name,
+        "task": spec.task,
+        "seed": spec.train.seed,
+        "spec_hash": spec.spec_hash(),
+        "data": run.data.info,
+        "steps": run.state.step,
         "dataset": spec.dataset.name or spec.dataset.uri or f"dataset {spec.dataset.id}",
         "primary": primary,
         "auxiliary": list(spec.dataset.auxiliary),
@@ -125,4 +133,5 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
         "seconds": round(time.monotonic() - started, 3),
     }
     log.info("probe: weighted R^2 %.3f: %s", result["weighted_r2"], result["verdict"])
+    tracker.on_finish(summary=result)
     return result

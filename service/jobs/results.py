@@ -184,6 +184,39 @@ JobResult = Annotated[
     Field(discriminator="task"),
 ]
 
+
+class ProbeSet(BaseModel):
+    """The probe's figures for one set of primary modalities (all of them, or one)."""
+
+    modalities: list[str]
+    general_share: float = Field(ge=0.0, le=1.0, description="Share of teacher channels with R^2 >= 0.5.")
+    decisive_general_share: float | None = Field(
+        ge=0.0, le=1.0, description="The same, weighted by each channel's decisiveness; classification only."
+    )
+    weighted_r2: float = Field(ge=0.0, le=1.0, description="Decisiveness-weighted mean R^2 (plain mean without).")
+
+
+class ProbeResult(BaseModel):
+    """A `kind: probe` job's result: the distillability probe (docs/method.md), no student."""
+
+    kind: Literal["probe"]
+    name: str
+    task: Literal["classification", "multilabel", "regression"]
+    dataset: str
+    seed: int
+    spec_hash: str
+    data: DataInfo
+    steps: int = Field(ge=0)
+    primary: list[str]
+    auxiliary: list[str]
+    teacher_epochs: int = Field(ge=1)
+    teacher_val: dict[str, float] = Field(description="The teacher's validation primary metric after its training.")
+    channels: int = Field(ge=1, description="Width of the teacher's representation.")
+    sets: dict[str, ProbeSet] = Field(description="`all primary` (with two or more) and each primary modality.")
+    weighted_r2: float = Field(ge=0.0, le=1.0, description="The probe's one number, for all primary modalities.")
+    verdict: str = Field(description="What it predicts about distillation, in words.")
+    seconds: float = Field(ge=0.0)
+
 #: A classification result as the worker writes it (the OpenAPI example; tests reuse it).
 RESULT_EXAMPLE: dict[str, Any] = {
     "name": "mfeat-paper",

@@ -11,7 +11,7 @@ from pydantic.json_schema import SkipJsonSchema
 from core.spec import JobSpec
 from jobs.models import Artifact, Job, JobEvent, JobLogLine, MetricPoint
 from jobs.status import JobStatus
-from service.jobs.results import RESULT_EXAMPLE, JobResult
+from service.jobs.results import RESULT_EXAMPLE, JobResult, ProbeResult
 
 #: Metric series names are stored in a 128-character column.
 MAX_METRIC_NAME = 128
@@ -74,10 +74,10 @@ class JobOut(JobSummary):
     latest_metrics: dict[MetricName, float] = Field(
         default_factory=dict, description="The newest value of every metric series."
     )
-    result: JobResult | StoredJson | None = Field(
+    result: JobResult | ProbeResult | StoredJson | None = Field(
         union_mode="left_to_right",
         description="Succeeded jobs only: test (and validation) metrics of the student, teacher and auxiliary "
-        "networks, typed by `task`.",
+        "networks, typed by `task`; for a `kind: probe` job, the probe's figures (`kind: probe`).",
         json_schema_extra={"example": RESULT_EXAMPLE},
     )
     error: str | None = Field(description="Failed jobs only: what went wrong, in one line.")

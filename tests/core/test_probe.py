@@ -90,3 +90,23 @@ def test_retrieval_has_no_probe(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="retrieval has none"):
         probe(spec)
+
+
+def test_kind_probe_is_a_spec_field_hash_neutral_as_train_and_refused_for_retrieval() -> None:
+    base = {
+        "name": "k",
+        "dataset": {"name": "mfeat", "primary": ["fou"], "auxiliary": ["kar"]},
+        "method": {"name": "logit_kd"},
+    }
+    plain = JobSpec.model_validate(base)
+    assert plain.kind == "train" and plain.spec_hash() == JobSpec.model_validate({**base, "kind": "train"}).spec_hash()
+    assert JobSpec.model_validate({**base, "kind": "probe"}).spec_hash() != plain.spec_hash()
+    retrieval = {
+        "name": "r",
+        "kind": "probe",
+        "task": "retrieval",
+        "dataset": {"uri": "x.npz", "primary": ["a"], "auxiliary": ["b"], "retrieval_target": "c"},
+        "method": {"name": "student_only"},
+    }
+    with pytest.raises(ValueError, match="kind 'probe' needs a task with a prediction head"):
+        JobSpec.model_validate(retrieval)

@@ -40,6 +40,22 @@ def test_submit_succeeds_and_the_downloaded_student_predicts(stack, worker, tmp_
     assert [e.kind for e in events(stack, job.id)] == ["created", "enqueued", "started", "succeeded"]
 
 
+def test_a_probe_job_reports_the_probe_and_exports_no_student(stack, worker) -> None:
+    import httpx
+
+    probe = {**TINY, "name": "probe", "kind": "probe", "method": {"name": "logit_kd", "teacher_epochs": 3}}
+    with stack.client() as client:
+        job = client.wait(client.submit(probe).id, timeout=120)
+        assert {a.kind for a in client.artifacts(job.id)} == {"summary", "log"}
+        summary = next(a for a in client.artifacts(job.id) if a.kind == "summary")
+        stored = httpx.get(summary.url).json()
+    result = job.result
+    assert result["kind"] == "probe" and result["teacher_epochs"] == 3 and list(result["sets"]) == ["accelerometer"]
+    assert 0.0 <= result["weighted_r2"] <= 1.0 and result["verdict"]
+    assert stored == {**result, "data": stored["data"]} and stored["data"]["sha256"] == result["data"]["sha256"]
+    assert [e.kind for e in events(stack, job.id)] == ["created", "enqueued", "started", "succeeded"]
+
+
 def test_non_finite_loss_fails_with_the_step_and_is_not_retried(stack, worker) -> None:
     with stack.client() as client:
         job_id = client.submit(DIVERGING).id

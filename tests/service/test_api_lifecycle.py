@@ -136,3 +136,46 @@ def test_requeue_after_lost_lease_clears_lease(api: Api) -> None:
     lifecycle.transition(api.session, job_id=job.id, to="queued", reason="lease expired")
     job = _job(api, job.id)
     assert job.lease_owner is None and job.status == "queued"
+
+
+PROBE_RESULT: dict[str, object] = {
+    "kind": "probe",
+    "name": "probe",
+    "task": "classification",
+    "dataset": "mfeat",
+    "seed": 0,
+    "spec_hash": "1" * 64,
+    "data": RESULT_EXAMPLE["data"],
+    "steps": 400,
+    "primary": ["fou", "zer"],
+    "auxiliary": ["kar"],
+    "teacher_epochs": 40,
+    "teacher_val": {"accuracy": 0.98},
+    "channels": 64,
+    "sets": {
+        "all primary": {
+            "modalities": ["fou", "zer"],
+            "general_share": 0.9,
+            "decisive_general_share": 0.95,
+            "weighted_r2": 0.8,
+        },
+        "fou": {"modalities": ["fou"], "general_share": 0.7, "decisive_general_share": None, "weighted_r2": 0.6},
+    },
+    "weighted_r2": 0.8,
+    "verdict": "can transfer",
+    "seconds": 12.5,
+}
+
+
+def test_a_probe_jobs_result_is_served_typed_as_a_probe(api: Api) -> None:
+    from service.jobs.results import ProbeResult
+    from service.jobs.schemas import JobOut
+
+    token = api.new_key()
+    job_id = api.submit(token).json()["id"]
+    lifecycle.transition(api.session, job_id=job_id, to="running")
+    lifecycle.transition(api.session, job_id=job_id, to="succeeded", values={"result": PROBE_RESULT})
+    api.session.commit()
+    body = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(token)).json()
+    assert body["result"] == PROBE_RESULT
+    assert isinstance(JobOut.of_job(_job(api, job_id), owner="o").result, ProbeResult)

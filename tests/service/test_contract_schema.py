@@ -170,8 +170,10 @@ def test_job_is_typed(schema: dict[str, Any]) -> None:
     assert job["spec"]["$ref"] == "#/components/schemas/JobSpec"
     assert job["status"] == {"$ref": "#/components/schemas/JobStatus"}
     assert schemas["JobStatus"]["enum"] == [status.value for status in JobStatus]
-    union, null = job["result"]["anyOf"]  # a legacy row's stored JSON is not part of the contract (docs/api.md)
+    union, probe, null = job["result"]["anyOf"]  # a legacy row's stored JSON is not part of the contract (docs/api.md)
     assert null == {"type": "null"}
+    assert probe == {"$ref": "#/components/schemas/ProbeResult"}
+    assert schemas["ProbeResult"]["properties"]["kind"]["const"] == "probe"
     tasks = {"classification", "multilabel", "regression", "retrieval"}
     assert union["discriminator"]["propertyName"] == "task"
     assert set(union["discriminator"]["mapping"]) == tasks
