@@ -203,8 +203,9 @@ def probe_command(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Job spec (YAML or JSON); its method is ignored.")],
     out: Annotated[Path | None, typer.Option("--out", help="Also write the probe's figures to this JSON file.")] = None,
 ) -> None:
-    """Distillability probe: train the teacher alone, then report how much of its decision the primary
-    modalities can explain (the modality focusing diagnosis), in minutes, before a long run."""
+    """Distillability probe: train the networks alone, then report how much of the teacher's decision the
+    primary modalities can explain (the modality focusing diagnosis) and whether the student alone already
+    has it, in minutes, before a long run."""
     spec = _load_spec(spec_path)
     if spec.task == "retrieval":
         fail(f"{spec_path}: the probe needs a task with a prediction head; retrieval has none")
@@ -221,8 +222,12 @@ def probe_command(
     with RichProgressTracker(PRIMARY_METRIC[spec.task]) as bar:
         result = probe(spec, data=data, tracker=bar)
     console.print(probe_table(result))
-    metric, value = next(iter(result["teacher_val"].items()))
-    console.print(f"teacher after {result['teacher_epochs']} epochs: validation {metric} {value:.4f}")
+    metric = next(iter(result["teacher_val"]))
+    console.print(
+        f"validation {metric} after {result['teacher_epochs']} epochs: teacher {result['teacher_val'][metric]:.4f}, "
+        f"teacher as the primary modalities reproduce it {result['reachable_val'][metric]:.4f}, "
+        f"student alone {result['student_val'][metric]:.4f} (room {result['room']:+.4f})"
+    )
     console.print(f"prediction: {result['verdict']}")
     if out is not None:
         try:

@@ -55,6 +55,30 @@ def encode(
     return torch.cat(features), torch.cat(z)
 
 
+@dataclass(frozen=True)
+class Ridge:
+    """A ridge regression fitted on standardised inputs (penalty ``RIDGE`` per row)."""
+
+    mean_x: torch.Tensor
+    std_x: torch.Tensor
+    mean_y: torch.Tensor
+    weights: torch.Tensor
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions for the rows of ``x``, in float64."""
+        return ((x.double() - self.mean_x) / self.std_x) @ self.weights + self.mean_y
+
+
+def fit_ridge(x: torch.Tensor, y: torch.Tensor) -> Ridge:
+    """Ridge regression of every column of ``y`` on ``x``, in float64."""
+    x, y = x.double(), y.double()
+    mean_x, std_x = x.mean(0), x.std(0).clamp(min=1e-8)
+    mean_y = y.mean(0)
+    design = (x - mean_x) / std_x
+    gram = design.T @ design + RIDGE * len(design) * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    return Ridge(mean_x, std_x, mean_y, torch.linalg.solve(gram, design.T @ (y - mean_y)))
+
+
 def cross_fitted_r2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """R^2 of each column of ``y`` predicted by ridge regression on ``x``, fitted on one half of the
     rows (alternate rows) and scored on the other, both ways; constant columns score 0."""
@@ -62,14 +86,9 @@ def cross_fitted_r2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if min(int(h.sum()) for h in halves) < 2:
         return torch.zeros(y.shape[1], device=y.device)
     residual = torch.zeros_like(y, dtype=torch.float64)
-    x, y = x.double(), y.double()
     for fit, score in (halves, halves[::-1]):
-        mean_x, std_x = x[fit].mean(0), x[fit].std(0).clamp(min=1e-8)
-        mean_y = y[fit].mean(0)
-        design = (x[fit] - mean_x) / std_x
-        gram = design.T @ design + RIDGE * len(design) * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        weights = torch.linalg.solve(gram, design.T @ (y[fit] - mean_y))
-        residual[score] = y[score] - (((x[score] - mean_x) / std_x) @ weights + mean_y)
+        residual[score] = y[score].double() - fit_ridge(x[fit], y[fit]).predict(x[score])
+    y = y.double()
     total = ((y - y.mean(0)) ** 2).sum(0)
     r2 = 1 - (residual**2).sum(0) / total.clamp(min=1e-12)
     return torch.where(total > 1e-12, r2, torch.zeros_like(r2)).clamp(0.0, 1.0).float()

@@ -211,6 +211,12 @@ class ProbeResult(BaseModel):
     auxiliary: list[str]
     teacher_epochs: int = Field(ge=1)
     teacher_val: dict[str, float] = Field(description="The teacher's validation primary metric after its training.")
+    student_val: dict[str, float] = Field(description="The student's, trained alone beside it.")
+    reachable_val: dict[str, float] = Field(
+        description="The teacher's with its representation predicted from its own primary encoders: what a student "
+        "imitating it could reach."
+    )
+    room: float = Field(description="reachable_val minus student_val, in the metric's better direction.")
     channels: int = Field(ge=1, description="Width of the teacher's representation.")
     sets: dict[str, ProbeSet] = Field(description="`all primary` (with two or more) and each primary modality.")
     weighted_r2: float = Field(ge=0.0, le=1.0, description="The probe's one number, for all primary modalities.")
