@@ -31,7 +31,8 @@ def probe_one(job: tuple[str, str, int]) -> dict[str, Any]:
     torch.set_num_threads(1)
     dataset, setting, seed = job
     result = probe(JobSpec.model_validate(bench_spec("probe", dataset, setting, {"name": "student_only"}, seed)))
-    return {"seed": seed, **{key: result[key] for key in ("weighted_r2", "sets", "teacher_val", "seconds")}}
+    keys = ("weighted_r2", "sets", "teacher_val", "student_val", "reachable_val", "room", "verdict", "seconds")
+    return {"seed": seed, **{key: result[key] for key in keys}}
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=1))
     for dataset, cells in results.items():
         for setting, runs in cells.items():
-            values = ", ".join(f"{run['weighted_r2']:.2f}" for run in runs)
+            values = ", ".join(f"{run['weighted_r2']:.2f} (room {100 * run['room']:+.1f})" for run in runs)
             print(f"{dataset} {setting}: weighted R^2 {values}")
 
 

@@ -129,12 +129,14 @@ def probe_section(results: dict[str, Any]) -> list[str]:
         "",
         "`python -m bench.probe --processes 2` runs `mmkd probe`'s computation (the teacher alone, then the"
         " modality-focusing diagnosis; docs/method.md) with this page's model and schedule, seeds 0–2."
-        " Weighted R²: how much of the teacher's decision the primary modalities explain (≥ 0.5: the probe"
-        " predicts distillation *can* transfer). Best gain: the row above with the largest mean paired gain.",
+        " Weighted R²: how much of the teacher's decision the primary modalities explain. Room: validation"
+        " accuracy of the teacher as its primary encoders reproduce it minus the student trained alone (points);"
+        " the probe predicts a gain when both are high enough (verdicts: docs/method.md)."
+        " Best gain: the row above with the largest mean paired gain.",
         "",
-        "| dataset | labels | probe: weighted R² | probe: general channels | probe: teacher val acc"
-        " | best method | its gain over student_only (95% CI) |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | labels | probe: weighted R² | probe: general channels | probe: room (points)"
+        " | probe: verdicts | best method | its gain over student_only (95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dataset, cells in results.items():
         for setting, cell in cells.items():
@@ -144,7 +146,12 @@ def probe_section(results: dict[str, Any]) -> list[str]:
             overall = [run["weighted_r2"] for run in runs]
             first = next(iter(runs[0]["sets"]))
             general = [run["sets"][first]["general_share"] for run in runs]
-            teacher = [next(iter(run["teacher_val"].values())) for run in runs]
+            room = [run["room"] for run in runs]
+            said = [
+                "no gain" if "no gain" in run["verdict"] else "little" if "little" in run["verdict"] else "gain"
+                for run in runs
+            ]
+            verdicts = ", ".join(f"{said.count(word)}× {word}" for word in dict.fromkeys(said))
             row, gain = best_gain(cell)
 
             def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -152,8 +159,8 @@ def probe_section(results: dict[str, Any]) -> list[str]:
                 return f"{scale * statistics.mean(values):.{digits}f} ± {scale * std:.{digits}f}"
 
             lines.append(
-                f"| {dataset} | {setting} | {spread(overall)} | {spread(general)} | {spread(teacher, 100, 1)} "
-                f"| {row} | {fmt_gain(gain)} |"
+                f"| {dataset} | {setting} | {spread(overall)} | {spread(general)} | {spread(room, 100, 1)} "
+                f"| {verdicts} | {row} | {fmt_gain(gain)} |"
             )
     return [*lines, ""]
 
