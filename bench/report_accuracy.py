@@ -174,7 +174,8 @@ def plot(results: dict[str, Any]) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.5), squeeze=False)
     for axis, (dataset, cells) in zip(axes[0], results.items(), strict=True):
-        rows = [row for row in next(iter(cells.values()))["runs"] if row != "teacher_only"]
+        first = next(iter(cells.values()))["runs"]
+        rows = [row for row in first if row != "teacher_only" and all(row in cell["runs"] for cell in cells.values())]
         width = 0.8 / len(cells)
         for index, (setting, cell) in enumerate(cells.items()):
             means = [100 * stats(cell["runs"][row], "student")[0] for row in rows]
