@@ -63,7 +63,7 @@ class MFHKDObjective(FrozenTeacherObjective):
         """At the first epoch of phase 2: score the teacher's channels and keep the chosen ones."""
         if not self.distilling(epoch) or self.chosen:
             return None
-        found = channel_salience(nets.teacher, inputs, list(self.spec.dataset.primary), labels)
+        found = channel_salience(nets.teacher, inputs, list(self.spec.dataset.primary), None)  # R^2 only
         self.salience.copy_(found.r2)
         self.channel_mean.copy_(found.mean)
         self.kept.copy_(self.choose(found.r2))

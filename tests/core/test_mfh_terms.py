@@ -14,7 +14,7 @@ from core.objectives import OBJECTIVES
 from core.objectives.base import Batch, Forward
 from core.objectives.losses import hinton_kd
 from core.objectives.mfh_kd import MFHKDObjective
-from core.objectives.salience import channel_salience, cross_fitted_r2, permutation_drop
+from core.objectives.salience import channel_salience, cross_fitted_r2, fit_ridge, permutation_drop
 from core.spec import JobSpec, ModelSpec
 
 
@@ -148,6 +148,12 @@ def test_the_kd_term_targets_the_teacher_head_on_the_masked_representation() -> 
     made.kept.copy_(torch.tensor([0.0, 1.0]))
     made.channel_mean.copy_(torch.tensor([0.5, -7.0]))
     z_t = torch.tensor([[3.0, 1.0], [-1.0, 2.0]])
+    kept_channel = OBJECTIVES.get("mfh_kd")(spec_of({}), repr_dim=2, n_train=2, output_dim=2)
+    kept_channel.kept.copy_(torch.tensor([1.0, 0.0]))  # type: ignore[operator]
+    kept_channel.channel_mean.copy_(torch.tensor([0.25, -7.0]))  # type: ignore[operator]
+    # Channel 0 kept as it is (its mean plays no part), channel 1 at its mean: head logits [-z0, z0].
+    logits = kept_channel.teacher_logits(networks_with(teacher), z_t)  # type: ignore[operator]
+    assert logits.tolist() == [[-3.0, 3.0], [1.0, -1.0]]
     student = torch.tensor([[0.2, -0.1], [1.0, 0.0]], requires_grad=True)
     fwd = Forward(z={"teacher": z_t}, out={"student": student, "teacher": teacher.head(z_t)}, target={})
     terms = made.distill_terms(networks_with(teacher), Batch({}, torch.tensor([0, -1]), torch.arange(2)), fwd, 1)
@@ -171,3 +177,50 @@ def test_a_method_with_no_channels_chosen_refuses_to_distil() -> None:
     fwd = Forward(z={"teacher": torch.zeros(2, 4)}, out={"student": torch.zeros(2, 2)}, target={})
     with pytest.raises(AssertionError, match="begin_epoch"):
         made.distill_terms(None, Batch({}, torch.tensor([0, 1]), torch.arange(2)), fwd, 1)  # type: ignore[arg-type]
+
+
+def test_fit_ridge_matches_the_closed_form_on_standardised_columns() -> None:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 3, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 10.0, 0.1]) + torch.tensor(
+        [5.0, -2.0, 0.3]
+    )
+    y = x @ torch.tensor([[1.0], [0.2], [-3.0]], dtype=torch.float64) + 4.0
+    design = (x - x.mean(0)) / x.std(0)  # per column
+    weights = torch.linalg.solve(
+        design.T @ design + 0.1 * 50 * torch.eye(3, dtype=torch.float64), design.T @ (y - y.mean(0))
+    )
+    expected = design @ weights + y.mean(0)
+    assert torch.allclose(fit_ridge(x, y).predict(x), expected, atol=1e-9)
+
+
+def test_cross_fitted_r2_needs_four_rows_clips_below_zero_and_works_at_any_scale() -> None:
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    assert cross_fitted_r2(x, 2 * x).shape == (1,) and cross_fitted_r2(x, 2 * x)[0] > 0  # two rows a half: fitted
+    assert cross_fitted_r2(x[:3], 2 * x[:3]).tolist() == [0.0]  # fewer: zeros, one per column
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 8, generator=generator)
+    tiny = 1e-3 * (x @ torch.arange(8.0))  # its total sum of squares is far below 1
+    unrelated = torch.randn(40, generator=generator)  # cross-fitted, worse than the mean: negative, clipped
+    r2 = cross_fitted_r2(x, torch.stack([tiny, unrelated], dim=1))
+    assert r2[0] > 0.95 and r2[1] == 0.0
+    # A golden value: y = x + noise with known residuals (fitted by hand in float64 on alternate rows).
+    xs = torch.arange(8.0)[:, None]
+    ys = xs[:, 0] + torch.tensor([0.5, -0.5, 0.5, -0.5, 0.5, -0.5, 0.5, -0.5])
+    residual = torch.zeros(8, dtype=torch.float64)
+    for fit, score in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
+        residual[score] = ys[score].double() - fit_ridge(xs[fit], ys[fit][:, None]).predict(xs[score])[:, 0]
+    expected = 1 - (residual**2).sum() / ((ys.double() - ys.double().mean()) ** 2).sum()
+    assert cross_fitted_r2(xs, ys[:, None])[0].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_the_choice_is_logged_with_the_r2_of_the_kept_and_dropped_channels() -> None:
+    teacher = two_modality_teacher()
+    generator = torch.Generator().manual_seed(1)
+    inputs = {"a": torch.randn(600, 4, generator=generator), "b": torch.randn(600, 4, generator=generator)}
+    half = OBJECTIVES.get("mfh_kd")(spec_of({"keep_ratio": 0.5}), repr_dim=2, n_train=600, output_dim=2)
+    note = half.begin_epoch(networks_with(teacher), inputs, None, 1)  # type: ignore[attr-defined]
+    r2 = half.salience  # type: ignore[attr-defined]
+    assert note is not None and f"{r2[0].item():.3f} kept, {r2[1].item():.3f} dropped" in note
+    every = OBJECTIVES.get("mfh_kd")(spec_of({"keep_ratio": 1.0}), repr_dim=2, n_train=600, output_dim=2)
+    note = every.begin_epoch(networks_with(teacher), inputs, None, 1)  # type: ignore[attr-defined]
+    assert note is not None and "keeping 2 of 2" in note and "nan dropped" in note

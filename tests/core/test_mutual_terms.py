@@ -255,3 +255,30 @@ def test_logit_methods_refuse_tasks_without_what_they_distil(task: str, method: 
         dataset["retrieval_target"] = "c"
     with pytest.raises(SpecError, match=message):
         parse_spec_text(json.dumps({"name": "t", "task": task, "dataset": dataset, "method": {"name": method}}), "spec")
+
+
+def test_c2kd_proxy_is_linear_batchnorm_leaky_relu_linear() -> None:
+    objective = OBJECTIVES.get("c2kd")(spec_of({"name": "c2kd"}), repr_dim=6, n_train=2, output_dim=10)
+    assert isinstance(objective, C2KDObjective)
+    layers = list(objective.proxy_teacher)  # type: ignore[arg-type]
+    assert [type(layer) for layer in layers] == [nn.Linear, nn.BatchNorm1d, nn.LeakyReLU, nn.Linear]
+    assert layers[2].negative_slope == pytest.approx(0.1)
+    assert (layers[0].in_features, layers[0].out_features, layers[3].out_features) == (6, 6, 10)
+
+
+def test_c2kd_a_sample_labelled_zero_keeps_its_label_and_a_tau_at_the_threshold_does_not_count() -> None:
+    # Row 0 labelled 0 (the teacher predicts class 2): its class 0 is zeroed, not the teacher's 2.
+    out = {
+        "student": torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]]),
+        "teacher": torch.tensor([[0.0, 1.0, 3.0], [0.0, 2.0, 1.0]]),
+    }
+    z = {
+        "student": torch.tensor([[0.0, 1.0, 3.0], [2.0, 1.0, 2.0]]),
+        "teacher": torch.tensor([[0.5, 1.0, 2.0], [1.0, 2.0, 3.0]]),
+    }
+    # Row 1's proxies: pairs (0,1) discordant, (0,2) a tie in the student's, (1,2) concordant: tau = 0.
+    assert kendall_tau(z["teacher"], z["student"]).tolist() == pytest.approx([1.0, 0.0])
+    fwd = Forward(z=z, out=out, target={})
+    terms = c2kd(nt_weight=1.0).distill_terms(None, Batch({}, torch.tensor([0, 1]), torch.arange(2)), fwd, 1)  # type: ignore[arg-type]
+    row_t, row_s = [0.0, 1.0, 2.0], [0.0, 1.0, 3.0]  # class 0 zeroed (it was 0.5 and 0.0)
+    assert terms["nt_student"].item() == pytest.approx(kl(softmax(row_t), softmax(row_s)) / 2, abs=1e-6)
