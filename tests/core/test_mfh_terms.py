@@ -211,6 +211,9 @@ def test_cross_fitted_r2_needs_four_rows_clips_below_zero_and_works_at_any_scale
         residual[score] = ys[score].double() - fit_ridge(xs[fit], ys[fit][:, None]).predict(xs[score])[:, 0]
     expected = 1 - (residual**2).sum() / ((ys.double() - ys.double().mean()) ** 2).sum()
     assert cross_fitted_r2(xs, ys[:, None])[0].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert cross_fitted_r2(xs, 0.01 * ys[:, None])[0].item() == pytest.approx(
+        expected.item(), abs=1e-5
+    )  # R^2 has no unit
 
 
 def test_the_choice_is_logged_with_the_r2_of_the_kept_and_dropped_channels() -> None:
