@@ -5,17 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_helpers import TINY_MFEAT_SPEC
 from typer.testing import CliRunner
 
 from cli.main import app
-
-TINY_MFEAT_SPEC = """
-name: tiny-mfeat
-dataset: {name: mfeat, primary: [fou, zer], auxiliary: [mor]}
-model: {hidden_dim: 8, repr_dim: 8}
-method: {name: paper}
-train: {epochs: 1, batch_size: 256}
-"""
 
 
 @pytest.fixture(scope="session")

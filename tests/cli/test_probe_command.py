@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cli_helpers import TINY_MFEAT_SPEC
 from typer.testing import CliRunner
 
 from cli.main import app
-
-TINY_MFEAT_SPEC = """
-name: tiny-mfeat
-dataset: {name: mfeat, primary: [fou, zer], auxiliary: [mor]}
-model: {hidden_dim: 8, repr_dim: 8}
-method: {name: paper}
-train: {epochs: 1, batch_size: 256}
-"""
 
 
 def test_probe_prints_the_figures_and_writes_them(tmp_path: Path) -> None:
