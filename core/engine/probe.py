@@ -29,6 +29,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.data.prepare import PreparedData, prepare
@@ -38,15 +39,13 @@ from core.engine.trainer import epoch_batches, make_batch, train_step
 from core.errors import TrainingCancelled
 from core.metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from core.objectives.salience import GENERAL_R2, channel_salience, encode, fit_ridge
-from core.spec import JobSpec
+from core.spec import JobSpec, TaskKind
 from core.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 #: weighted_r2 at or above this: the teacher's decision rests mostly on what the student can see.
 HIGH, LOW = 0.5, 0.25
-
-
 #: Room below this (a share of the metric for an error such as mae): the student alone has it already.
 ROOM = 0.01
 
@@ -93,9 +92,9 @@ def verdict(weighted_r2: float, room: float, threshold: float = ROOM) -> str:
     return "part of the teacher's decision is reproducible and the student lacks some of it: expect a modest gain"
 
 
-def validation_metric(task: str, output: torch.Tensor, labels: Any, metric: str) -> float:
+def validation_metric(task: TaskKind, output: torch.Tensor, labels: np.ndarray | None, metric: str) -> float:
     """The task's primary metric of ``output`` against the validation labels."""
-    return compute_metrics(task, output, labels, None)[metric]  # type: ignore[arg-type]
+    return compute_metrics(task, output, labels)[metric]
 
 
 def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker | None = None) -> dict[str, Any]:
