@@ -127,7 +127,7 @@ def probe_section(results: dict[str, Any]) -> list[str]:
     lines = [
         "## The distillability probe beside the gains",
         "",
-        "`python -m bench.probe --processes 2` runs `mmkd probe`'s computation (the teacher alone, then the"
+        "`python -m bench.probe --processes 2` runs `mmkd probe`'s computation (the networks trained alone, then the"
         " modality-focusing diagnosis; docs/method.md) with this page's model and schedule, seeds 0–2."
         " Weighted R²: how much of the teacher's decision the primary modalities explain. Room: validation"
         " accuracy of the teacher as its primary encoders reproduce it minus the student trained alone (points);"
