@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.errors import SpecError
 from core.models.network import Networks
 from core.objectives.base import OBJECTIVES, Batch, Forward, Role
 from core.objectives.frozen import FrozenTeacherObjective
@@ -36,6 +37,11 @@ def proxy_head(repr_dim: int, classes: int) -> nn.Module:
     )
 
 
+#: The most classes c2kd accepts: its ranking agreement compares every pair of classes per sample
+#: (2048^2 comparisons, 16 MiB per sample), so far more classes would make each step crawl.
+MAX_CLASSES = 2048
+
+
 @OBJECTIVES.register("c2kd")
 class C2KDObjective(FrozenTeacherObjective):
     """Phase 1: teacher + auxiliary pre-train. Phase 2: teacher and student train with proxies."""
@@ -45,6 +51,12 @@ class C2KDObjective(FrozenTeacherObjective):
     def __init__(self, spec: JobSpec, *, repr_dim: int, n_train: int, output_dim: int | None = None) -> None:
         super().__init__(spec, repr_dim=repr_dim, n_train=n_train, output_dim=output_dim)
         assert isinstance(spec.method, C2KD) and output_dim is not None, "c2kd's proxies need the number of classes"
+        if output_dim > MAX_CLASSES:
+            raise SpecError(
+                "method.name",
+                f"c2kd compares every pair of classes per sample and accepts at most {MAX_CLASSES} classes; "
+                f"this dataset has {output_dim}: use logit_kd or mfh_kd",
+            )
         self.method = spec.method
         self.proxy_teacher = proxy_head(repr_dim, output_dim)
         self.proxy_student = proxy_head(repr_dim, output_dim)

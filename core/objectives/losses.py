@@ -75,14 +75,28 @@ def projection_head(in_dim: int, out_dim: int, layers: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, out_dim))
 
 
+#: The most elements one block of ``kendall_tau``'s pairwise comparison holds (rows x classes^2):
+#: 2^22 float32 values, 16 MiB per intermediate, however large the batch.
+KENDALL_BLOCK = 1 << 22
+
+
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Kendall's tau-a between the rows of ``a`` and ``b`` (N, C), batched on the device: the mean of
     sign(a_i - a_j) * sign(b_i - b_j) over the C(C-1)/2 pairs i < j (ties count 0). C2KD's ranking
-    agreement; the reference code calls scipy per sample on the CPU. Memory is N * C^2."""
+    agreement; the reference code calls scipy per sample on the CPU. Rows go in blocks of at most
+    ``KENDALL_BLOCK`` comparisons, so memory is bounded by C^2 (one row), not N * C^2."""
     classes = a.shape[1]
     upper = torch.triu(torch.ones(classes, classes, dtype=torch.bool, device=a.device), diagonal=1)
-    concordance = torch.sign(a[:, :, None] - a[:, None, :]) * torch.sign(b[:, :, None] - b[:, None, :])
-    return (concordance * upper).sum(dim=(1, 2)) / max(classes * (classes - 1) // 2, 1)
+    rows = max(KENDALL_BLOCK // max(classes * classes, 1), 1)
+    taus = []
+    for start in range(0, a.shape[0], rows):
+        block_a, block_b = a[start : start + rows], b[start : start + rows]
+        concordance = torch.sign(block_a[:, :, None] - block_a[:, None, :]) * torch.sign(
+            block_b[:, :, None] - block_b[:, None, :]
+        )
+        taus.append((concordance * upper).sum(dim=(1, 2)))
+    pairs = max(classes * (classes - 1) // 2, 1)
+    return (torch.cat(taus) if taus else a.new_zeros(0)) / pairs
 
 
 def kl_to(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,26 @@ def test_kendall_tau_matches_scipy_without_ties() -> None:
     assert kendall_tau(a, b).tolist() == pytest.approx(expected, abs=1e-6)
 
 
+def test_kendall_tau_in_blocks_matches_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.objectives import losses
+
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(11, 5, generator=generator), torch.randn(11, 5, generator=generator)
+    whole = kendall_tau(a, b)
+    monkeypatch.setattr(losses, "KENDALL_BLOCK", 3 * 25)  # three rows a block: 4 blocks, the last of 2 rows
+    assert kendall_tau(a, b).tolist() == pytest.approx(whole.tolist(), abs=1e-7)
+    assert kendall_tau(a[:0], b[:0]).shape == (0,)
+
+
+def test_c2kd_refuses_more_classes_than_it_can_rank() -> None:
+    from core.objectives.c2kd import MAX_CLASSES
+
+    spec = spec_of({"name": "c2kd"})
+    OBJECTIVES.get("c2kd")(spec, repr_dim=4, n_train=2, output_dim=MAX_CLASSES)
+    with pytest.raises(SpecError, match=f"at most {MAX_CLASSES} classes; this dataset has {MAX_CLASSES + 1}"):
+        OBJECTIVES.get("c2kd")(spec, repr_dim=4, n_train=2, output_dim=MAX_CLASSES + 1)
+
+
 def test_kl_to_is_per_sample_kl_toward_a_detached_target() -> None:
     logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]], requires_grad=True)
     target = torch.tensor([[math.log(3.0), 0.0], [0.0, math.log(3.0)]], requires_grad=True)
