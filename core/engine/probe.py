@@ -34,9 +34,10 @@ import torch
 
 from core.data.prepare import PreparedData, prepare
 from core.engine.evaluation import compute_metrics
+from core.engine.health import RunHealth
+from core.engine.selection import EpochSelection
 from core.engine.setup import build_run
-from core.engine.trainer import epoch_batches, make_batch, train_step
-from core.errors import TrainingCancelled
+from core.engine.trainer import epoch_batches, run_epoch
 from core.metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from core.objectives.salience import GENERAL_R2, channel_salience, encode, fit_ridge
 from core.spec import JobSpec, TaskKind
@@ -107,14 +108,12 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
     run = build_run(run_spec, data if data is not None else prepare(spec.dataset, spec.task))
     epochs = run.objective.total_epochs
     tracker.on_start(total_epochs=epochs, steps_per_epoch=len(epoch_batches(run, 0)), start_step=0)
+    selection, health = EpochSelection(run_spec), RunHealth(PRIMARY_METRIC[spec.task])  # unused: no validation here
     for epoch in range(epochs):
-        for batch_rows in epoch_batches(run, epoch):
-            if tracker.should_stop():
-                raise TrainingCancelled(run.state.step)
-            losses = train_step(run, make_batch(run, batch_rows), epoch)
-            run.state.step += 1
-            tracker.on_step(epoch=epoch, step=run.state.step, losses=losses)
+        run.state.epoch = epoch
+        run_epoch(run, epoch, selection, health, tracker, checkpoints=None)
         run.scheduler.step()
+        run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
     teacher, student = run.nets.teacher, run.nets.student
     metric = PRIMARY_METRIC[spec.task]
     primary = list(spec.dataset.primary)
