@@ -80,6 +80,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "dml": _grid("dml", [{"kd_weight": w, "kd_temperature": t} for w in (0.5, 1.0) for t in (1.0, 4.0)]),
     "c2kd": _grid("c2kd", [{"nt_weight": w} for w in (0.5, 1.0, 2.0, 4.0)]),
     "mfh_kd": _grid("mfh_kd", [{"keep_ratio": k, "kd_temperature": t} for k in (0.25, 0.5) for t in (1.0, 4.0)]),
+    "mst_distill": _grid("mst_distill", [{"kl_weight": w, "routing": r} for w in (1.0, 4.0) for r in ("top1", "soft")]),
 }
 STUDENT_ONLY_DROPOUTS = (0.1, 0.2, 0.3, 0.5)
 #: Untuned rows: (tuned row, fields changed in its chosen configuration).

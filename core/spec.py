@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from core.errors import SpecError
-from core.spec_schema import LOGIT_METHODS, add_job_rules, builtin_name, dataset_rules
+from core.spec_schema import LOGIT_METHODS, MST_MAX_REPR, add_job_rules, builtin_name, dataset_rules
 from core.spec_yaml import parse_spec_mapping, read_spec_file
 
 TaskKind = Literal["classification", "multilabel", "regression", "retrieval"]
@@ -298,8 +298,53 @@ class MFHKD(_FrozenTeacher):
     )
 
 
+class MSTDistill(_MethodBase):
+    """MST-Distill (ACM MM 2025) in three stages: the three networks co-train with mutual KL; then, all
+    frozen, a MaskNet on the teacher's and on the auxiliary model's representation learns to move each
+    toward the student (two specialised teachers); then the student distils from the one a gate on its
+    logits routes each sample to. Not for retrieval; model.repr_dim at most 512."""
+
+    name: Literal["mst_distill"]
+    cotrain_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Stage 1, co-training epochs (default: a quarter of train.epochs, >= 1; longer co-training "
+        "with few labels pulls the teacher down to the others' level).",
+    )
+    mask_epochs: int | None = Field(
+        default=None, ge=1, le=10_000, description="Stage 2, MaskNet epochs (default: a quarter of train.epochs, >= 1)."
+    )
+    kd_weight: float = Field(default=1.0, ge=0.0, description="Stage 1: each network's weight of KL toward the others.")
+    kd_temperature: float = Field(default=4.0, gt=0.0, description="Temperature of every KL of the three stages.")
+    mask_heads: int = Field(default=3, ge=1, le=16, description="Attention heads of each MaskNet.")
+    kl_weight: float = Field(
+        default=1.0, ge=0.0, description="Stage 3: weight of the KL toward the routed teacher (halved every 30 epochs)."
+    )
+    balance_weight: float = Field(
+        default=1.0, ge=0.0, description="Stage 3: weight of the gate's load balancing (x0.9 every 10 epochs)."
+    )
+    routing: Literal["top1", "soft"] = Field(
+        default="top1",
+        description="top1: each sample distils from the teacher the gate ranks first (the source's default; the gate "
+        "learns from the balancing term alone). soft: from the gate-weighted mixture of the teachers' logits, the "
+        "gate also learning from the KL.",
+    )
+
+
 MethodSpec = Annotated[
-    StudentOnly | TeacherOnly | LogitKD | FeatureKD | CRD | MIJoint | MIJointAux | Paper | DML | C2KD | MFHKD,
+    StudentOnly
+    | TeacherOnly
+    | LogitKD
+    | FeatureKD
+    | CRD
+    | MIJoint
+    | MIJointAux
+    | Paper
+    | DML
+    | C2KD
+    | MFHKD
+    | MSTDistill,
     Field(discriminator="name"),
 ]
 
@@ -315,6 +360,7 @@ METHOD_NAMES = (
     "dml",
     "c2kd",
     "mfh_kd",
+    "mst_distill",
 )
 
 
@@ -422,6 +468,11 @@ class JobSpec(StrictModel):
             )
         if self.method.name == "c2kd" and self.task != "classification":
             raise ValueError(f"method c2kd distils non-target classes and needs classification; task is {self.task!r}")
+        if self.method.name == "mst_distill" and self.model.repr_dim > MST_MAX_REPR:
+            raise ValueError(
+                f"method mst_distill masks the representation with attention over its channels and accepts "
+                f"model.repr_dim up to {MST_MAX_REPR}; it is {self.model.repr_dim}"
+            )
         if self.task != "classification" and self.train.label_smoothing > 0:
             raise ValueError(f"train.label_smoothing is for classification only; task is {self.task!r}")
         return self

@@ -14,7 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 #: Methods whose distillation is on logits: they need a task with logits (not retrieval).
-LOGIT_METHODS = frozenset({"logit_kd", "dml", "c2kd", "mfh_kd"})
+LOGIT_METHODS = frozenset({"logit_kd", "dml", "c2kd", "mfh_kd", "mst_distill"})
+#: The largest model.repr_dim mst_distill accepts: its MaskNet embeds each sample into repr_dim tokens of
+#: about repr_dim/2 values (the source's shape: repr_dim^3 / 2 weights), so it grows with the cube.
+MST_MAX_REPR = 512
 
 JsonSchema = dict[str, Any]
 
@@ -63,7 +66,7 @@ def builtin_name(builtins: Mapping[str, Sequence[str]]) -> Callable[[JsonSchema]
 
 def add_job_rules(schema: JsonSchema) -> None:
     """JobSpec's rules: retrieval_target exactly for retrieval, no logit KD there; built-ins classify;
-    label smoothing only for classification."""
+    label smoothing only for classification; mst_distill's bound on model.repr_dim."""
     retrieval = {"required": ["task"], "properties": {"task": {"const": "retrieval"}}}
     no_logit_kd = {"properties": {"name": {"not": {"enum": sorted(LOGIT_METHODS)}}, "kd_weight": {"maximum": 0}}}
     schema["allOf"] = [
@@ -90,5 +93,12 @@ def add_job_rules(schema: JsonSchema) -> None:
                     "method": {"properties": {"name": {"not": {"const": "c2kd"}}}},
                 }
             },
+        },
+        {
+            "if": {
+                "required": ["method"],
+                "properties": {"method": {"properties": {"name": {"const": "mst_distill"}}}},
+            },
+            "then": {"properties": {"model": {"properties": {"repr_dim": {"maximum": MST_MAX_REPR}}}}},
         },
     ]

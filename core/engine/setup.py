@@ -139,7 +139,7 @@ def parameter_groups(nets: Networks, objective: Objective) -> list[dict[str, Any
     scale = getattr(objective.spec.method, "teacher_lr_scale", 1.0)
     if scale != 1.0:  # a slower (or faster) teacher: its group's own learning rate, under the same schedule
         groups[[group["name"] for group in groups].index("teacher")]["lr"] = objective.spec.train.lr * scale
-    groups.append({"name": "method", "params": [p for p in objective.parameters() if id(p) not in disc]})
+    groups += [{"name": name, "params": params} for name, params in objective.module_groups().items()]
     everything = [*nets.parameters(), *objective.parameters()]
     grouped = [id(p) for group in groups for p in group["params"]] + list(disc)
     assert sorted(grouped) == sorted(map(id, everything)), "every parameter must sit in exactly one group"

@@ -97,6 +97,13 @@ class Objective(nn.Module):
         found in buffers so that a checkpoint holds it. Returns a line for the job's log, or None."""
         return None
 
+    def module_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The method's own trainable parameters in named optimiser groups, each with its ``window``; the
+        discriminator's are left out (own optimiser). One group, ``method``, unless a method's modules train
+        in different stages (mst_distill's MaskNets, then its gate)."""
+        disc = {id(p) for p in self.discriminator_parameters()}
+        return {"method": [p for p in self.parameters() if id(p) not in disc]}
+
     def discriminator_parameters(self) -> list[nn.Parameter]:
         """Parameters trained in a separate, alternating optimiser step (the adversarial D)."""
         return []

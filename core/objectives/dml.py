@@ -12,7 +12,21 @@ import torch
 from core.models.network import Networks
 from core.objectives.base import NETWORKS, OBJECTIVES, Batch, Forward, Objective
 from core.objectives.losses import hinton_kd
-from core.spec import DML, JobSpec
+from core.spec import DML, JobSpec, TaskKind
+
+
+def mutual_terms(
+    task: TaskKind, outputs: dict[str, torch.Tensor], weight: float, temperature: float
+) -> dict[str, torch.Tensor]:
+    """``mutual_{name}`` per network: ``weight`` times the mean over the other two networks of the
+    temperature-softened KL toward them (``hinton_kd``; the target detached, so each term trains its
+    own network)."""
+    terms = {}
+    for name in NETWORKS:
+        others = [other for other in NETWORKS if other != name]
+        kl = torch.stack([hinton_kd(task, outputs[name], outputs[other], temperature) for other in others])
+        terms[f"mutual_{name}"] = weight * kl.mean()
+    return terms
 
 
 @OBJECTIVES.register("dml")
@@ -27,11 +41,5 @@ class DMLObjective(Objective):
         self.method = spec.method
 
     def distill_terms(self, nets: Networks, batch: Batch, fwd: Forward, epoch: int) -> dict[str, torch.Tensor]:
-        """One term per network, ``mutual_{name}``; a target is detached, so each term trains its own network."""
-        temperature = self.method.kd_temperature
-        terms = {}
-        for name in NETWORKS:
-            others = [other for other in NETWORKS if other != name]
-            kl = torch.stack([hinton_kd(self.task, fwd.out[name], fwd.out[other], temperature) for other in others])
-            terms[f"mutual_{name}"] = self.method.kd_weight * kl.mean()
-        return terms
+        """One term per network, ``mutual_{name}``."""
+        return mutual_terms(self.task, fwd.out, self.method.kd_weight, self.method.kd_temperature)

@@ -50,14 +50,18 @@ def task_loss(
     return (elementwise * rows).sum() / (rows.sum() * output.shape[1]).clamp(min=1)
 
 
-def hinton_kd(task: TaskKind, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def hinton_kd(
+    task: TaskKind, student: torch.Tensor, teacher: torch.Tensor, temperature: float, *, detach: bool = True
+) -> torch.Tensor:
     """Logit distillation (Hinton, Vinyals, Dean 2015).
 
     classification: T^2 * KL(softmax(t/T) || softmax(s/T)), batch mean;
     multilabel: T^2 * BCE(sigmoid(s/T), sigmoid(t/T)); regression: MSE(s, t).
-    ``teacher`` is treated as a fixed target (detached).
+    ``teacher`` is a fixed target (detached) unless ``detach`` is False (mst_distill's soft routing
+    trains its gate through the mixture it builds the target from).
     """
-    teacher = teacher.detach()
+    if detach:
+        teacher = teacher.detach()
     t2 = temperature * temperature
     if task == "classification":
         log_p_student = F.log_softmax(student / temperature, dim=1)

@@ -132,16 +132,24 @@ def methods(draw: st.DrawFn, task: str) -> dict[str, Any]:
     ]
     name = draw(st.sampled_from(names))
     optional: dict[str, Any] = {}
-    if name in ("logit_kd", "crd", "mi_joint", "mi_joint_aux", "paper", "dml", "mfh_kd"):
+    if name in ("logit_kd", "crd", "mi_joint", "mi_joint_aux", "paper", "dml", "mfh_kd", "mst_distill"):
         optional["kd_weight"] = st.just(0.0) if task == "retrieval" else floats(0.0, 10.0)
     if name in ("crd", "mi_joint", "mi_joint_aux", "paper"):
         optional |= {"temperature": floats(0.0, 10.0, exclude_low=True), "proj_layers": st.sampled_from([1, 2])}
-    if name not in ("student_only", "teacher_only", "mi_joint", "mi_joint_aux", "paper", "dml"):
+    if name not in ("student_only", "teacher_only", "mi_joint", "mi_joint_aux", "paper", "dml", "mst_distill"):
         optional["teacher_epochs"] = st.one_of(st.none(), st.integers(1, 10_000))
     if name == "paper":
         optional |= {"gamma": floats(0.0, 5.0), "noise_dim": st.integers(0, 1024), "disc_lr": st.none()}
     if name == "c2kd":
         optional |= {"nt_weight": floats(0.0, 10.0), "tau_threshold": floats(-1.0, 1.0, exclude_high=True)}
+    if name == "mst_distill":
+        optional |= {
+            "cotrain_epochs": st.one_of(st.none(), st.integers(1, 10_000)),
+            "mask_epochs": st.one_of(st.none(), st.integers(1, 10_000)),
+            "mask_heads": st.integers(1, 16),
+            "routing": st.sampled_from(["top1", "soft"]),
+            "balance_weight": floats(0.0, 10.0),
+        }
     if name == "mfh_kd":
         optional |= {
             "keep_ratio": floats(0.0, 1.0, exclude_low=True),

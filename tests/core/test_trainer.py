@@ -63,6 +63,7 @@ EXPECTED_TERMS = {
     "dml": {"task_student", "task_teacher", "task_auxiliary", "mutual_student", "mutual_teacher", "mutual_auxiliary"},
     "c2kd": {"task_student", "task_teacher", "proxy_teacher", "proxy_student", "nt_teacher", "nt_student"},
     "mfh_kd": {"task_student", "kd"},
+    "mst_distill": {"task_student", "routed_kl", "balance"},
 }
 
 
@@ -106,6 +107,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
         ("crd", {"every_steps": 3}),
         ("c2kd", {"every_steps": 4}),
         ("mfh_kd", {"every_steps": 4}),
+        ("mst_distill", {"every_steps": 4}),
     ],
 )
 def test_resume_is_exact(method: str, every: dict[str, int], tmp_path: Path) -> None:
@@ -115,6 +117,8 @@ def test_resume_is_exact(method: str, every: dict[str, int], tmp_path: Path) -> 
         "paper": {"kd_weight": 1.0},
         "c2kd": {"teacher_epochs": 1},  # the teacher keeps training: a stop in phase 2 resumes both networks
         "mfh_kd": {"teacher_epochs": 1},  # the channels chosen at step 10 come back from the checkpoint
+        # stage 1 epoch 1, masks epoch 2, routed epochs 3-4: the stop falls in stage 3, the masks and gate resume
+        "mst_distill": {"cotrain_epochs": 1, "mask_epochs": 1, "mask_heads": 2},
     }[method]
     spec = mfeat_spec({"name": method, **extra}, epochs=4, batch_size=128).model_copy(
         update={"checkpoint": mfeat_spec({"name": method}).checkpoint.model_copy(update=every)}
@@ -122,7 +126,7 @@ def test_resume_is_exact(method: str, every: dict[str, int], tmp_path: Path) -> 
     straight = train(spec, workdir=tmp_path / "a", checkpoints=LocalCheckpointStore(tmp_path / "a" / "ck"))
     # 10 steps an epoch. Interrupt the second run a few steps after a checkpoint: paper at step 25
     # (checkpoint at the end of epoch 2, step 20); crd at step 26 (mid-epoch checkpoint at step 24);
-    # c2kd and mfh_kd at step 26 too (checkpoint at step 24, in phase 2).
+    # c2kd, mfh_kd and mst_distill at step 26 too (checkpoint at step 24, in phase 2 or stage 3).
     stop_at, checkpointed = (25, 20) if method == "paper" else (26, 24)
     with pytest.raises(TrainingCancelled):
         train(
