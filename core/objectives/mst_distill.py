@@ -6,7 +6,8 @@ Three stages in one run, counted in epochs:
 1. **Co-training** (``cotrain_epochs``, default a quarter of ``train.epochs``): teacher, auxiliary
    model and student train together, each on its task loss plus the temperature-softened KL toward
    each of the other two, summed (the source's ``loss_t = CE + KL(s -> t) + KL(a -> t)``;
-   ``kd_weight`` scales each KL). This is deep mutual learning (``dml``), which averages the two KLs.
+   ``kd_weight`` scales each KL), the targets detached as in ``dml`` (deep mutual learning), which
+   averages the two KLs; the source does not detach.
    Longer co-training with few labels pulls the teacher down to the others' level (mfeat 10%-keep:
    0.94 to 0.88 validation accuracy over 40 epochs), hence the short default.
 2. **Specialised teachers** (``mask_epochs``, default a quarter of ``train.epochs``): the three
