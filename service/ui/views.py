@@ -30,6 +30,30 @@ MAX_COMPARED = 6
 
 
 @dataclass(frozen=True)
+class ProbeSet:
+    """One modality set of a probe's diagnosis, as shown."""
+
+    label: str
+    general_share: str
+    decisive_general_share: str
+    weighted_r2: str
+
+
+@dataclass(frozen=True)
+class ProbeView:
+    """A probe job's figures (``kind: probe``), as its page shows them."""
+
+    verdict: str
+    metric: str
+    teacher: str
+    reachable: str
+    student: str
+    room: str
+    weighted_r2: str
+    sets: list[ProbeSet]
+
+
+@dataclass(frozen=True)
 class JobView:
     """A job as a page shows it."""
 
@@ -52,6 +76,7 @@ class JobView:
     spec_json: str
     finished: bool
     error: str | None
+    probe: ProbeView | None = None
 
 
 def _duration(seconds: float | None) -> str:
@@ -60,6 +85,42 @@ def _duration(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _figure(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "—"
+
+
+def probe_view(result: dict[str, Any]) -> ProbeView | None:
+    """The figures of a probe's result; None for any other result."""
+    if result.get("kind") != "probe":
+        return None
+    metric = next(iter(result.get("teacher_val") or {}), "")
+
+    def val(key: str) -> str:
+        return _figure((result.get(key) or {}).get(metric), 4)
+
+    sets = [
+        ProbeSet(
+            label=str(label),
+            general_share=_figure(row.get("general_share")),
+            decisive_general_share=_figure(row.get("decisive_general_share")),
+            weighted_r2=_figure(row.get("weighted_r2")),
+        )
+        for label, row in (result.get("sets") or {}).items()
+        if isinstance(row, dict)
+    ]
+    room = result.get("room")
+    return ProbeView(
+        verdict=str(result.get("verdict", "")),
+        metric=metric,
+        teacher=val("teacher_val"),
+        reachable=val("reachable_val"),
+        student=val("student_val"),
+        room=f"{room:+.4f}" if isinstance(room, int | float) else "—",
+        weighted_r2=_figure(result.get("weighted_r2")),
+        sets=sets,
+    )
 
 
 def job_view(job: Job) -> JobView:
@@ -96,6 +157,7 @@ def job_view(job: Job) -> JobView:
         spec_json=json.dumps(spec, indent=2, sort_keys=True),
         finished=job.status.terminal,
         error=job.error,
+        probe=probe_view(result),
     )
 
 

@@ -147,3 +147,48 @@ def test_a_row_shows_the_student_metric_the_trainer_reports(task: str, metric: s
     )
     shown = job_view(job)
     assert (shown.student, shown.gain, shown.duration, shown.percent) == (f"{metric} 0.8125", "+0.0150", "1m15s", 100.0)
+
+
+def test_a_probe_job_shows_its_verdict_and_figures() -> None:
+    """A probe's result (``kind: probe``) gets its own card: the verdict, the validation figures and one
+    row per primary set; a training job's result gets none."""
+    import datetime as dt
+
+    from jobs.models import Job
+    from jobs.status import JobStatus
+    from service.ui.rendering import templates
+    from service.ui.views import job_view
+
+    now = dt.datetime.now(dt.UTC)
+    result = {
+        "kind": "probe",
+        "verdict": "expect a <modest> gain",
+        "teacher_val": {"accuracy": 0.975},
+        "reachable_val": {"accuracy": 0.9125},
+        "student_val": {"accuracy": 0.8875},
+        "room": 0.025,
+        "weighted_r2": 0.61234,
+        "sets": {
+            "all primary": {"general_share": 0.5, "decisive_general_share": 0.625, "weighted_r2": 0.61234},
+            "fou": {"general_share": 0.25, "decisive_general_share": None, "weighted_r2": 0.3},
+        },
+    }
+    job = Job(
+        id=7,
+        name="p",
+        spec={"kind": "probe", "method": {"name": "logit_kd"}, "dataset": {"name": "mfeat"}},
+        status=JobStatus.SUCCEEDED,
+        started_at=now,
+        finished_at=now,
+        result=result,
+    )
+    shown = job_view(job)
+    assert shown.probe is not None and shown.probe.room == "+0.0250" and shown.probe.reachable == "0.9125"
+    html = templates.get_template("artifacts.html").render(job=shown, artifacts=[])
+    assert "expect a &lt;modest&gt; gain" in html  # escaped like everything a worker wrote
+    assert re.search(r"<td>all primary</td><td>0\.500</td><td>0\.625</td><td>0\.612</td>", html)
+    assert re.search(r"<td>fou</td><td>0\.250</td><td>—</td><td>0\.300</td>", html)
+    assert "0.9750" in html and "0.8875" in html and 'id="probe-room">+0.0250<' in html
+    trained = Job(id=8, name="t", spec={}, status=JobStatus.SUCCEEDED, result={"student": {"accuracy": 0.9}})
+    assert job_view(trained).probe is None
+    assert "probe" not in templates.get_template("artifacts.html").render(job=job_view(trained), artifacts=[])
