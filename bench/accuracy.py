@@ -154,18 +154,28 @@ def selection_network(row: str) -> str:
     return "teacher" if row == "teacher_only" else "student"
 
 
-def tune(pool: Any, dataset: str, setting: str) -> dict[str, int]:
-    """Best trial per row by validation accuracy (teacher_only reuses the student_only runs)."""
-    jobs = {(row, trial): make_spec(dataset, setting, row, trial, TUNING_SEED) for row in GRIDS for trial in range(4)}
+def tune(pool: Any, dataset: str, setting: str, rows: list[str]) -> dict[str, int]:
+    """Best trial per row of ``rows`` by validation accuracy (teacher_only reuses the student_only runs;
+    an ablation row takes its source row's choice)."""
+    sources = {"student_only" if row == "teacher_only" else ABLATIONS.get(row, (row, {}))[0] for row in rows}
+    jobs = {(row, trial): make_spec(dataset, setting, row, trial, TUNING_SEED) for row in sources for trial in range(4)}
     summaries = dict(zip(jobs, pool.map(run_one, jobs.values()), strict=True))
     chosen = {}
-    for row in ROWS:
+    for row in [row for row in rows if row not in ABLATIONS]:
         source = "student_only" if row == "teacher_only" else row
         network = selection_network(row)
         scores = [summaries[(source, trial)]["validation"][network]["accuracy"] for trial in range(4)]
         chosen[row] = max(range(4), key=lambda trial: (scores[trial], -trial))
-    for row, (source, _) in ABLATIONS.items():
-        chosen[row] = chosen[source]
+    for row in [row for row in rows if row in ABLATIONS]:
+        source = ABLATIONS[row][0]
+        chosen[row] = (
+            chosen[source]
+            if source in chosen
+            else max(
+                range(4),
+                key=lambda trial: (summaries[(source, trial)]["validation"]["student"]["accuracy"], -trial),
+            )
+        )
     return chosen
 
 
@@ -176,23 +186,34 @@ def main() -> None:
     parser.add_argument("--low-label-seeds", type=int, default=10, help="Seeds per row in the 10%% settings.")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=[*ROWS, *ABLATIONS],
+        choices=[*ROWS, *ABLATIONS],
+        help="Rows to run; the others' results already in accuracy.json are kept (a new method's row is added "
+        "without rerunning the rest: same protocol, same seeds, and student_only's runs are deterministic).",
+    )
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     started = time.monotonic()
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         for dataset in args.datasets:
             for setting in args.settings:
-                chosen = tune(pool, dataset, setting)
+                chosen = tune(pool, dataset, setting, args.rows)
                 runs = []
                 seeds = args.low_label_seeds if setting in LOW_LABEL else args.seeds
-                for row in [*ROWS, *ABLATIONS]:
+                for row in args.rows:
                     source = "student_only" if row == "teacher_only" else row
                     for seed in range(seeds):
                         runs.append((row, chosen[row], make_spec(dataset, setting, source, chosen[row], seed)))
                 summaries = pool.map(run_one, [spec for _, _, spec in runs])
-                cell: dict[str, Any] = {"chosen": {row: describe(row, t) for row, t in chosen.items()}, "runs": {}}
+                cell: dict[str, Any] = results.get(dataset, {}).get(setting, {"chosen": {}, "runs": {}})
+                cell["chosen"].update({row: describe(row, t) for row, t in chosen.items()})
+                for row in args.rows:
+                    cell["runs"][row] = []
                 for (row, _, _), summary in zip(runs, summaries, strict=True):
-                    cell["runs"].setdefault(row, []).append(
+                    cell["runs"][row].append(
                         {k: summary[k] for k in ("seed", "student", "teacher", "auxiliary", "data", "seconds")}
                     )
                 results.setdefault(dataset, {})[setting] = cell
