@@ -46,6 +46,15 @@ def result_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def gain_line(gain: dict[str, Any]) -> str:
+    """The student against the reference trained in the same run."""
+    return (
+        f"against {gain['reference_method']} on the same split: test {gain['metric']} {gain['student']:.4f} vs "
+        f"{gain['reference']:.4f}, gain {gain['value']:+.4f} [95% paired bootstrap: {gain['low']:+.4f}, "
+        f"{gain['high']:+.4f}]"
+    )
+
+
 def _reader() -> DataReader:
     """Local files, and S3 objects through the configured endpoint, retries and timeouts."""
     from core.data.arrays import read_local_or_s3
@@ -84,6 +93,8 @@ def train_command(
         summary = _train_in(folder, spec, data)
         folder.finish()
     console.print(result_table(summary))
+    if "gain" in summary:
+        console.print(gain_line(summary["gain"]))
     console.print(f"student exported to {folder.final / 'student'}")
 
 

@@ -66,7 +66,8 @@ def builtin_name(builtins: Mapping[str, Sequence[str]]) -> Callable[[JsonSchema]
 
 def add_job_rules(schema: JsonSchema) -> None:
     """JobSpec's rules: retrieval_target exactly for retrieval, no logit KD there; built-ins classify;
-    label smoothing only for classification; mst_distill's bound on model.repr_dim."""
+    label smoothing only for classification; mst_distill's bound on model.repr_dim; no reference for
+    retrieval or a probe."""
     retrieval = {"required": ["task"], "properties": {"task": {"const": "retrieval"}}}
     no_logit_kd = {"properties": {"name": {"not": {"enum": sorted(LOGIT_METHODS)}}, "kd_weight": {"maximum": 0}}}
     schema["allOf"] = [
@@ -77,6 +78,7 @@ def add_job_rules(schema: JsonSchema) -> None:
                     "dataset": _given("retrieval_target", "string"),
                     "method": no_logit_kd,
                     "kind": {"not": {"const": "probe"}},
+                    "reference": {"type": "null"},
                 }
             },
             "else": {"properties": {"dataset": {"properties": {"retrieval_target": {"type": "null"}}}}},
@@ -93,6 +95,10 @@ def add_job_rules(schema: JsonSchema) -> None:
                     "method": {"properties": {"name": {"not": {"const": "c2kd"}}}},
                 }
             },
+        },
+        {
+            "if": {"required": ["kind"], "properties": {"kind": {"const": "probe"}}},
+            "then": {"properties": {"reference": {"type": "null"}}},
         },
         {
             "if": {

@@ -1,6 +1,6 @@
 """The small report uploaded with every successful job: a markdown result table from the summary, the
-run's warnings (``core.engine.health``), and a PNG of the training curves from the job's metric series
-(``core.metrics``)."""
+student's gain over the job's reference when it has one, the run's warnings (``core.engine.health``),
+and a PNG of the training curves from the job's metric series (``core.metrics``)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ def result_table(summary: Mapping[str, Any]) -> str:
         cells = [f"{values[m]:.4f}" if isinstance(values.get(m), int | float) else "" for m in metrics]
         lines.append(f"| {net} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def gain_section(summary: Mapping[str, Any]) -> str:
+    """The student against the job's reference (``reference`` in the spec), or nothing without one."""
+    gain = summary.get("gain")
+    if not isinstance(gain, Mapping):
+        return ""
+    return (
+        f"Against the reference ({gain.get('reference_method')}, same split and seed), test {gain.get('metric')}: "
+        f"student {gain.get('student'):.4f}, reference {gain.get('reference'):.4f}, "
+        f"gain {gain.get('value'):+.4f} (95% paired bootstrap interval over {gain.get('test_samples')} test samples: "
+        f"[{gain.get('low'):+.4f}, {gain.get('high'):+.4f}])."
+    )
 
 
 def warnings_section(summary: Mapping[str, Any]) -> str:
@@ -75,6 +88,7 @@ def write_report(workdir: Path, summary: Mapping[str, Any], series: Series, *, j
             f"# {title}",
             "Test split:",
             result_table(summary),
+            *([gain_section(summary)] if summary.get("gain") else []),
             "\n".join(facts),
             warnings_section(summary),
             "![training curves](curves.png)",

@@ -4,7 +4,8 @@
 loops over epochs and steps, evaluates on the validation split (keeping the best epoch's weights
 under ``train.select: best_val`` and watching for the warnings of ``core.engine.health``),
 checkpoints, and ends with one test-split evaluation and the
-export of the student, both of the selected epoch's weights.
+export of the student, both of the selected epoch's weights. With ``reference`` in the spec it then
+trains the reference (student_only) on the same split and seed and adds the paired gain to the summary.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import math
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import torch
 
 from core.data.prepare import PreparedData, prepare
 from core.engine import checkpoint as ckpt
-from core.engine.evaluation import compute_metrics
+from core.engine.evaluation import compute_metrics, paired_bootstrap
 from core.engine.export import export_student
 from core.engine.health import RunHealth
 from core.engine.selection import EpochSelection
@@ -190,8 +192,11 @@ def validate(run: Run, epoch: int, selection: EpochSelection, health: RunHealth,
         tracker.on_warning(kind=warning.kind, message=warning.message, data=warning.data())
 
 
-def finish(run: Run, workdir: Path, started: float, selected_epoch: int, health: RunHealth) -> dict[str, Any]:
-    """Test-split evaluation once, the student export, and ``summary.json``, all of the weights in ``run``."""
+def finish(
+    run: Run, workdir: Path, started: float, selected_epoch: int, health: RunHealth, gain: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Test-split evaluation once, the student export, and ``summary.json``, all of the weights in ``run``;
+    ``gain`` (the reference's comparison) goes into the summary when the spec asked for one."""
 
     def by_network(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
         return {
@@ -228,24 +233,19 @@ def finish(run: Run, workdir: Path, started: float, selected_epoch: int, health:
             {"kind": warning.kind, "message": warning.message, **warning.data()} for warning in health.warnings
         ],
     }
+    if gain is not None:
+        summary["gain"] = gain
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def train(
-    spec: JobSpec,
-    *,
-    workdir: Path,
-    tracker: Tracker | None = None,
-    checkpoints: CheckpointStore | None = None,
-    data: PreparedData | None = None,
-) -> dict[str, Any]:
-    """Train under ``spec``; write ``workdir/summary.json`` and ``workdir/student/``; return the summary."""
-    started = time.monotonic()
-    tracker = tracker or NullTracker()
-    workdir.mkdir(parents=True, exist_ok=True)
+def fit(
+    spec: JobSpec, data: PreparedData, tracker: Tracker, checkpoints: CheckpointStore | None
+) -> tuple[Run, int, RunHealth]:
+    """Build the run, resume it from the newest checkpoint, train every remaining epoch and apply the
+    epoch selection: (the run holding the selected weights, the selected epoch, the health watch)."""
     with tracker.busy("setup"):  # long stretches without steps are progress, not a stall
-        run = build_run(spec, data if data is not None else prepare(spec.dataset, spec.task))
+        run = build_run(spec, data)
         selection, health = EpochSelection(spec), RunHealth(PRIMARY_METRIC[spec.task])
         resume(run, selection, health, checkpoints)
     log.info(
@@ -273,9 +273,90 @@ def train(
         every = spec.checkpoint.every_epochs
         if every and ((epoch + 1) % every == 0 or last):
             save_checkpoint(run, selection, health, checkpoints, tracker)
+    return run, selection.apply(run.nets, run.objective.total_epochs), health
+
+
+class _ReferenceTracker(NullTracker):
+    """What the reference's training tells the job's tracker: nothing of its steps, epochs or warnings
+    (they are not the job's), but a cancel or a time limit still stops it and its stretches are progress."""
+
+    def __init__(self, outer: Tracker) -> None:
+        self.outer = outer
+
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        return self.outer.busy(f"reference: {what}")
+
+    def should_stop(self) -> bool:
+        return self.outer.should_stop()
+
+
+def reference_spec(spec: JobSpec) -> JobSpec:
+    """The reference's spec: the job's, with the reference method at its defaults and no reference of its own."""
+    assert spec.reference is not None
+    data = spec.model_dump(mode="json")
+    return JobSpec.model_validate({**data, "method": {"name": spec.reference.method}, "reference": None})
+
+
+@torch.no_grad()
+def student_outputs(run: Run, split: str) -> torch.Tensor:
+    """The student's outputs on the val or test split, in float32."""
+    part = run.data.val if split == "val" else run.data.test
+    run.nets.student.eval()
+    inputs = {name: torch.from_numpy(values).to(run.device) for name, values in part.modalities.items()}
+    return run.nets.student(inputs)[1].float()
+
+
+def reference_gain(run: Run, tracker: Tracker) -> dict[str, Any]:
+    """Train the reference on the same data, split and seed (not checkpointed: a resumed job trains it
+    again) and compare the two students on the test split with a paired bootstrap."""
+    spec = run.spec
+    assert spec.reference is not None
+    with tracker.busy(f"reference {spec.reference.method} on the same split"):
+        reference, _, _ = fit(reference_spec(spec), run.data, _ReferenceTracker(tracker), None)
+        metric = PRIMARY_METRIC[spec.task]
+        labels = run.data.test.label
+        assert labels is not None
+        compared = paired_bootstrap(
+            spec.task,
+            metric,
+            student_outputs(run, "test"),
+            student_outputs(reference, "test"),
+            labels,
+            resamples=spec.reference.resamples,
+            seed=spec.train.seed,
+        )
+    log.info(
+        "reference %s: test %s %.4f vs %.4f, gain %+.4f [%+.4f, %+.4f]",
+        spec.reference.method,
+        metric,
+        compared["student"],
+        compared["reference"],
+        compared["value"],
+        compared["low"],
+        compared["high"],
+    )
+    return {"reference_method": spec.reference.method, **compared}
+
+
+def train(
+    spec: JobSpec,
+    *,
+    workdir: Path,
+    tracker: Tracker | None = None,
+    checkpoints: CheckpointStore | None = None,
+    data: PreparedData | None = None,
+) -> dict[str, Any]:
+    """Train under ``spec`` (and its reference, when it asks for one); write ``workdir/summary.json`` and
+    ``workdir/student/``; return the summary."""
+    started = time.monotonic()
+    tracker = tracker or NullTracker()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tracker.busy("setup"):
+        data = data if data is not None else prepare(spec.dataset, spec.task)
+    run, selected_epoch, health = fit(spec, data, tracker, checkpoints)
+    gain = reference_gain(run, tracker) if spec.reference is not None else None
     with tracker.busy("test evaluation and export"):
-        selected_epoch = selection.apply(run.nets, run.objective.total_epochs)
-        summary = finish(run, workdir, started, selected_epoch, health)
+        summary = finish(run, workdir, started, selected_epoch, health, gain)
     log.info("finished: epoch %d selected, test %s", selected_epoch, _shown(summary["student"]))
     tracker.on_finish(summary=summary)
     return summary

@@ -114,6 +114,23 @@ class RunWarning(BaseModel):
     threshold: float = Field(ge=0.0, description="How far from the best a value had to be to count.")
 
 
+class Gain(BaseModel):
+    """The student against the reference trained in the same job (`reference` in the spec)."""
+
+    reference_method: Literal["student_only"] = Field(description="The reference, trained on the same split and seed.")
+    metric: str = Field(description="The task's primary test metric.")
+    student: float = Field(description="The student's test value.")
+    reference: float = Field(description="The reference's test value.")
+    value: float = Field(
+        description="The gain: student minus reference, or reference minus student for an error such as mae; "
+        "positive is better."
+    )
+    low: float = Field(description="Lower end of the gain's 95% paired bootstrap interval over the test samples.")
+    high: float = Field(description="Upper end of that interval.")
+    resamples: int = Field(ge=1)
+    test_samples: int = Field(ge=1)
+
+
 class _Result(BaseModel):
     """What every task's result holds besides the metrics."""
 
@@ -137,6 +154,7 @@ class _Result(BaseModel):
         default_factory=list,
         description="Warnings raised during training, each once; empty in results written before warnings existed.",
     )
+    gain: Gain | None = Field(default=None, description="Present when the spec asked for a `reference`.")
 
 
 class ClassificationResult(_Result):
@@ -222,6 +240,7 @@ class ProbeResult(BaseModel):
     weighted_r2: float = Field(ge=0.0, le=1.0, description="The probe's one number, for all primary modalities.")
     verdict: str = Field(description="What it predicts about distillation, in words.")
     seconds: float = Field(ge=0.0)
+
 
 #: A classification result as the worker writes it (the OpenAPI example; tests reuse it).
 RESULT_EXAMPLE: dict[str, Any] = {

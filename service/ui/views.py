@@ -153,7 +153,7 @@ def job_view(job: Job) -> JobView:
         eta=_duration(job.eta_seconds) if job.eta_seconds is not None and not job.status.terminal else "",
         duration=_duration(duration),
         student=f"{metric} {student:.4f}" if isinstance(student, int | float) else "",
-        gain=f"{gain['mean']:+.4f}" if isinstance(gain, dict) and isinstance(gain.get("mean"), int | float) else "",
+        gain=f"{gain['value']:+.4f}" if isinstance(gain, dict) and isinstance(gain.get("value"), int | float) else "",
         spec_json=json.dumps(spec, indent=2, sort_keys=True),
         finished=job.status.terminal,
         error=job.error,

@@ -84,3 +84,17 @@ def test_datasets_lists_the_builtins() -> None:
     result = mmkd("datasets", "builtin")
     assert result.returncode == 0
     assert "mfeat" in result.stdout and "basic_motions" in result.stdout and "accelerometer" in result.stdout
+
+
+def test_train_with_a_reference_prints_the_gain(tmp_path: Path) -> None:
+    """`reference` in a spec: the local run trains student_only after the method and prints the gain."""
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("checkpoint:", "reference: {resamples: 100}\ncheckpoint:"))
+    out = tmp_path / "run"
+    result = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    gain = json.loads((out / "summary.json").read_text())["gain"]
+    expected = (
+        f"against student_only on the same split: test accuracy {gain['student']:.4f} vs {gain['reference']:.4f}, "
+        f"gain {gain['value']:+.4f} [95% paired bootstrap: {gain['low']:+.4f}, {gain['high']:+.4f}]"
+    )
+    assert expected in " ".join(result.stdout.split())

@@ -317,6 +317,7 @@ VALID = {
     "label smoothing for classification": _data(dataset=UPLOADED, train={"label_smoothing": 0.1}),
     "explicit nulls": _data(dataset={**UPLOADED, "name": None, "uri": None, "retrieval_target": None}),
     "probe of a regression": _data(dataset=UPLOADED, task="regression", kind="probe"),
+    "a reference": _data(reference={"method": "student_only", "resamples": 500}),
     **{f"method {name}": _data(method={"name": name}) for name in METHOD_NAMES},
 }
 # Broken cross-field rules that JSON Schema can state: pydantic and the schema both refuse them.
@@ -338,6 +339,8 @@ BROKEN = {
     "c2kd for regression": _data(dataset=UPLOADED, task="regression", method={"name": "c2kd"}),
     "c2kd for multilabel": _data(dataset=UPLOADED, task="multilabel", method={"name": "c2kd"}),
     "probe of retrieval": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "crd"}, kind="probe"),
+    "probe with a reference": _data(kind="probe", reference={}),
+    "retrieval with a reference": _data(dataset=RETRIEVAL, task="retrieval", method={"name": "crd"}, reference={}),
     "label smoothing for regression": _data(dataset=UPLOADED, task="regression", train={"label_smoothing": 0.1}),
     "modality twice": _data(dataset={**UPLOADED, "primary": ["a", "a"]}),
     "reserved key": _data(dataset={**UPLOADED, "auxiliary": ["label"]}),

@@ -143,7 +143,7 @@ def test_a_row_shows_the_student_metric_the_trainer_reports(task: str, metric: s
         status=JobStatus.SUCCEEDED,
         started_at=now - dt.timedelta(seconds=75),
         finished_at=now,
-        result={"student": {metric: 0.8125, "other": 0.1}, "gain": {"mean": 0.015}},
+        result={"student": {metric: 0.8125, "other": 0.1}, "gain": {"value": 0.015}},
     )
     shown = job_view(job)
     assert (shown.student, shown.gain, shown.duration, shown.percent) == (f"{metric} 0.8125", "+0.0150", "1m15s", 100.0)
