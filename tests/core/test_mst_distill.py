@@ -129,6 +129,11 @@ def test_stages_roles_and_default_lengths() -> None:
     assert objective.distilling(0) and objective.distilling(11)
     short = OBJECTIVES.get("mst_distill")(spec_of({}, epochs=3), repr_dim=2, n_train=2, output_dim=2)
     assert (short.cotrain_epochs, short.mask_epochs) == (1, 1)  # at least one epoch each
+    ten = OBJECTIVES.get("mst_distill")(spec_of({}, epochs=10), repr_dim=2, n_train=2, output_dim=2)
+    assert (ten.cotrain_epochs, ten.mask_epochs, ten.total_epochs) == (2, 2, 14)  # whole epochs
+    assert all(type(n) is int for n in (ten.cotrain_epochs, ten.mask_epochs, ten.total_epochs))
+    with pytest.raises(AssertionError, match="^the gate reads the student's logits$"):
+        OBJECTIVES.get("mst_distill")(spec_of({}), repr_dim=2, n_train=2)
     assert objective_of(cotrain_epochs=5, mask_epochs=3).total_epochs == 16
 
 
@@ -287,6 +292,9 @@ def test_masknet_gives_a_mask_per_channel_in_zero_one_from_the_whole_vector() ->
     changed[:, 0] += 3.0  # one channel moves: every channel's mask may change (attention over channels)
     assert not torch.allclose(net(changed)[:, 5:], mask[:, 5:])
     assert MaskNet(2, heads=3).hidden == 3  # never narrower than the heads
+    # Attention runs over one sample's channels, never across the samples of a batch.
+    assert torch.allclose(net(features[:1]), mask[:1], atol=1e-6)
+    assert torch.allclose(net(features[2:4]), mask[2:4], atol=1e-6)
 
 
 def test_spec_bounds_the_representation_and_refuses_retrieval() -> None:

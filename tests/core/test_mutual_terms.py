@@ -62,6 +62,11 @@ def test_kendall_tau_matches_scipy_without_ties() -> None:
     assert kendall_tau(a, b).tolist() == pytest.approx(expected, abs=1e-6)
 
 
+def test_kendall_tau_of_two_classes_is_their_one_pair() -> None:
+    a = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    assert kendall_tau(a, torch.tensor([[2.0, 3.0], [3.0, 2.0]])).tolist() == [1.0, -1.0]
+
+
 def test_kendall_tau_in_blocks_matches_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
     from core.objectives import losses
 
