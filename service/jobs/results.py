@@ -271,4 +271,15 @@ RESULT_EXAMPLE: dict[str, Any] = {
     "resumed_from_step": None,
     "seconds": 12.5,
     "warnings": [],
+    "gain": {
+        "reference_method": "student_only",
+        "metric": "accuracy",
+        "student": 0.9125,
+        "reference": 0.885,
+        "value": 0.0275,
+        "low": 0.005,
+        "high": 0.05,
+        "resamples": 1000,
+        "test_samples": 400,
+    },
 }
