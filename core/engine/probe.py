@@ -37,7 +37,7 @@ from core.engine.evaluation import compute_metrics
 from core.engine.health import RunHealth
 from core.engine.selection import EpochSelection
 from core.engine.setup import build_run
-from core.engine.trainer import epoch_batches, run_epoch
+from core.engine.trainer import epoch_batches, run_epoch, split_inputs
 from core.metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from core.objectives.salience import GENERAL_R2, channel_salience, encode, fit_ridge
 from core.spec import JobSpec, TaskKind
@@ -117,8 +117,7 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
     teacher, student = run.nets.teacher, run.nets.student
     metric = PRIMARY_METRIC[spec.task]
     primary = list(spec.dataset.primary)
-    val = run.data.val
-    inputs = {name: torch.from_numpy(values).to(run.device) for name, values in val.modalities.items()}
+    val, inputs = split_inputs(run, "val")
     with torch.no_grad():
         teacher.eval()
         student.eval()

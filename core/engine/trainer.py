@@ -14,13 +14,14 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.data.prepare import PreparedData, prepare
+from core.data.prepare import Part, PreparedData, prepare
 from core.engine import checkpoint as ckpt
 from core.engine.evaluation import compute_metrics, paired_bootstrap
 from core.engine.export import export_student
@@ -99,6 +100,12 @@ def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
     return values
 
 
+def split_inputs(run: Run, split: str) -> tuple[Part, dict[str, torch.Tensor]]:
+    """The val or test split and its modalities as tensors on the run's device."""
+    part = run.data.val if split == "val" else run.data.test
+    return part, {name: torch.from_numpy(values).to(run.device) for name, values in part.modalities.items()}
+
+
 @torch.no_grad()
 def evaluate(run: Run, split: str) -> dict[str, float]:
     """Metrics of all three networks on the val or test split, named ``{network}/{metric}``.
@@ -106,8 +113,7 @@ def evaluate(run: Run, split: str) -> dict[str, float]:
     Always in float32, also when training runs under bf16 autocast: the reported metrics are those
     of the exported student, which predicts in float32.
     """
-    part = run.data.val if split == "val" else run.data.test
-    inputs = {name: torch.from_numpy(values).to(run.device) for name, values in part.modalities.items()}
+    part, inputs = split_inputs(run, split)
     metrics: dict[str, float] = {}
     for name, net in run.nets.named_networks().items():
         net.eval()
@@ -278,10 +284,17 @@ def fit(
 
 class _ReferenceTracker(NullTracker):
     """What the reference's training tells the job's tracker: nothing of its steps, epochs or warnings
-    (they are not the job's), but a cancel or a time limit still stops it and its stretches are progress."""
+    (they are not the job's), but each step is progress for a stall watch (a short busy stretch that
+    restarts its clock: one busy stretch around the whole reference would outlast a worker's limit on
+    such stretches), its setup and evaluations are busy stretches, and a cancel or a time limit stops
+    it."""
 
     def __init__(self, outer: Tracker) -> None:
         self.outer = outer
+
+    def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
+        with self.outer.busy("reference: step"):
+            pass
 
     def busy(self, what: str) -> AbstractContextManager[None]:
         return self.outer.busy(f"reference: {what}")
@@ -300,10 +313,8 @@ def reference_spec(spec: JobSpec) -> JobSpec:
 @torch.no_grad()
 def student_outputs(run: Run, split: str) -> torch.Tensor:
     """The student's outputs on the val or test split, in float32."""
-    part = run.data.val if split == "val" else run.data.test
     run.nets.student.eval()
-    inputs = {name: torch.from_numpy(values).to(run.device) for name, values in part.modalities.items()}
-    return run.nets.student(inputs)[1].float()
+    return run.nets.student(split_inputs(run, split)[1])[1].float()
 
 
 def reference_gain(run: Run, tracker: Tracker) -> dict[str, Any]:
@@ -311,8 +322,8 @@ def reference_gain(run: Run, tracker: Tracker) -> dict[str, Any]:
     again) and compare the two students on the test split with a paired bootstrap."""
     spec = run.spec
     assert spec.reference is not None
-    with tracker.busy(f"reference {spec.reference.method} on the same split"):
-        reference, _, _ = fit(reference_spec(spec), run.data, _ReferenceTracker(tracker), None)
+    reference, _, _ = fit(reference_spec(spec), run.data, _ReferenceTracker(tracker), None)
+    with tracker.busy("reference: paired bootstrap"):
         metric = PRIMARY_METRIC[spec.task]
         labels = run.data.test.label
         assert labels is not None

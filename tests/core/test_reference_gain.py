@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,39 @@ def test_the_spec_refuses_a_reference_for_retrieval_and_probes_and_leaves_hashes
         spec_of({"name": "student_only"}, reference={}, kind="probe")
     with pytest.raises(ValueError, match="resamples"):
         spec_of({"name": "student_only"}, reference={"resamples": 10})
+
+
+class BusyRecorder(NullTracker):
+    """Records how many busy stretches are open whenever the loop asks whether to stop, and each stretch."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.open_at_steps: list[int] = []
+        self.stretches: list[str] = []
+
+    @contextmanager
+    def _stretch(self, what: str) -> Iterator[None]:
+        self.open += 1
+        self.stretches.append(what)
+        try:
+            yield
+        finally:
+            self.open -= 1
+
+    def busy(self, what: str) -> AbstractContextManager[None]:
+        return self._stretch(what)
+
+    def should_stop(self) -> bool:
+        self.open_at_steps.append(self.open)
+        return False
+
+
+def test_the_reference_steps_are_progress_not_one_long_busy_stretch(tmp_path: Path) -> None:
+    """A worker fails a job whose busy stretch outlasts MMKD_BUSY_SECONDS: the reference's training must
+    show progress at every step, never sit inside one stretch."""
+    tracker = BusyRecorder()
+    summary = train(spec_of({"name": "student_only"}, reference={"resamples": 100}), workdir=tmp_path, tracker=tracker)
+    assert set(tracker.open_at_steps) == {0}  # no stretch open while a step runs, the reference's included
+    steps = summary["steps"]
+    assert tracker.stretches.count("reference: step") == steps  # the reference has the job's schedule
+    assert "reference: setup" in tracker.stretches and "reference: paired bootstrap" in tracker.stretches
