@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -84,28 +86,36 @@ def paired_bootstrap(
     *,
     resamples: int,
     seed: int,
+    every: int = 100,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """The student's ``metric`` against the reference's on the same test samples: both values, the gain
     (student minus reference, or the reverse for an error such as mae, so a positive gain is always
     better), and its 95% percentile interval over ``resamples`` paired bootstrap resamples of the
-    samples (the same rows for both students), drawn from ``seed``."""
+    samples (the same rows for both students), drawn from ``seed``.
+
+    A resample whose metric is undefined (multilabel: no positive label among its rows) is drawn but
+    not counted; ``resamples`` in the answer is the number that counted. ``check`` is called every
+    ``every`` resamples (a caller's cancel check and progress mark)."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    ours, theirs = outputs.detach().float().cpu().numpy(), reference.detach().float().cpu().numpy()
 
-    def values(rows: np.ndarray | slice) -> tuple[float, float]:
-        return (
-            compute_metrics(task, outputs[rows], labels[rows])[metric],
-            compute_metrics(task, reference[rows], labels[rows])[metric],
-        )
+    def value(out: np.ndarray, rows: np.ndarray | slice) -> float:
+        if task == "multilabel" and not labels[rows].any():
+            return float("nan")  # average precision needs a positive label
+        return compute_metrics(task, torch.from_numpy(out[rows]), labels[rows])[metric]
 
-    student, baseline = values(slice(None))
+    student, baseline = value(ours, slice(None)), value(theirs, slice(None))
     generator = np.random.default_rng(seed)
     n = len(labels)
     draws = []
-    for _ in range(resamples):
+    for drawn in range(resamples):
+        if check is not None and drawn % every == 0:
+            check()
         rows = generator.integers(0, n, n)
-        resampled = values(rows)
-        draws.append(sign * (resampled[0] - resampled[1]))
-    low, high = np.percentile(draws, [2.5, 97.5])
+        draws.append(sign * (value(ours, rows) - value(theirs, rows)))
+    counted = [draw for draw in draws if math.isfinite(draw)]
+    low, high = np.percentile(counted, [2.5, 97.5]) if counted else (float("nan"), float("nan"))
     return {
         "metric": metric,
         "student": student,
@@ -113,6 +123,6 @@ def paired_bootstrap(
         "value": sign * (student - baseline),
         "low": float(low),
         "high": float(high),
-        "resamples": resamples,
+        "resamples": len(counted),
         "test_samples": n,
     }

@@ -127,7 +127,9 @@ class Gain(BaseModel):
     )
     low: float = Field(description="Lower end of the gain's 95% paired bootstrap interval over the test samples.")
     high: float = Field(description="Upper end of that interval.")
-    resamples: int = Field(ge=1)
+    resamples: int = Field(
+        ge=0, description="Bootstrap resamples that counted (multilabel: those with a positive label)."
+    )
     test_samples: int = Field(ge=1)
 
 

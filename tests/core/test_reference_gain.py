@@ -53,6 +53,47 @@ def test_an_error_metric_counts_a_smaller_error_as_a_gain() -> None:
     assert found["student"] == pytest.approx(0.1) and found["reference"] == pytest.approx(0.5)
 
 
+def test_multilabel_resamples_without_a_positive_are_drawn_but_not_counted() -> None:
+    """One positive label in 20 samples: about a third of the resamples hold none and have no mean AP."""
+    labels = np.zeros((20, 2), dtype=np.float32)
+    labels[3, 0] = 1.0
+    student = torch.zeros(20, 2)
+    student[3, 0] = 5.0
+    found = paired_bootstrap("multilabel", "mean_ap", student, torch.zeros(20, 2), labels, resamples=300, seed=2)
+    assert 100 < found["resamples"] < 300 and found["low"] <= found["value"] <= found["high"]
+
+
+def test_the_check_runs_every_hundred_resamples_and_can_stop_the_bootstrap() -> None:
+    labels = np.array([0, 1, 0, 1])
+    calls: list[int] = []
+    paired_bootstrap(
+        "classification",
+        "accuracy",
+        one_hot([0, 1, 0, 0], 2),
+        one_hot([0, 0, 0, 0], 2),
+        labels,
+        resamples=250,
+        seed=0,
+        check=lambda: calls.append(1),
+    )
+    assert len(calls) == 3  # before resamples 0, 100 and 200
+
+    def stop() -> None:
+        raise TrainingCancelled(7)
+
+    with pytest.raises(TrainingCancelled):
+        paired_bootstrap(
+            "classification",
+            "accuracy",
+            one_hot([0, 1], 2),
+            one_hot([0, 0], 2),
+            labels[:2],
+            resamples=10,
+            seed=0,
+            check=stop,
+        )
+
+
 def spec_of(method: dict[str, Any], **top: Any) -> JobSpec:
     return JobSpec.model_validate(
         {
