@@ -70,6 +70,18 @@ class Run:
         assert self.disc_schedule is not None
         return (getattr(self.spec.method, "disc_lr", None) or self.spec.train.lr) * self.disc_schedule(epoch)
 
+    def release_training_state(self) -> None:
+        """Drop what only training needs (the optimisers' moments, the training tensors on the device), so
+        another run can take the device (a job's reference trains after it). The nets, the data and the
+        counters stay: the test evaluation and the export need nothing more. No checkpoint after this."""
+        self.optimizer.state.clear()
+        if self.disc_optimizer is not None:
+            self.disc_optimizer.state.clear()
+        self.train_inputs = {}
+        self.train_labels = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @property
     def n_train(self) -> int:
         """Training samples."""

@@ -319,23 +319,28 @@ def student_outputs(run: Run, split: str) -> torch.Tensor:
 
 def reference_gain(run: Run, tracker: Tracker) -> dict[str, Any]:
     """Train the reference on the same data, split and seed (not checkpointed: a resumed job trains it
-    again) and compare the two students on the test split with a paired bootstrap."""
+    again) and compare the two students on the test split with a paired bootstrap. The method's run
+    gives up its training state first, so the two never hold the device's memory together."""
     spec = run.spec
     assert spec.reference is not None
+    ours = student_outputs(run, "test")
+    run.release_training_state()
     reference, _, _ = fit(reference_spec(spec), run.data, _ReferenceTracker(tracker), None)
-    with tracker.busy("reference: paired bootstrap"):
-        metric = PRIMARY_METRIC[spec.task]
-        labels = run.data.test.label
-        assert labels is not None
-        compared = paired_bootstrap(
-            spec.task,
-            metric,
-            student_outputs(run, "test"),
-            student_outputs(reference, "test"),
-            labels,
-            resamples=spec.reference.resamples,
-            seed=spec.train.seed,
-        )
+    theirs = student_outputs(reference, "test")
+    del reference
+
+    def check() -> None:  # every 100 resamples: progress for the stall watch, and a cancel point
+        with tracker.busy("reference: paired bootstrap"):
+            pass
+        if tracker.should_stop():
+            raise TrainingCancelled(run.state.step)
+
+    metric = PRIMARY_METRIC[spec.task]
+    labels = run.data.test.label
+    assert labels is not None
+    compared = paired_bootstrap(
+        spec.task, metric, ours, theirs, labels, resamples=spec.reference.resamples, seed=spec.train.seed, check=check
+    )
     log.info(
         "reference %s: test %s %.4f vs %.4f, gain %+.4f [%+.4f, %+.4f]",
         spec.reference.method,
