@@ -341,10 +341,16 @@ class MSTDistill(_MethodBase):
     kd_temperature: float = Field(default=4.0, gt=0.0, description="Temperature of every KL of the three stages.")
     mask_heads: int = Field(default=3, ge=1, le=16, description="Attention heads of each MaskNet.")
     kl_weight: float = Field(
-        default=1.0, ge=0.0, description="Stage 3: weight of the KL toward the routed teacher (halved every 30 epochs)."
+        default=1.0,
+        ge=0.0,
+        description="Stage 3: weight of the KL toward the routed teacher, halved after stage-3 epochs 0, 30, 60, "
+        "... (the source's schedule).",
     )
     balance_weight: float = Field(
-        default=1.0, ge=0.0, description="Stage 3: weight of the gate's load balancing (x0.9 every 10 epochs)."
+        default=1.0,
+        ge=0.0,
+        description="Stage 3: weight of the gate's load balancing, x0.9 after stage-3 epochs 0, 10, 20, ... (the "
+        "source's schedule).",
     )
     routing: Literal["top1", "soft"] = Field(
         default="top1",

@@ -22,8 +22,9 @@ Three stages in one run, counted in epochs:
    w_kl halved after stage-3 epochs 0, 30, 60, ... and w_lb x0.9 after epochs 0, 10, 20, ... (the
    source's schedule). ``routing: top1`` distils from the expert the gate ranks first (the source;
    the gate learns from the balancing term alone); ``routing: soft`` from the gate-weighted mixture
-   of the experts' logits, and then the KL trains the gate too (our choice: the source's weighted
-   variant detaches the mixture, which leaves its gate the balancing term alone as well).
+   of the experts' logits, and then the KL trains the gate too, through weights read from the
+   student detached so that the student cannot move its own target (our choice: the source's
+   weighted variant detaches the mixture, which leaves its gate the balancing term alone as well).
 
 The source's load balancing is ``KLDivLoss(reduction="batchmean")`` on the 1-D vector of mean gate
 probabilities, which divides the KL by the number of experts; kept. The gate reads the student's
@@ -87,7 +88,8 @@ def balance(gate: torch.Tensor) -> torch.Tensor:
     of experts (``KLDivLoss(reduction="batchmean")`` on a 1-D input)."""
     mean = gate.mean(dim=0)
     uniform = torch.full_like(mean, 1.0 / mean.shape[0])
-    return (uniform * (uniform.log() - mean.log())).sum() / mean.shape[0]
+    # A gate saturated on one expert over a whole batch underflows to 0: finite, not log(0).
+    return (uniform * (uniform.log() - mean.clamp_min(1e-12).log())).sum() / mean.shape[0]
 
 
 @OBJECTIVES.register("mst_distill")
@@ -168,8 +170,9 @@ class MSTDistillObjective(Objective):
         if method.routing == "top1":
             chosen = gate.argmax(dim=1)
             kl = hinton_kd(self.task, student, stacked[torch.arange(len(chosen)), chosen], temperature)
-        else:
-            mixture = (gate.unsqueeze(2) * stacked).sum(dim=1)
+        else:  # the mixture's weights read the student detached: the student must not move its own target
+            weights = F.softmax(self.gate(student.detach()), dim=1)
+            mixture = (weights.unsqueeze(2) * stacked).sum(dim=1)
             kl = hinton_kd(self.task, student, mixture, temperature, detach=False)
         routed_epoch = epoch - self.cotrain_epochs - self.mask_epochs
         kl_weight = method.kl_weight * 0.5 ** ((routed_epoch + 29) // 30)

@@ -19,6 +19,7 @@ from core.engine.setup import parameter_groups, schedule_windows
 from core.models.network import Networks, build_networks
 from core.objectives import OBJECTIVES
 from core.objectives.base import Batch, Forward
+from core.objectives.losses import hinton_kd
 from core.objectives.mst_distill import MaskNet, MSTDistillObjective, balance
 from core.spec import JobSpec, ModelSpec
 
@@ -237,6 +238,11 @@ def test_stage_three_soft_routing_distils_the_gate_weighted_mixture() -> None:
     assert terms["routed_kl"].item() == pytest.approx(hinton(mixture, student, 2.0), abs=1e-6)
     terms["routed_kl"].backward()  # soft routing: the KL trains the gate
     assert objective.gate[1].weight.grad is not None and objective.gate[1].weight.grad.abs().sum() > 0
+    # ... but not the student through the gate: its gradient is the one toward a fixed mixture.
+    fixed = torch.tensor(student, requires_grad=True)
+    hinton_kd("classification", fixed, torch.tensor(mixture), 2.0).backward()
+    assert fwd.out["student"].grad is not None and fixed.grad is not None
+    assert torch.allclose(fwd.out["student"].grad, fixed.grad, atol=1e-6)
 
 
 def test_stage_three_top1_kl_does_not_train_the_gate_and_balance_reaches_the_student() -> None:
@@ -275,6 +281,8 @@ def test_stage_three_weights_decay_on_the_sources_schedule(epoch: int, kl_factor
 
 def test_balance_is_zero_for_an_even_gate_and_grows_with_imbalance() -> None:
     assert balance(torch.tensor([[0.9, 0.1], [0.1, 0.9]])).item() == pytest.approx(0.0, abs=1e-7)
+    saturated = balance(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))  # one expert never chosen: large, finite
+    assert math.isfinite(saturated.item()) and saturated.item() > 5.0
     assert balance(torch.tensor([[0.9, 0.1], [0.7, 0.3]])).item() > balance(torch.tensor([[0.6, 0.4]])).item() > 0
 
 
