@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from core.errors import SpecError
-from core.spec_schema import LOGIT_METHODS, MST_MAX_REPR, add_job_rules, builtin_name, dataset_rules
+from core.spec_schema import LOGIT_METHODS, MST_MAX_ATTENTION, MST_MAX_REPR, add_job_rules, builtin_name, dataset_rules
 from core.spec_yaml import parse_spec_mapping, read_spec_file
 
 TaskKind = Literal["classification", "multilabel", "regression", "retrieval"]
@@ -339,7 +339,13 @@ class MSTDistill(_MethodBase):
     )
     kd_weight: float = Field(default=1.0, ge=0.0, description="Stage 1: each network's weight of KL toward the others.")
     kd_temperature: float = Field(default=4.0, gt=0.0, description="Temperature of every KL of the three stages.")
-    mask_heads: int = Field(default=3, ge=1, le=16, description="Attention heads of each MaskNet.")
+    mask_heads: int = Field(
+        default=3,
+        ge=1,
+        le=16,
+        description="Attention heads of each MaskNet. train.batch_size x model.repr_dim^2 x mask_heads may be at "
+        "most 2^28 (the attention weights of one step).",
+    )
     kl_weight: float = Field(
         default=1.0,
         ge=0.0,
@@ -528,6 +534,13 @@ class JobSpec(StrictModel):
                 f"method mst_distill masks the representation with attention over its channels and accepts "
                 f"model.repr_dim up to {MST_MAX_REPR}; it is {self.model.repr_dim}"
             )
+        if isinstance(self.method, MSTDistill):
+            attention = self.train.batch_size * self.model.repr_dim**2 * self.method.mask_heads
+            if attention > MST_MAX_ATTENTION:
+                raise ValueError(
+                    f"method mst_distill attends over the representation's channels: train.batch_size x "
+                    f"model.repr_dim^2 x method.mask_heads is {attention}, above {MST_MAX_ATTENTION}; lower one"
+                )
         if self.task != "classification" and self.train.label_smoothing > 0:
             raise ValueError(f"train.label_smoothing is for classification only; task is {self.task!r}")
         return self

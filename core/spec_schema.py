@@ -18,6 +18,10 @@ LOGIT_METHODS = frozenset({"logit_kd", "dml", "c2kd", "mfh_kd", "mst_distill"})
 #: The largest model.repr_dim mst_distill accepts: its MaskNet embeds each sample into repr_dim tokens of
 #: about repr_dim/2 values (the source's shape: repr_dim^3 / 2 weights), so it grows with the cube.
 MST_MAX_REPR = 512
+#: The most elements mst_distill's channel attention may hold per step: train.batch_size x repr_dim^2 x
+#: mask_heads (the attention weights of one MaskNet), 2^28 float32 values, 1 GiB. A product JSON Schema
+#: cannot state; the spec's validator checks it and the field descriptions say it.
+MST_MAX_ATTENTION = 1 << 28
 
 JsonSchema = dict[str, Any]
 

@@ -186,6 +186,9 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
         "method": methods(task),
     }
     data = draw(st.fixed_dictionaries(required, optional=optional))
+    method, batch = data["method"], data.get("train", {}).get("batch_size")
+    if method["name"] == "mst_distill" and batch is not None:  # its attention bound: batch x 64^2 x heads <= 2^28
+        data["train"]["batch_size"] = max(2, min(batch, (1 << 28) // (64 * 64 * method.get("mask_heads", 3))))
     return {**data, "task": task} if task != "classification" else data
 
 

@@ -308,7 +308,10 @@ def test_masknet_gives_a_mask_per_channel_in_zero_one_from_the_whole_vector() ->
 def test_spec_bounds_the_representation_and_refuses_retrieval() -> None:
     with pytest.raises(ValueError, match="model.repr_dim up to 512; it is 513"):
         spec_of({}, repr_dim=513)
-    spec_of({}, repr_dim=512)
+    spec_of({}, repr_dim=512)  # batch 128 x 512^2 x 3 heads = 100,663,296 attention weights: allowed
+    with pytest.raises(ValueError, match=r"batch_size x model.repr_dim\^2 x method.mask_heads is 402653184"):
+        spec_of({"mask_heads": 12}, repr_dim=512)
+    spec_of({"mask_heads": 8}, repr_dim=512)  # 2^28 exactly
     with pytest.raises(ValueError, match="needs logits"):
         JobSpec.model_validate(
             {
