@@ -200,17 +200,20 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
         for dataset in args.datasets:
             for setting in args.settings:
-                chosen = tune(pool, dataset, setting, args.rows)
+                known = results.get(dataset, {}).get(setting)
+                # A cell not in accuracy.json yet needs its reference rows, whatever --rows says.
+                rows = args.rows if known else list(dict.fromkeys(["student_only", "teacher_only", *args.rows]))
+                chosen = tune(pool, dataset, setting, rows)
                 runs = []
                 seeds = args.low_label_seeds if setting in LOW_LABEL else args.seeds
-                for row in args.rows:
+                for row in rows:
                     source = "student_only" if row == "teacher_only" else row
                     for seed in range(seeds):
                         runs.append((row, chosen[row], make_spec(dataset, setting, source, chosen[row], seed)))
                 summaries = pool.map(run_one, [spec for _, _, spec in runs])
-                cell: dict[str, Any] = results.get(dataset, {}).get(setting, {"chosen": {}, "runs": {}})
+                cell: dict[str, Any] = known or {"chosen": {}, "runs": {}}
                 cell["chosen"].update({row: describe(row, t) for row, t in chosen.items()})
-                for row in args.rows:
+                for row in rows:
                     cell["runs"][row] = []
                 for (row, _, _), summary in zip(runs, summaries, strict=True):
                     cell["runs"][row].append(

@@ -71,9 +71,11 @@ def verdict(student_only: list[dict[str, Any]], method: list[dict[str, Any]]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="Seeds per row, at least 2 (the rule needs a spread).")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error("--seeds: at least 2; the rule compares with student_only's spread over the seeds")
     cells = [(dataset, setting) for dataset in args.datasets for setting in SETTINGS]
     keys = [(d, s, row, seed) for d, s in cells for row in ROWS for seed in range(args.seeds)]
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:
