@@ -117,7 +117,11 @@ class DatabaseTracker:
         self.flush()
 
     def busy(self, what: str) -> AbstractContextManager[None]:
-        """A long stretch without steps: progress for the stall watch."""
+        """A long stretch without steps: progress for the stall watch. Buffered points are written first:
+        a checkpoint is stored inside such a stretch, and a worker killed after storing it but before
+        ``on_checkpoint`` must not leave steps the resumed run will not train again unrecorded."""
+        if self._points:
+            self.flush()
         return self.liveness.busy(what)
 
     def should_stop(self) -> bool:

@@ -125,6 +125,20 @@ def test_tracker_writes_progress_metrics_in_batches(sessions, make_job) -> None:
         assert len(session.scalars(select(MetricPoint)).all()) == 7
 
 
+def test_tracker_writes_buffered_points_before_a_busy_stretch(sessions, make_job) -> None:
+    """A checkpoint is stored inside a busy stretch: the steps before it are recorded first, so a worker
+    killed between storing it and on_checkpoint leaves no gap in the history the resumed run continues."""
+    job_id = make_job()
+    with sessions() as session:
+        claim(session, job_id=job_id, owner="w1", lease_seconds=30)
+    tracker = _tracker(sessions, job_id, flush_seconds=3600)
+    tracker.on_start(total_epochs=1, steps_per_epoch=2, start_step=0)
+    tracker.on_step(epoch=0, step=1, losses={"total": 1.0})
+    tracker.on_step(epoch=0, step=2, losses={"total": 0.5})
+    with tracker.busy("checkpoint at step 2"), sessions() as session:
+        assert sorted(p.step for p in session.scalars(select(MetricPoint))) == [1, 2]
+
+
 def test_tracker_resume_event_and_stale_points(sessions, make_job) -> None:
     job_id = make_job()
     with sessions() as session:
