@@ -110,10 +110,7 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
     tracker.on_start(total_epochs=epochs, steps_per_epoch=len(epoch_batches(run, 0)), start_step=0)
     selection, health = EpochSelection(run_spec), RunHealth(PRIMARY_METRIC[spec.task])  # unused: no validation here
     for epoch in range(epochs):
-        run.state.epoch = epoch
         run_epoch(run, epoch, selection, health, tracker, checkpoints=None)
-        run.scheduler.step()
-        run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
     teacher, student = run.nets.teacher, run.nets.student
     metric = PRIMARY_METRIC[spec.task]
     primary = list(spec.dataset.primary)

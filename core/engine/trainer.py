@@ -163,7 +163,9 @@ def run_epoch(
     tracker: Tracker,
     checkpoints: CheckpointStore | None,
 ) -> None:
-    """The steps of one epoch, from wherever a resumed run left it."""
+    """The steps of one epoch, from wherever a resumed run left it; then the schedule's step, and the
+    run's position moves to the next epoch's start."""
+    run.state.epoch = epoch
     every_steps = run.spec.checkpoint.every_steps
     note = run.objective.begin_epoch(run.nets, run.train_inputs, run.train_labels, epoch)
     if note:
@@ -179,6 +181,8 @@ def run_epoch(
         tracker.on_step(epoch=epoch, step=run.state.step, losses=losses)
         if every_steps and run.state.step % every_steps == 0:
             save_checkpoint(run, selection, health, checkpoints, tracker)
+    run.scheduler.step()
+    run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
 
 
 def validate(run: Run, epoch: int, selection: EpochSelection, health: RunHealth, tracker: Tracker) -> None:
@@ -269,10 +273,7 @@ def fit(
         start_step=run.state.step,
     )
     for epoch in range(run.state.epoch, run.objective.total_epochs):
-        run.state.epoch = epoch
         run_epoch(run, epoch, selection, health, tracker, checkpoints)
-        run.scheduler.step()
-        run.state.epoch, run.state.batch_in_epoch = epoch + 1, 0
         last = epoch + 1 == run.objective.total_epochs
         if last or (epoch + 1) % spec.train.eval_every_epochs == 0:
             validate(run, epoch, selection, health, tracker)
@@ -280,6 +281,12 @@ def fit(
         if every and ((epoch + 1) % every == 0 or last):
             save_checkpoint(run, selection, health, checkpoints, tracker)
     return run, selection.apply(run.nets, run.objective.total_epochs), health
+
+
+def mark_progress(tracker: Tracker, what: str) -> None:
+    """Progress without a step of the job's own: an empty busy stretch, which restarts a stall watch's clock."""
+    with tracker.busy(what):
+        pass
 
 
 class _ReferenceTracker(NullTracker):
@@ -293,8 +300,7 @@ class _ReferenceTracker(NullTracker):
         self.outer = outer
 
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
-        with self.outer.busy("reference: step"):
-            pass
+        mark_progress(self.outer, "reference: step")
 
     def busy(self, what: str) -> AbstractContextManager[None]:
         return self.outer.busy(f"reference: {what}")
@@ -330,8 +336,7 @@ def reference_gain(run: Run, tracker: Tracker) -> dict[str, Any]:
     del reference
 
     def check() -> None:  # every 100 resamples: progress for the stall watch, and a cancel point
-        with tracker.busy("reference: paired bootstrap"):
-            pass
+        mark_progress(tracker, "reference: paired bootstrap")
         if tracker.should_stop():
             raise TrainingCancelled(run.state.step)
 
