@@ -138,29 +138,10 @@ def submit_job(
     request never holds a connection idle in a transaction.
     """
     try:
-        spec_json = spec.model_dump(mode="json")
-        unstorable = sorted(_unstorable(spec_json))
-        if unstorable:  # valid for pydantic, but JSON/jsonb cannot hold them
-            raise InvalidRequestError([{"path": path, "message": message} for path, message in unstorable])
-        spec_hash = spec.spec_hash()
-        now = utcnow()
-        values: dict[str, Any] = {
-            "owner_id": owner_id,
-            "name": spec.name,
-            "spec": spec_json,
-            "spec_hash": spec_hash,
-            "seed": spec.train.seed,
-            "status": JobStatus.QUEUED,
-            "attempts": 0,
-            "max_attempts": max_attempts,
-            "created_at": now,
-            "queued_at": now,
-            "updated_at": now,
-            "idempotency_key": idempotency_key,
-            "request_hash": spec_hash if idempotency_key else None,
-        }
-        # A plain INSERT ... RETURNING: the hot path skips the unit of work.
-        job_id = session.execute(_INSERT_JOB[session.get_bind().dialect.name], values).scalar_one_or_none()
+        job_id, values = insert_job(
+            session, owner_id=owner_id, spec=spec, max_attempts=max_attempts, idempotency_key=idempotency_key
+        )
+        spec_hash = values["spec_hash"]
         if job_id is None:  # the key is taken; read committed shows this next statement the first job
             existing = session.scalars(
                 select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
@@ -170,12 +151,53 @@ def submit_job(
             return _replayed(existing, idempotency_key=str(idempotency_key), request_hash=spec_hash), False
         if max_queued is not None:
             check_queued_limit(session, owner_id=owner_id, max_queued=max_queued)
-        record_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
         session.commit()
     except BaseException:
         session.rollback()
         raise
     return Job(id=job_id, **values), True
+
+
+def insert_job(
+    session: Session,
+    *,
+    owner_id: int,
+    spec: JobSpec,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    study_id: int | None = None,
+    trial_number: int | None = None,
+) -> tuple[int | None, dict[str, Any]]:
+    """Insert a queued job with its ``created`` event, not committed; returns its id (None when the
+    idempotency key is taken) and the row's values. A study's trials pass their study and trial."""
+    spec_json = spec.model_dump(mode="json")
+    unstorable = sorted(_unstorable(spec_json))
+    if unstorable:  # valid for pydantic, but JSON/jsonb cannot hold them
+        raise InvalidRequestError([{"path": path, "message": message} for path, message in unstorable])
+    spec_hash = spec.spec_hash()
+    now = utcnow()
+    values: dict[str, Any] = {
+        "owner_id": owner_id,
+        "name": spec.name,
+        "spec": spec_json,
+        "spec_hash": spec_hash,
+        "seed": spec.train.seed,
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "created_at": now,
+        "queued_at": now,
+        "updated_at": now,
+        "idempotency_key": idempotency_key,
+        "request_hash": spec_hash if idempotency_key else None,
+        "study_id": study_id,
+        "trial_number": trial_number,
+    }
+    # A plain INSERT ... RETURNING: the hot path skips the unit of work.
+    job_id = session.execute(_INSERT_JOB[session.get_bind().dialect.name], values).scalar_one_or_none()
+    if job_id is not None:
+        record_event(session, job_id=job_id, kind="created", data={"spec_hash": spec_hash})
+    return job_id, values
 
 
 def _replayed(existing: Job, *, idempotency_key: str, request_hash: str) -> Job:

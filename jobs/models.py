@@ -1,5 +1,5 @@
-"""Jobs, their events, metric points and artifacts; owners, keys and uploaded datasets. Imports only
-SQLAlchemy, so the worker can use these models without the web stack."""
+"""Jobs, their events, metric points and artifacts; studies; owners, keys and uploaded datasets. Imports
+only SQLAlchemy, so the worker can use these models without the web stack."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, Text, 
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobs.orm import Base, BigId, JsonDoc, UtcDateTime, utcnow
-from jobs.status import JobStatus
+from jobs.status import JobStatus, StudyStatus
 
 
 class StatusType(TypeDecorator[JobStatus]):
@@ -28,6 +28,50 @@ class StatusType(TypeDecorator[JobStatus]):
         return None if value is None else JobStatus(value)
 
 
+class StudyStatusType(TypeDecorator[StudyStatus]):
+    """A study status stored as its plain name and read back as a :class:`StudyStatus`."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: StudyStatus | str | None, dialect: Any) -> str | None:
+        """Store the name; an unknown one fails here."""
+        return None if value is None else StudyStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> StudyStatus | None:
+        """Read back as the enum."""
+        return None if value is None else StudyStatus(value)
+
+
+class Study(Base):
+    """A search over job specs (``studies``): its validated study spec, the Optuna study that samples it
+    (in the study storage, ``migrations.study_storage``), where it stands and, once done, its winner.
+    Its trials and finalists are ordinary jobs that point back here (``Job.study_id``)."""
+
+    __tablename__ = "studies"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key"),
+        Index("ix_studies_owner_id_id", "owner_id", "id"),
+        Index("ix_studies_status", "status"),
+        CheckConstraint("status IN ({})".format(", ".join(f"'{s.value}'" for s in StudyStatus)), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    optuna_name: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[StudyStatus] = mapped_column(StudyStatusType(), default=StudyStatus.RUNNING)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime())
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
 class Job(Base):
     """One training run: the validated spec, where it stands, and what it produced."""
 
@@ -37,6 +81,7 @@ class Job(Base):
         Index("ix_jobs_owner_id_id", "owner_id", "id"),
         Index("ix_jobs_owner_id_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_study_id_trial_number", "study_id", "trial_number"),
         CheckConstraint("status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus)), name="status"),
     )
 
@@ -68,6 +113,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    #: The Optuna trial this job trains (one job per seed of it); null for a study's finalists.
+    trial_number: Mapped[int | None]
 
 
 class JobEvent(Base):

@@ -52,6 +52,7 @@ def api(
     if backend == "sqlite":
         db_file = tmp_path / "mmkd.db"
         shutil.copy(sqlite_template, db_file)
+        shutil.copy(sqlite_template.with_name("template-optuna.db"), tmp_path / "mmkd-optuna.db")  # the studies'
         settings = make_settings(f"sqlite:///{db_file}", redis_url, tmp_path / "artifacts")
         app = create_app(settings)
         session = app.state.session_factory()
