@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -61,6 +62,7 @@ def start_reaper(stop: threading.Event) -> threading.Thread:
     from jobs.db import engine_for, session_factory
     from jobs.publish import publisher
     from jobs.reaper import run_reaper
+    from studies.service import advance_running
     from worker.config import get_worker_settings
 
     settings = get_worker_settings()
@@ -73,6 +75,9 @@ def start_reaper(stop: threading.Event) -> threading.Thread:
             "interval_seconds": settings.reaper_interval_seconds,
             "requeue_after_seconds": settings.requeue_after_seconds,
             "stop": stop,
+            "advance_studies": partial(
+                advance_running, database_url=settings.resolved_database_url, max_attempts=settings.max_attempts
+            ),
         },
         name="reaper",
         daemon=True,

@@ -85,3 +85,11 @@ class Stalled(MmkdError):
     ) -> None:
         limit = f"{setting}={limit_seconds:g}"
         super().__init__(f"stalled: no training progress for {idle_seconds:.0f} s (limit {limit}) {where}")
+
+
+class Pruned(MmkdError):
+    """A study's pruner stopped this trial's job after an epoch, its validation value behind the other
+    trials' (``studies``). Raised by the worker's tracker at the next step boundary; the job ends
+    ``pruned``, not failed, and is not retried."""
+
+    kind = "pruned"

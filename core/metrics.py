@@ -21,6 +21,13 @@ PRIMARY_METRIC: dict[str, str] = {
     "retrieval": "r@1",
 }
 LOWER_IS_BETTER = frozenset({"mae", "median_rank"})
+#: Every metric a network is scored with, per task (``core.engine.evaluation`` computes them).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "macro_f1"),
+    "multilabel": ("mean_ap", "f1"),
+    "regression": ("mae", "pearson_r"),
+    "retrieval": ("r@1", "r@5", "r@10", "median_rank"),
+}
 Series = dict[str, list[tuple[int, float]]]
 
 

@@ -382,6 +382,9 @@ MethodSpec = Annotated[
     Field(discriminator="name"),
 ]
 
+#: The method name a study's base spec may give to search the methods themselves (``studies``).
+AUTO_METHOD = "auto"
+
 METHOD_NAMES = (
     "student_only",
     "teacher_only",
@@ -507,6 +510,18 @@ class JobSpec(StrictModel):
     train: TrainSpec = TrainSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     resources: ResourcesSpec = ResourcesSpec()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _auto_is_a_study(cls, value: Any) -> Any:
+        """``method: auto`` searches methods, which one job cannot: say where it belongs."""
+        if isinstance(value, dict) and value.get("name") == AUTO_METHOD:
+            raise PydanticCustomError(
+                "auto_is_a_study",
+                "method 'auto' is a search over methods: submit it as a study (POST /v1/studies, "
+                "`mmkd studies create`, or `mmkd tune` locally)",
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:

@@ -22,8 +22,12 @@ class Tracker(Protocol):
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
         """One optimisation step finished; ``losses`` holds every named loss term and ``total``."""
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
-        """An epoch ended; ``metrics`` holds validation metrics named ``{network}/{metric}``."""
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
+        """An epoch ended; ``metrics`` holds validation metrics named ``{network}/{metric}``. When the student
+        trained in this epoch, ``student_epoch`` counts the epochs it has trained so far (a frozen-teacher
+        method's teacher phase is not among them): what a study's pruner compares across methods."""
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """A checkpoint was stored under ``key``."""
@@ -63,7 +67,9 @@ class NullTracker:
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
         """Ignore."""
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
         """Ignore."""
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:

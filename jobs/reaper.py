@@ -11,6 +11,9 @@
   embedded broker handed the message to a worker that died) are published again. A duplicate
   message is harmless: the claim lets only one delivery train.
 
+- running studies are advanced (``advance_studies``, injected: the domain of jobs knows no Optuna),
+  so a study whose last trial's worker died before advancing it still moves on.
+
 Where it runs: a loop (:func:`run_reaper`) inside ``mmkd worker --beat`` and inside ``mmkd up``,
 not Celery beat: it needs no schedule file and no extra process. Several reapers may run at once
 (one per ``--beat`` host); each change is made under a row lock after re-checking the row, so a
@@ -36,6 +39,8 @@ from jobs.status import ACTIVE, JobStatus
 
 log = logging.getLogger(__name__)
 Enqueue = Callable[[int], None]
+#: Advances every running study; returns the ids of the studies that changed (``studies.service``).
+AdvanceStudies = Callable[[sessionmaker[Session], Enqueue], list[int]]
 #: The kind of a job's latest event, correlated to ``jobs.id`` in the query that uses it.
 _LAST_EVENT_KIND = (
     select(JobEvent.kind)
@@ -55,6 +60,7 @@ class ReapResult:
     cancelled: list[int] = field(default_factory=list)
     republished: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)  # published again after a failed publish
+    studies: list[int] = field(default_factory=list)  # studies that got new jobs
 
 
 def _expire_lease(session: Session, job_id: int, now: dt.datetime, result: ReapResult) -> bool:
@@ -159,8 +165,15 @@ def _retry_failed_publish(sessions: sessionmaker[Session], job_id: int, enqueue:
     return True
 
 
-def reap_once(sessions: sessionmaker[Session], *, enqueue: Enqueue, requeue_after_seconds: float) -> ReapResult:
-    """One pass over failed publishes, expired leases and stale queued jobs; publishes after each commit."""
+def reap_once(
+    sessions: sessionmaker[Session],
+    *,
+    enqueue: Enqueue,
+    requeue_after_seconds: float,
+    advance_studies: AdvanceStudies | None = None,
+) -> ReapResult:
+    """One pass over failed publishes, expired leases, stale queued jobs and running studies; publishes
+    after each commit."""
     result = ReapResult()
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=requeue_after_seconds)
@@ -180,6 +193,8 @@ def reap_once(sessions: sessionmaker[Session], *, enqueue: Enqueue, requeue_afte
                 session.commit()
             if publish:
                 _publish(sessions, enqueue, job_id)
+    if advance_studies is not None:
+        result.studies = advance_studies(sessions, enqueue)
     return result
 
 
@@ -200,12 +215,15 @@ def run_reaper(
     interval_seconds: float,
     requeue_after_seconds: float,
     stop: threading.Event,
+    advance_studies: AdvanceStudies | None = None,
 ) -> None:
     """Reap every ``interval_seconds`` until ``stop`` is set; errors are logged, never fatal."""
     while not stop.is_set():
         try:
-            result = reap_once(sessions, enqueue=enqueue, requeue_after_seconds=requeue_after_seconds)
-            if result.requeued or result.failed or result.cancelled or result.republished or result.retried:
+            result = reap_once(
+                sessions, enqueue=enqueue, requeue_after_seconds=requeue_after_seconds, advance_studies=advance_studies
+            )
+            if any(vars(result).values()):
                 log.info("reaper: %s", result)
         except Exception:
             log.exception("reaper pass failed; trying again in %ss", interval_seconds)

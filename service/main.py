@@ -25,6 +25,7 @@ from service.jobs.router import router as jobs_router
 from service.jobs.stream import StreamHub
 from service.keys.router import router as keys_router
 from service.openapi import problem_openapi
+from service.studies.router import router as studies_router
 from service.telemetry import RequestMetrics, registry_for
 from service.telemetry import router as telemetry_router
 from service.ui.router import UI_STATIC
@@ -93,7 +94,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: counts the 503s admission gives too
     install_error_handlers(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
-    for router in (health_router, jobs_router, live_router, keys_router, datasets_router, telemetry_router, ui_router):
+    routers = (health_router, jobs_router, studies_router, live_router, keys_router, datasets_router, telemetry_router)
+    for router in (*routers, ui_router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=UI_STATIC), name="ui-static")
     if not settings.auth:

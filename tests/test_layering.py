@@ -77,14 +77,15 @@ def _sources(*folders: str) -> list[Path]:
 
 #: What each layer may import from the project's own packages. The HTTP layer and the worker both
 #: stand on the domain (jobs) and storage; neither reaches into the other; settings sit at the bottom.
-OWN = {"settings", "core", "storage", "jobs", "service", "worker", "cli", "migrations", "sdk", "mmkd_client"}
+OWN = {"settings", "core", "storage", "jobs", "studies", "service", "worker", "cli", "migrations", "sdk", "mmkd_client"}
 ALLOWED_OWN: dict[str, set[str]] = {
     "settings": set(),
     "storage": {"settings", "core", "storage"},  # from core: core.errors.StorageError only
     "core": {"core", "storage"},  # the data loader reads through storage
     "jobs": {"settings", "core", "storage", "jobs", "migrations"},
-    "service": {"settings", "core", "storage", "jobs", "service"},
-    "worker": {"settings", "core", "storage", "jobs", "worker"},
+    "studies": {"settings", "core", "storage", "jobs", "migrations", "studies"},  # searches submit jobs
+    "service": {"settings", "core", "storage", "jobs", "studies", "service"},
+    "worker": {"settings", "core", "storage", "jobs", "studies", "worker"},
 }
 
 
@@ -97,9 +98,31 @@ def test_each_layer_imports_only_the_layers_below_it(layer: str) -> None:
 
 
 def test_the_domain_and_storage_know_no_http_and_no_torch() -> None:
-    for path in [*_sources("jobs", "storage"), ROOT / "settings.py"]:
+    for path in [*_sources("jobs", "storage", "studies"), ROOT / "settings.py"]:
         web = _imported_roots(path) & {"fastapi", "starlette", "uvicorn", "httpx", "torch"}
         assert not web, f"{path.relative_to(ROOT)} imports {sorted(web)}"
+
+
+def test_only_the_studies_talk_to_optuna() -> None:
+    """Optuna is the studies' engine: the trainer, the job domain and the HTTP layer never touch it."""
+    talkers = [
+        path.relative_to(ROOT).as_posix()
+        for path in _sources("core", "jobs", "storage", "service", "worker", "cli", "migrations", "studies")
+        if "optuna" in _imported_roots(path)
+    ]
+    assert talkers == [
+        "migrations/study_storage.py",
+        "studies/local.py",
+        "studies/pruning.py",
+        "studies/search.py",
+        "studies/service.py",
+    ]
+
+
+def test_the_studies_load_no_torch() -> None:
+    loaded = loaded_after("import studies.service, studies.pruning, service.studies.router")
+    assert "optuna" not in loaded  # imported on first use only
+    assert "torch" not in loaded
 
 
 def test_only_the_storage_module_talks_to_s3() -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import MmkdError, StorageError, TrainingCancelled
+from core.errors import MmkdError, Pruned, StorageError, TrainingCancelled
 from core.spec import describe_validation_error
 from jobs.leases import Lease
 from jobs.lifecycle import transition
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Outcome:
-    """The end of one attempt: ``status`` is cancelled, failed or queued (retry)."""
+    """The end of one attempt: ``status`` is cancelled, pruned, failed or queued (retry)."""
 
     status: str
     kind: str
@@ -36,6 +36,8 @@ def classify(error: BaseException, *, attempt: int, max_attempts: int) -> Outcom
     """Map an exception raised by an attempt to its outcome."""
     if isinstance(error, TrainingCancelled):
         return Outcome("cancelled", "cancelled", f"cancelled by the owner at step {error.step}")
+    if isinstance(error, Pruned):
+        return Outcome("pruned", "pruned", str(error))
     if isinstance(error, StorageError):
         if attempt < max_attempts:
             return Outcome("queued", error.kind, f"storage error on attempt {attempt}, retrying: {error}")
@@ -54,12 +56,12 @@ def classify(error: BaseException, *, attempt: int, max_attempts: int) -> Outcom
 def record(sessions: sessionmaker[Session], lease: Lease, outcome: Outcome) -> str:
     """Write the outcome if this lease still owns the job; returns what was recorded.
 
-    A retry or a cancel of a job that is being cancelled ends it as ``cancelled``; a failure stays a
-    failure. Each write is a compare-and-set on the lease, so a worker that lost its job records
+    A retry, a cancel or a prune of a job that is being cancelled ends it as ``cancelled``; a failure
+    stays a failure. Each write is a compare-and-set on the lease, so a worker that lost its job records
     nothing.
     """
     target = JobStatus(outcome.status)
-    error = None if target == JobStatus.CANCELLED else outcome.kind
+    error = None if target in (JobStatus.CANCELLED, JobStatus.PRUNED) else outcome.kind
     with sessions() as session:
         if target == JobStatus.FAILED:
             moved = _end(session, lease, target, {JobStatus.RUNNING, JobStatus.CANCELLING}, outcome.reason, error)

@@ -24,13 +24,15 @@ from core.spec import JobSpec
 from jobs.db import engine_for, session_factory
 from jobs.leases import Heartbeat, Lease, LeaseLost, Liveness, claim, new_lease_owner
 from jobs.lifecycle import record_artifact, transition
-from jobs.models import Job, MetricPoint
+from jobs.models import Job, MetricPoint, Study
 from jobs.orm import utcnow
 from jobs.publish import publisher
 from jobs.status import JobStatus
 from storage.checkpoints import StorageCheckpointStore
 from storage.objects import StoredObject
 from storage.store import ArtifactStore, store_from_settings
+from studies.pruning import TrialPruning, trial_pruning
+from studies.service import advance_and_publish
 from worker import outcomes, telemetry
 from worker.config import WorkerSettings, get_worker_settings
 from worker.data import job_reader
@@ -88,6 +90,8 @@ def run_job(job_id: int, *, end_stuck_attempt: Callable[[], None] | None = None)
     telemetry.JOBS_FINISHED.labels(outcome).inc()
     if outcome == "queued":
         _publish_retry(settings, job_id)
+    elif outcome != "lease_lost":
+        _advance_study(settings, sessions, job_id)
     log.info("job %s attempt %s: %s", job_id, lease.attempt, outcome)
     return outcome
 
@@ -133,6 +137,44 @@ def _publish_retry(settings: WorkerSettings, job_id: int) -> None:
         log.exception("job %s: publishing the retry failed", job_id)
 
 
+def _advance_study(settings: WorkerSettings, sessions: sessionmaker[Session], job_id: int) -> None:
+    """A study's job ended: move its study on now (the next trial, the finalists, the result). A failure
+    here loses nothing: the reaper advances every running study on its passes."""
+    with sessions() as session:
+        study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
+        session.commit()
+        if study_id is None:
+            return
+        try:
+            advance_and_publish(
+                session,
+                study_id=study_id,
+                database_url=settings.resolved_database_url,
+                max_attempts=settings.max_attempts,
+                enqueue=publisher(settings),
+            )
+        except Exception:
+            log.exception("job %s: advancing its study %s failed; the reaper will", job_id, study_id)
+
+
+def _trial_pruning(settings: WorkerSettings, sessions: sessionmaker[Session], job_id: int) -> TrialPruning | None:
+    """The pruner of a study's trial job; None for any other job (a finalist is never pruned)."""
+    with sessions() as session:
+        row = session.execute(
+            select(Job.trial_number, Study.spec, Study.optuna_name)
+            .join(Study, Study.id == Job.study_id)
+            .where(Job.id == job_id)
+        ).one_or_none()
+    if row is None or row.trial_number is None:
+        return None
+    return trial_pruning(
+        study_spec=row.spec,
+        optuna_name=row.optuna_name,
+        trial_number=row.trial_number,
+        database_url=settings.resolved_database_url,
+    )
+
+
 def _train_and_publish(
     settings: WorkerSettings,
     sessions: sessionmaker[Session],
@@ -145,6 +187,7 @@ def _train_and_publish(
         from core.engine.trainer import train  # torch loads here
 
         spec, store, data = _prepare(settings, sessions, lease.job_id)
+        pruning = _trial_pruning(settings, sessions, lease.job_id)
     beat.liveness.limit(spec.train.max_minutes)
     tracker = DatabaseTracker(
         sessions,
@@ -154,6 +197,7 @@ def _train_and_publish(
         liveness=beat.liveness,
         flush_seconds=settings.metrics_flush_seconds,
         poll_seconds=settings.cancel_poll_seconds,
+        pruning=pruning,
     )
     workdir.mkdir(parents=True, exist_ok=True)
     if spec.kind == "probe":

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import CursorResult, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import TimedOut
+from core.errors import Pruned, TimedOut
 from core.metrics import Point, train_points, validation_points
 from core.tracking import CheckpointStore
 from jobs.leases import LeaseLost, Liveness, last_checkpoint
@@ -20,6 +20,7 @@ from jobs.lifecycle import record_event
 from jobs.models import Job, JobEvent, MetricPoint
 from jobs.orm import utcnow
 from jobs.status import ACTIVE, JobStatus
+from studies.pruning import TrialPruning
 from worker import telemetry
 
 
@@ -33,7 +34,8 @@ class DatabaseTracker:
     raises :class:`TimedOut`. Every step, evaluation and checkpoint tells ``liveness`` that training
     moves, which is what keeps the lease renewed. A warning becomes a ``warning`` event (its kind under
     ``data.warning``) written at once, and only once per job: a resumed attempt that sees the same
-    warning again adds nothing. Once the lease is lost nothing is written.
+    warning again adds nothing. Once the lease is lost nothing is written. A study's trial reports
+    each validation to its pruner (``pruning``); once pruned, ``should_stop`` raises :class:`Pruned`.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class DatabaseTracker:
         liveness: Liveness,
         flush_seconds: float = 2.0,
         poll_seconds: float = 1.0,
+        pruning: TrialPruning | None = None,
     ) -> None:
         self.sessions = sessions
         self.job_id = job_id
@@ -64,6 +67,8 @@ class DatabaseTracker:
         self._timer_step = 0
         self._total_steps = 0
         self._last_step_at: float | None = None
+        self.pruning = pruning
+        self._pruned: str | None = None
 
     def on_start(self, *, total_epochs: int, steps_per_epoch: int, start_step: int) -> None:
         """Record the totals. A start past step 0 is a resume: it gets a ``resumed`` event, and the
@@ -98,12 +103,17 @@ class DatabaseTracker:
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
-        """Record validation metrics and flush."""
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
+        """Record validation metrics and flush; a study's trial reports the student's value to its pruner,
+        at the student's own epoch count (so a frozen teacher's phase is compared with nothing)."""
         self.liveness.advanced(f"the validation at step {step}")
         self._add(validation_points(step=step, epoch=epoch, metrics=metrics))
         self._progress.update(epoch=epoch, step=step, eta_seconds=self._eta(step))
         self.flush()
+        if self.pruning is not None and self._pruned is None and student_epoch is not None:
+            self._pruned = self.pruning.check(epoch=student_epoch, metrics=metrics)
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """Remember the newest checkpoint's key (written only after the checkpoint is stored)."""
@@ -129,6 +139,8 @@ class DatabaseTracker:
         :class:`TimedOut` (after writing what is buffered) once the attempt is past its deadline."""
         if self.lease_lost.is_set():
             return True
+        if self._pruned is not None:
+            raise Pruned(self._pruned)
         if self.liveness.past_deadline():
             self.flush()
             with self.sessions() as session:

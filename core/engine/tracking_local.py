@@ -42,7 +42,9 @@ class MetricsFileTracker:
         """The step's loss terms."""
         self._append(train_points(step=step, epoch=epoch, losses=losses))
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
         """Validation metrics; flushed so a reader sees whole epochs."""
         self._append(validation_points(step=step, epoch=epoch, metrics=metrics))
         self.flush()
@@ -117,7 +119,9 @@ class RichProgressTracker:
         shown = " ".join(f"{name}={value:.3f}" for name, value in losses.items())
         self.progress.update(self.task_id, completed=step, epoch=epoch + 1, losses=shown)
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
         """Show the validation metric of each network."""
         shown = " ".join(
             f"{key.split('/')[0][0].upper()}:{value:.3f}"
@@ -172,10 +176,12 @@ class FanOutTracker:
         for tracker in self.trackers:
             tracker.on_step(epoch=epoch, step=step, losses=losses)
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
         """Forward."""
         for tracker in self.trackers:
-            tracker.on_epoch(epoch=epoch, step=step, metrics=metrics)
+            tracker.on_epoch(epoch=epoch, step=step, metrics=metrics, student_epoch=student_epoch)
 
     def on_checkpoint(self, *, epoch: int, step: int, key: str) -> None:
         """Forward."""

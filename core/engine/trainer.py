@@ -190,10 +190,13 @@ def validate(run: Run, epoch: int, selection: EpochSelection, health: RunHealth,
     to the health watch, whose warnings go to the tracker."""
     with tracker.busy(f"validation after epoch {epoch + 1}"):
         metrics = evaluate(run, "val")
-    tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=metrics)
+    roles = run.objective.roles(epoch)
+    student_epoch = None
+    if roles["student"] == "train":
+        student_epoch = sum(run.objective.roles(past)["student"] == "train" for past in range(epoch + 1))
+    tracker.on_epoch(epoch=epoch + 1, step=run.state.step, metrics=metrics, student_epoch=student_epoch)
     shown = ", ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items()))
     log.info("epoch %d/%d, step %d: validation %s", epoch + 1, run.objective.total_epochs, run.state.step, shown)
-    roles = run.objective.roles(epoch)
     if roles["student"] == "train":  # a frozen-teacher method's phase 1 is not a candidate
         selection.offer(epoch + 1, metrics, run.nets)
     training = [name for name, role in roles.items() if role == "train"]

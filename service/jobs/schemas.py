@@ -57,6 +57,8 @@ class JobSummary(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    study_id: int | None = Field(default=None, description="The study this job is a trial or finalist of.")
+    trial_number: int | None = Field(default=None, description="The study's trial it trains; null for a finalist.")
 
     @classmethod
     def of(cls, job: Job, *, owner: str) -> JobSummary:
@@ -132,6 +134,8 @@ def _summary_fields(job: Job, owner: str) -> dict[str, Any]:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "study_id": job.study_id,
+        "trial_number": job.trial_number,
     }
 
 

@@ -61,7 +61,9 @@ class ValidationRecorder(NullTracker):
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
         self.steps += 1
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
         self.accuracy.append(metrics["student/accuracy"])
 
     def should_stop(self) -> bool:

@@ -44,7 +44,9 @@ class Recorder(NullTracker):
     def on_step(self, *, epoch: int, step: int, losses: Mapping[str, float]) -> None:
         self.steps.append(dict(losses))
 
-    def on_epoch(self, *, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch(
+        self, *, epoch: int, step: int, metrics: Mapping[str, float], student_epoch: int | None = None
+    ) -> None:
         self.epochs.append(dict(metrics))
 
     def should_stop(self) -> bool:

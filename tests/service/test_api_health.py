@@ -57,6 +57,11 @@ def test_operation_ids_are_stable(api: Api) -> None:
         "start_dataset_upload",
         "complete_dataset_upload",
         "abort_dataset_upload",
+        "create_study",
+        "list_studies",
+        "get_study",
+        "list_study_trials",
+        "cancel_study",
     }
 
 

@@ -48,6 +48,11 @@ DOMAIN_STATUSES: dict[str, set[int]] = {
     "start_dataset_upload": {201, 409},
     "complete_dataset_upload": {201, 409},
     "abort_dataset_upload": {204, 409},
+    "create_study": {200, 201, 409, 429},
+    "list_studies": {200},
+    "get_study": {200},
+    "list_study_trials": {200},
+    "cancel_study": {200, 409},
 }
 
 
@@ -114,7 +119,7 @@ def test_every_operation_documents_exactly_what_it_can_return(app: FastAPI, sche
 
 def test_whoami_documents_401_and_lists_no_404(schema: dict[str, Any]) -> None:
     assert set(schema["paths"]["/v1/whoami"]["get"]["responses"]) == {"200", "401", "503"}
-    for listing in ("/v1/jobs", "/v1/datasets"):
+    for listing in ("/v1/jobs", "/v1/datasets", "/v1/studies"):
         assert "404" not in schema["paths"][listing]["get"]["responses"]
 
 
@@ -254,7 +259,7 @@ def test_an_id_of_5000_digits_is_a_422_at_its_path(api: Api) -> None:
     token = api.new_key()
     headers = {**api.auth(token), "Content-Type": "application/json"}
     urls = list(_id_urls(api.app, other_id=api.submit(token).json()["id"]))  # a job of the caller's
-    assert {name for _, _, name in urls} == {"job_id", "artifact_id", "dataset_id", "upload_id"}
+    assert {name for _, _, name in urls} == {"job_id", "artifact_id", "dataset_id", "upload_id", "study_id"}
     for method, url, name in urls:
         response = api.client.request(method, url, headers=headers, content=b"{}")
         assert response.status_code == 422, f"{method} {url[:40]}: {response.status_code}"

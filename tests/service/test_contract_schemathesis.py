@@ -58,8 +58,19 @@ STATEFUL_STEPS = fuzz_budget(20, 100)
 #:   modalities that exist in the named dataset, `dataset.id` one of the caller's datasets, a raw
 #:   URI under `MMKD_DATA_ALLOW`) are checked at submit; a breach is a 422 naming the field;
 #: - upload_dataset: the body's schema is "bytes"; whether they are a valid .npz is the loader's call;
-#: - list_jobs, list_datasets, list_job_logs: a cursor is opaque; one this server did not hand out is a 422.
-SCHEMA_VALID_BUT_422 = ["submit_job", "upload_dataset", "list_jobs", "list_datasets", "list_job_logs"]
+#: - create_study: every value its space can sample is tried against the base spec (a path that is no
+#:   spec field, a bound the job spec refuses) and its base follows submit_job's rules;
+#: - list_jobs, list_datasets, list_job_logs, list_studies: a cursor is opaque; one this server did not
+#:   hand out is a 422.
+SCHEMA_VALID_BUT_422 = [
+    "submit_job",
+    "upload_dataset",
+    "create_study",
+    "list_jobs",
+    "list_datasets",
+    "list_job_logs",
+    "list_studies",
+]
 POSITIVE_WITH_422 = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
 

@@ -1,0 +1,141 @@
+"""The Optuna side of a study: its sampler and pruner from the spec, the study in the study storage,
+asking a trial's values and reading its trials back. The only module with Optuna's objects in its
+signatures; the service and the worker call it with plain values.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from studies.spec import CategoricalParam, FloatParam, IntParam, Scalar, StudySpec, active_param
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study storage at ``url`` (``migrations.study_storage``), one engine per process; the tables
+    must exist (``mmkd db upgrade``)."""
+    import optuna
+
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"pool_pre_ping": True}, skip_table_creation=True, skip_compatibility_check=True
+    )
+
+
+def sampler_for(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """TPE over the (conditional) space: ``startup_trials`` random trials first, seeded, with the
+    constant liar so that parallel trials do not all land on the same point."""
+    import optuna
+
+    with warnings.catch_warnings():  # group (conditional spaces) is "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=spec.sampler.seed,
+            n_startup_trials=spec.sampler.startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
+
+
+def pruner_for(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner, fed by the validation value each trial's job reports after each epoch."""
+    import optuna
+
+    pruner = spec.pruner
+    if pruner.name == "median":  # steps are the student's epochs from 1: the warm-up's are 1..warmup_epochs
+        warmup_steps = pruner.warmup_epochs + 1
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=warmup_steps)
+    if pruner.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_epochs, reduction_factor=pruner.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def load_study(spec: StudySpec, *, name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """The Optuna study ``name``, created with the spec's direction on first use (its initial trials
+    enqueued then, once); loading it again is harmless."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the service logs what it does itself
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler_for(spec), pruner=pruner_for(spec))
+    except KeyError:
+        pass
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler_for(spec),
+        pruner=pruner_for(spec),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+    space = spec.effective_space()
+    if not study.trials:
+        for values in spec.effective_initial():
+            study.enqueue_trial(_keyed(space, values), skip_if_exists=True)
+    return study
+
+
+def _keyed(space: list[FloatParam | IntParam | CategoricalParam], values: dict[str, Scalar]) -> dict[str, Scalar]:
+    """Path-keyed values as the Optuna study names its parameters."""
+    keyed = {}
+    for path, value in values.items():
+        param = active_param(space, values, path)
+        assert param is not None  # the spec checked every initial value
+        keyed[param.key] = value
+    return keyed
+
+
+def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Scalar]]:
+    """Start a trial (an enqueued one first) and sample its values: ``(number, {path: value})``. A
+    parameter whose condition the trial's earlier values do not meet is not sampled."""
+    trial = study.ask()
+    values: dict[str, Scalar] = {}
+    for param in spec.effective_space():
+        if not all(values.get(path) in allowed for path, allowed in (param.when or {}).items()):
+            continue
+        if isinstance(param, CategoricalParam):
+            values[param.path] = _choice(trial.suggest_categorical(param.key, param.choices))
+        elif isinstance(param, IntParam):
+            step = 1 if param.log else param.step
+            values[param.path] = trial.suggest_int(param.key, param.low, param.high, step=step, log=param.log)
+        else:
+            values[param.path] = trial.suggest_float(param.key, param.low, param.high, log=param.log)
+    return trial.number, values
+
+
+def _choice(value: object) -> Scalar:
+    """A categorical value as the space gave it (Optuna types it loosely)."""
+    assert isinstance(value, str | int | float | bool)
+    return value
+
+
+def trial_values(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> dict[str, Scalar]:
+    """A started trial's values by spec path, in the space's order."""
+    by_key = {param.key: param.path for param in spec.effective_space()}
+    return {by_key[key]: value for key, value in trial.params.items() if key in by_key}
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """The study's trials by state (``complete``, ``pruned``, ``fail``...)."""
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        state = trial.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def complete_value(trial: optuna.trial.FrozenTrial) -> float:
+    """A complete trial's objective (Optuna types it optional: other states have none)."""
+    assert trial.value is not None
+    return float(trial.value)
