@@ -1,5 +1,5 @@
-"""Local commands: ``mmkd train``, ``mmkd predict`` (and the table behind ``mmkd datasets builtin``).
-torch loads inside them only."""
+"""Local commands: ``mmkd train``, ``mmkd tune``, ``mmkd predict``, ``mmkd probe`` (and the table behind
+``mmkd datasets builtin``). torch loads inside them only."""
 
 from __future__ import annotations
 
@@ -248,8 +248,73 @@ def probe_command(
         console.print(f"figures written to {out}")
 
 
+def _load_study(spec_path: Path, study_path: Path) -> Any:
+    """The study file with SPEC as its base, validated; every problem is one line naming the file."""
+    from pydantic import ValidationError
+
+    from core.errors import SpecError
+    from core.spec import MAX_REPORTED_PROBLEMS, describe_validation_error
+    from core.spec_yaml import parse_spec_mapping, read_spec_file
+    from studies.spec import StudySpec
+
+    try:
+        base = parse_spec_mapping(read_spec_file(spec_path), str(spec_path))
+        study = parse_spec_mapping(read_spec_file(study_path), str(study_path))
+    except SpecError as exc:
+        fail(one_line(str(exc)))
+    if "base" in study:
+        fail(f"{study_path}: has a base; with mmkd tune, SPEC is the base")
+    try:
+        return StudySpec.model_validate({**study, "base": base})
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)[:MAX_REPORTED_PROBLEMS]
+        fail(f"{study_path}: invalid study: " + "; ".join(problems))
+
+
+def tune_command(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="The base job spec (YAML or JSON).")],
+    study_path: Annotated[
+        Path, typer.Argument(metavar="STUDY", help="The study: space, trials, objective, pruner... (no base).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to create: trials, finalists, optuna.db, study.json.")],
+) -> None:
+    """Search locally, without a server: the study's trials one after another (pruned by its pruner), then
+    the winner trained again with the reference; prints the winner and its gain over training alone."""
+    study = _load_study(spec_path, study_path)
+    if out.exists():
+        fail(f"{out}: exists; --out names a folder to create")
+    from core.errors import MmkdError
+    from core.tracking import Tracker
+    from studies.local import tune
+    from studies.spec import trial_spec
+
+    data = _prepare(trial_spec(study.base, {"method.name": "student_only"}))  # every trial's data
+
+    def train_run(job_spec: JobSpec, workdir: Path, tracker: Tracker) -> dict[str, Any]:
+        from core.engine.tracking_local import FanOutTracker, MetricsFileTracker
+        from core.engine.trainer import train
+
+        workdir.mkdir(parents=True)
+        with MetricsFileTracker(workdir / "metrics.jsonl") as record:
+            return train(job_spec, workdir=workdir, tracker=FanOutTracker(record, tracker), checkpoints=None, data=data)
+
+    try:
+        result = tune(study, out=out, train_run=train_run, echo=console.print)
+    except MmkdError as exc:
+        fail(one_line(str(exc)))
+    winner = result["winner"]
+    console.print(
+        f"winner: trial {winner['trial']} {winner['values']}, validation {result['metric']} "
+        f"{winner['validation']:.4f}; test {result['test']:.4f} (trials: {result['trials']})"
+    )
+    if result["gain"] is not None:
+        console.print(gain_line(result["gain"]))
+    console.print(f"student exported to {out / 'final-s0' / 'student'}; the study's record is {out / 'study.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the local commands to ``app`` (``mmkd datasets builtin`` lives in ``cli.datasets``)."""
     app.command("train")(train_command)
+    app.command("tune")(tune_command)
     app.command("predict")(predict_command)
     app.command("probe")(probe_command)
