@@ -23,6 +23,8 @@ SEARCHABLE_ROOTS = ("method", "model", "train")
 FIXED_PATHS = frozenset({"train.seed", "train.device", "train.max_minutes", "train.eval_every_epochs"})
 MAX_PARAMS = 16
 MAX_CHOICES = 32
+#: The most job specs a study's check builds per parameter (its values under its conditions' values).
+MAX_CORNERS = 256
 Scalar = str | int | float | bool
 
 
@@ -339,6 +341,8 @@ def check_space(
         method_searched = "method.name" in earlier and "method.name" not in (param.when or {})
         if root == "method" and param.path != "method.name" and method_searched:
             raise ValueError(f"{where}: {param.path} depends on the method; give it when: {{method.name: [...]}}")
+        if _corner_count(param) > MAX_CORNERS:  # counted before any is built: a hostile space costs nothing
+            raise ValueError(f"{where}: more than {MAX_CORNERS} combinations of its values and its conditions' values")
         for params in _corners(param, earlier):
             problem = _valid(base, params)
             if problem is not None:
@@ -363,6 +367,15 @@ def active_param(
     return None
 
 
+def _corner_count(param: FloatParam | IntParam | CategoricalParam) -> int:
+    count = len(param.choices) if isinstance(param, CategoricalParam) else 2
+    for allowed in (param.when or {}).values():
+        count *= len(set(allowed))
+        if count > MAX_CORNERS:
+            break
+    return count
+
+
 def _corners(
     param: FloatParam | IntParam | CategoricalParam, earlier: dict[str, CategoricalParam]
 ) -> list[dict[str, Scalar]]:
@@ -370,7 +383,7 @@ def _corners(
     conditions' values, as ``{path: value}`` in the order they apply."""
     values: list[Scalar] = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
     conditions = list((param.when or {}).items())
-    combos = itertools.product(*(allowed for _, allowed in conditions)) if conditions else [()]
+    combos = itertools.product(*(list(dict.fromkeys(allowed)) for _, allowed in conditions)) if conditions else [()]
     return [
         {**{path: value for (path, _), value in zip(conditions, combo, strict=True)}, param.path: value}
         for combo in combos

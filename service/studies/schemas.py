@@ -49,6 +49,9 @@ class StudyLinks(BaseModel):
     self: str
     trials: str
     cancel: str
+    student: str | None = Field(
+        default=None, description="A succeeded study's student: the first finalist job's artifacts."
+    )
 
 
 class StudySummary(BaseModel):
@@ -91,11 +94,13 @@ class StudyOut(StudySummary):
     def of_study(cls, study: Study, *, owner: str) -> StudyOut:
         """Build from the ORM row; a stored spec or result the models refuse is kept as stored."""
         base = f"/v1/studies/{study.id}"
+        winner_job = (study.result or {}).get("student_job_id") if study.status == StudyStatus.SUCCEEDED else None
+        student = f"/v1/jobs/{winner_job}/artifacts" if isinstance(winner_job, int) else None
         return cls(
             **StudySummary.of(study, owner=owner).model_dump(),
             spec=study.spec,
             result=study.result,
-            links=StudyLinks(self=base, trials=f"{base}/trials", cancel=f"{base}/cancel"),
+            links=StudyLinks(self=base, trials=f"{base}/trials", cancel=f"{base}/cancel", student=student),
         )
 
 

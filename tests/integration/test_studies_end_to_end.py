@@ -99,6 +99,7 @@ def test_a_four_trial_study_prunes_one_and_finishes_across_an_api_restart(stack)
     result = study["result"]
     winner = result["winner"]["trial"]
     assert winner in (0, 1, 2) and result["student_job_id"] == jobs[4].id
+    assert study["links"]["student"] == f"/v1/jobs/{jobs[4].id}/artifacts"
     assert jobs[4].result["student"] == pytest.approx(jobs[winner].result["student"], abs=1e-6)
     assert result["gain"]["over"] == "test_samples" and result["gain"]["resamples"] == 200
     assert result["gain"]["low"] <= result["gain"]["value"] <= result["gain"]["high"]

@@ -41,6 +41,12 @@ def test_a_study_queues_its_first_trials_as_jobs_of_its_owner(api: Api) -> None:
     study = response.json()
     assert study["status"] == "running" and response.headers["Location"] == f"/v1/studies/{study['id']}"
     assert study["spec"]["objective"] == {"metric": None} and study["spec"]["trials"] == 6
+    assert study["links"] == {
+        "self": f"/v1/studies/{study['id']}",
+        "trials": f"/v1/studies/{study['id']}/trials",
+        "cancel": f"/v1/studies/{study['id']}/cancel",
+        "student": None,  # until it succeeded
+    }
     jobs = study_jobs(api, study["id"])
     assert [job.trial_number for job in jobs] == [0, 1]  # parallelism 2: two trials, one job each
     assert all(job.status == "queued" for job in jobs)
@@ -189,6 +195,25 @@ def _study(**changes: Any) -> dict[str, Any]:
         (_study(objective={"metric": "mae"}), "objective.metric must be one of accuracy, macro_f1"),
         (_study(base={**BASE, "reference": {}}), "base.reference"),
         (_study(trials=0), "trials"),
+        (
+            _study(
+                space=[
+                    {"path": "model.dropout", "type": "categorical", "choices": [i / 100 for i in range(32)]},
+                    {"path": "train.label_smoothing", "type": "categorical", "choices": [i / 100 for i in range(32)]},
+                    {
+                        "path": "method.kd_weight",
+                        "type": "float",
+                        "low": 0.5,
+                        "high": 2,
+                        "when": {
+                            "model.dropout": [i / 100 for i in range(32)],
+                            "train.label_smoothing": [i / 100 for i in range(32)],
+                        },
+                    },
+                ]
+            ),
+            "space.2: more than 256 combinations",
+        ),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
 )

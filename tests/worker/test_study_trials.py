@@ -4,66 +4,15 @@ with the reference, and the study's result holds the winner, its test metric and
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from worker_helpers import STUDY, drive, start
+from worker_helpers import STUDY_BASE as BASE
 
-from jobs.keys import get_or_create_owner
 from jobs.models import Job, JobEvent, MetricPoint, Study
 from studies import service
-from studies.spec import StudySpec
-from worker import runner
 from worker.config import get_worker_settings
-
-BASE: dict[str, Any] = {
-    "name": "kd",
-    "dataset": {"name": "mfeat", "primary": ["fou", "zer"], "auxiliary": ["kar"]},
-    "model": {"hidden_dim": 16, "repr_dim": 8},
-    "method": {"name": "logit_kd", "teacher_epochs": 2},
-    "train": {"epochs": 4, "batch_size": 64, "device": "cpu", "lr": 0.01},
-    "checkpoint": {"every_epochs": None},
-}
-#: Four trials in a known order: three learning rates that learn, then one that cannot (1e-6); the
-#: median pruner judges from the fourth trial on (three finished first), after the student's first epoch.
-STUDY: dict[str, Any] = {
-    "name": "lr",
-    "base": BASE,
-    "space": [{"path": "train.lr", "type": "categorical", "choices": [0.01, 0.003, 0.03, 1e-6]}],
-    "initial": [{"train.lr": lr} for lr in (0.01, 0.003, 0.03, 1e-6)],
-    "trials": 4,
-    "parallelism": 1,
-    "pruner": {"name": "median", "startup_trials": 3, "warmup_epochs": 1},
-    "reference": {"resamples": 200},
-}
-
-
-def start(sessions: sessionmaker[Session], body: dict[str, Any]) -> int:
-    settings = get_worker_settings()
-    with sessions() as session:
-        owner = get_or_create_owner(session, name="local")
-        session.commit()
-        study, _ = service.create_study(
-            session, owner_id=owner.id, spec=StudySpec.model_validate(body), idempotency_key=None
-        )
-        service.advance(session, study_id=study.id, database_url=settings.resolved_database_url, max_attempts=3)
-        return study.id
-
-
-def queued(sessions: sessionmaker[Session], study_id: int) -> list[int]:
-    with sessions() as session:
-        return list(
-            session.scalars(select(Job.id).where(Job.study_id == study_id, Job.status == "queued").order_by(Job.id))
-        )
-
-
-def drive(sessions: sessionmaker[Session], study_id: int, limit: int = 12) -> list[tuple[int, str]]:
-    """Train the study's queued jobs one by one (each run advances the study) until none is queued."""
-    ran = []
-    while (waiting := queued(sessions, study_id)) and len(ran) < limit:
-        ran.append((waiting[0], runner.run_job(waiting[0])))
-    return ran
 
 
 def test_a_study_prunes_the_lagging_trial_and_trains_its_winner_with_the_reference(
