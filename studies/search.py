@@ -60,17 +60,25 @@ def pruner_for(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def find_study(spec: StudySpec, *, name: str, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """The Optuna study ``name`` if it exists (reading creates nothing)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the service logs what it does itself
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler_for(spec), pruner=pruner_for(spec))
+    except KeyError:
+        return None
+
+
 def load_study(spec: StudySpec, *, name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
     """The Optuna study ``name``, created with the spec's direction on first use (its initial trials
     enqueued then, once); loading it again is harmless."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the service logs what it does itself
-
-    try:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler_for(spec), pruner=pruner_for(spec))
-    except KeyError:
-        pass
+    found = find_study(spec, name=name, storage=storage)
+    if found is not None:
+        return found
     study = optuna.create_study(
         study_name=name,
         storage=storage,

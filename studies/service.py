@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Row, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec, describe_validation_error
@@ -83,14 +84,14 @@ def create_study(
         if max_queued is not None:
             _check_room(session, owner_id=owner_id, first=spec.parallelism * spec.seeds, max_queued=max_queued)
         session.commit()
-    except LimitExceededError:
-        session.rollback()
-        raise
-    except Exception:  # a concurrent create with the same key won the unique constraint
+    except IntegrityError:  # a concurrent create with the same key won the unique constraint: replay it
         session.rollback()
         if idempotency_key is None:
             raise
         return create_study(session, owner_id=owner_id, spec=spec, idempotency_key=idempotency_key)
+    except BaseException:
+        session.rollback()
+        raise
     return study, True
 
 
@@ -145,7 +146,9 @@ def list_trials(session: Session, *, study: Study, database_url: str) -> list[Tr
     spec = StudySpec.model_validate(study.spec)
     jobs = _jobs_by_trial(session, study.id)
     session.commit()
-    optuna_study = search.load_study(spec, name=study.optuna_name, storage=_storage(database_url))
+    optuna_study = search.find_study(spec, name=study.optuna_name, storage=_storage(database_url))
+    if optuna_study is None:  # created, not advanced yet (the reaper will)
+        return []
     views = []
     for trial in optuna_study.get_trials(deepcopy=False):
         epochs = sorted(trial.intermediate_values)

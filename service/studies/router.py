@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
@@ -18,6 +19,7 @@ from service.studies.schemas import StudyOut, StudyPage, StudySummary, TrialList
 from studies import service
 from studies.spec import StudySpec, trial_spec
 
+log = logging.getLogger(__name__)
 router = APIRouter(
     route_class=StrictJsonRoute, prefix="/v1/studies", tags=["studies"], responses=error_responses(401, 503)
 )
@@ -116,13 +118,16 @@ def create_study(
         max_queued=settings.max_queued_per_owner,
     )
     if created:
-        service.advance_and_publish(
-            session,
-            study_id=study.id,
-            database_url=settings.resolved_database_url,
-            max_attempts=settings.max_attempts,
-            enqueue=request.app.state.enqueue,
-        )
+        try:
+            service.advance_and_publish(
+                session,
+                study_id=study.id,
+                database_url=settings.resolved_database_url,
+                max_attempts=settings.max_attempts,
+                enqueue=request.app.state.enqueue,
+            )
+        except Exception:  # the study is stored: the reaper's next pass asks for its first trials
+            log.exception("study %s: its first advance failed; the reaper will retry", study.id)
         session.refresh(study)
         session.commit()
     else:

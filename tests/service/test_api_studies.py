@@ -222,3 +222,24 @@ def test_a_study_that_could_sample_an_invalid_job_is_a_422(api: Api, body: dict[
     assert response.status_code == 422, response.text
     text = " ".join(f"{error['path']}: {error['message']}" for error in response.json()["errors"])
     assert needle in text, text
+
+
+def test_a_study_whose_first_advance_failed_is_stored_and_advanced_later(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from studies import service
+
+    def broken(*args: Any, **kwargs: Any) -> list[int]:
+        raise RuntimeError("the study storage is unreachable")
+
+    monkeypatch.setattr(service, "advance_and_publish", broken)
+    token = api.new_key()
+    response = create(api, token)
+    assert response.status_code == 201 and response.json()["status"] == "running"
+    study_id = response.json()["id"]
+    assert study_jobs(api, study_id) == []
+    assert api.client.get(f"/v1/studies/{study_id}/trials", headers=api.auth(token)).json()["items"] == []
+    monkeypatch.undo()
+    database_url = api.app.state.settings.resolved_database_url
+    created = service.advance(api.session, study_id=study_id, database_url=database_url, max_attempts=3)
+    assert [job.id for job in study_jobs(api, study_id)] == created and len(created) == 2
