@@ -29,7 +29,7 @@ def study_storage_url(database_url: str) -> str:
         return url.set(database=str(path.with_name(f"{path.stem}-optuna{path.suffix or '.db'}"))).render_as_string(
             hide_password=False
         )
-    options = f"-csearch_path={SCHEMA}"
+    options = " ".join(filter(None, [str(url.query.get("options") or ""), f"-csearch_path={SCHEMA}"]))
     return url.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
