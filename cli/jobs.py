@@ -201,6 +201,9 @@ def _bar_fields(job: Job) -> dict[str, Any]:
 def _finish(console: Any, job: Job) -> None:
     if job.result:
         console.print(_result_table(job.result))
+    if job.status == "pruned":  # a study's trial stopped early by its pruner: a normal end, as in the SDK's wait
+        console.print(f"job {job.id} pruned: {job.status_reason or 'no reason given'}")
+        return
     if job.status != "succeeded":
         fail(f"job {job.id} {job.status}: {job.error or job.status_reason or 'no reason given'}")
     console.print(f"job {job.id} succeeded")
@@ -220,11 +223,17 @@ def _job_table(job: Job) -> Any:
         "started": str(job.started_at or ""),
         "finished": str(job.finished_at or ""),
         "error": job.error or "",
+        **({"study": _study_text(job)} if job.study_id is not None else {}),
         **{name: f"{value:.6g}" for name, value in sorted(job.latest_metrics.items())},
     }
     for name, value in rows.items():
         table.add_row(name, value)
     return table
+
+
+def _study_text(job: JobSummary) -> str:
+    trial = f"trial {job.trial_number}" if job.trial_number is not None else "finalist"
+    return f"{job.study_id}, {trial}"
 
 
 def _progress_text(job: JobSummary) -> str:

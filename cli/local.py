@@ -47,7 +47,14 @@ def result_table(summary: dict[str, Any]) -> Table:
 
 
 def gain_line(gain: dict[str, Any]) -> str:
-    """The student against the reference trained in the same run."""
+    """The student against the reference trained in the same run; a study's gain over several seeds says
+    so (its interval resamples the seeds, not the test samples)."""
+    if gain.get("over") == "seeds":
+        return (
+            f"against {gain['reference_method']}, mean of {gain['seeds']} seeds: test {gain['metric']} "
+            f"{gain['student']:.4f} vs {gain['reference']:.4f}, gain {gain['value']:+.4f} "
+            f"[95% bootstrap over the seeds: {gain['low']:+.4f}, {gain['high']:+.4f}]"
+        )
     return (
         f"against {gain['reference_method']} on the same split: test {gain['metric']} {gain['student']:.4f} vs "
         f"{gain['reference']:.4f}, gain {gain['value']:+.4f} [95% paired bootstrap: {gain['low']:+.4f}, "

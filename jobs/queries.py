@@ -21,11 +21,20 @@ def get_job(session: Session, *, owner_id: int, job_id: int) -> Job:
 
 
 def list_jobs(
-    session: Session, *, owner_id: int, statuses: list[str], limit: int, before_id: int | None, name: str = ""
+    session: Session,
+    *,
+    owner_id: int,
+    statuses: list[str],
+    limit: int,
+    before_id: int | None,
+    name: str = "",
+    study_id: int | None = None,
 ) -> tuple[list[Job], int | None]:
-    """Newest first, filtered (statuses; ``name``: a part of the name, taken literally) before the
-    limit; returns the page and the id to continue before."""
+    """Newest first, filtered (statuses; ``name``: a part of the name, taken literally; one study's)
+    before the limit; returns the page and the id to continue before."""
     query = select(Job).where(Job.owner_id == owner_id)
+    if study_id is not None:
+        query = query.where(Job.study_id == study_id)
     if statuses:
         query = query.where(Job.status.in_(statuses))
     if name:

@@ -29,15 +29,18 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     )
 
 
-def sampler_for(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """TPE over the (conditional) space: ``startup_trials`` random trials first, seeded, with the
-    constant liar so that parallel trials do not all land on the same point."""
+def sampler_for(spec: StudySpec, *, asked: int = 0) -> optuna.samplers.BaseSampler:
+    """TPE over the (conditional) space: ``startup_trials`` random trials first, with the constant liar
+    so that parallel trials do not all land on the same point. Seeded by the spec's seed plus the
+    number of trials already asked: each ask builds its sampler afresh (a study is advanced by many
+    processes), so the seed must move with the study for every ask to draw new values, and the same
+    study asks the same values whoever asks them."""
     import optuna
 
     with warnings.catch_warnings():  # group (conditional spaces) is "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=spec.sampler.seed,
+            seed=spec.sampler.seed + asked,
             n_startup_trials=spec.sampler.startup_trials,
             multivariate=True,
             group=True,
@@ -107,6 +110,7 @@ def _keyed(space: list[FloatParam | IntParam | CategoricalParam], values: dict[s
 def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Scalar]]:
     """Start a trial (an enqueued one first) and sample its values: ``(number, {path: value})``. A
     parameter whose condition the trial's earlier values do not meet is not sampled."""
+    study.sampler = sampler_for(spec, asked=len(study.get_trials(deepcopy=False)))
     trial = study.ask()
     values: dict[str, Scalar] = {}
     for param in spec.effective_space():

@@ -12,8 +12,8 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
-from pydantic import ValidationError as PydanticValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.metrics import LOWER_IS_BETTER, PRIMARY_METRIC, TASK_METRICS
 from core.spec import AUTO_METHOD, JobSpec, MethodSpec, ReferenceSpec, StrictModel, describe_validation_error
@@ -26,6 +26,15 @@ MAX_CHOICES = 32
 #: The most job specs a study's check builds per parameter (its values under its conditions' values).
 MAX_CORNERS = 256
 Scalar = str | int | float | bool
+
+
+class SpaceError(ValueError):
+    """A study rule broken at ``loc`` (a field path as a tuple); the spec's validator turns it into a
+    validation error at that path."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc, self.message = loc, message
 
 
 class AutoMethod(StrictModel):
@@ -199,18 +208,27 @@ class StudySpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
-        if self.base.kind != "train":
-            raise ValueError("base.kind must be 'train': a study searches trained students")
-        if self.base.reference is not None:
-            raise ValueError("base.reference: the study trains the reference for its winner (study field reference)")
-        if self.reference is not None and self.base.task == "retrieval":
-            raise ValueError("reference: not for task retrieval (no per-sample metric); set it to null")
-        metrics = TASK_METRICS[self.base.task]
-        if self.objective.metric is not None and self.objective.metric not in metrics:
-            raise ValueError(f"objective.metric must be one of {', '.join(metrics)} for task {self.base.task!r}")
-        if self.base.method.name == AUTO_METHOD and (self.space or self.initial):
-            raise ValueError("space and initial must be empty with base.method auto: it brings its own")
-        check_space(self.base, self.effective_space(), self.effective_initial())
+        """The cross-field rules, each refusal at the field it is about (a 422 names ``space.2.when``)."""
+        try:
+            if self.base.kind != "train":
+                raise SpaceError(("base", "kind"), "must be 'train': a study searches trained students")
+            if self.base.reference is not None:
+                raise SpaceError(("base", "reference"), "the study trains its winner's reference (field reference)")
+            if self.reference is not None and self.base.task == "retrieval":
+                raise SpaceError(("reference",), "not for task retrieval (no per-sample metric); set it to null")
+            metrics = TASK_METRICS[self.base.task]
+            if self.objective.metric is not None and self.objective.metric not in metrics:
+                raise SpaceError(("objective", "metric"), f"must be one of {', '.join(metrics)} for {self.base.task}")
+            if self.base.method.name == AUTO_METHOD and (self.space or self.initial):
+                raise SpaceError(("space",), "space and initial must be empty with base.method auto: it has its own")
+            check_space(self.base, self.effective_space(), self.effective_initial())
+        except SpaceError as error:
+            detail = InitErrorDetails(
+                type=PydanticCustomError("study_rule", "{message}", {"message": error.message}),
+                loc=error.loc,
+                input=None,
+            )
+            raise ValidationError.from_exception_data(type(self).__name__, [detail]) from None
         return self
 
     @property
@@ -307,7 +325,7 @@ def _valid(base: BaseJobSpec, params: dict[str, Scalar]) -> str | None:
     """None when the base with ``params`` is a valid job spec; else the first problem."""
     try:
         trial_spec(base, params)
-    except PydanticValidationError as exc:
+    except ValidationError as exc:
         return describe_validation_error(exc)[0]
     return None
 
@@ -321,32 +339,31 @@ def check_space(
     earlier: dict[str, CategoricalParam] = {}
     keys: set[str] = set()
     for index, param in enumerate(space):
-        where = f"space.{index}"
+        where: tuple[str | int, ...] = ("space", index)
         root = param.path.split(".")[0]
         if root not in SEARCHABLE_ROOTS or param.path in FIXED_PATHS or param.key in keys:
-            raise ValueError(
-                f"{where}.path: {param.path!r} cannot be searched (only method, model and train fields, each once; "
-                f"not {', '.join(sorted(FIXED_PATHS))})"
+            raise SpaceError(
+                (*where, "path"),
+                f"{param.path!r} cannot be searched (only method, model and train fields, each once; "
+                f"not {', '.join(sorted(FIXED_PATHS))})",
             )
         if isinstance(param, FloatParam | IntParam) and (param.low > param.high or (param.log and param.low <= 0)):
-            raise ValueError(f"{where}: needs low <= high, and low > 0 with log")
+            raise SpaceError(where, "needs low <= high, and low > 0 with log")
         for path, values in (param.when or {}).items():
             parent = earlier.get(path)
             if parent is None or not set(values) <= set(parent.choices):
-                raise ValueError(f"{where}.when: {path!r} must be an earlier categorical parameter, with its choices")
+                raise SpaceError((*where, "when"), f"{path!r} must be an earlier categorical parameter, its choices")
         if param.path == "method.name" and (not isinstance(param, CategoricalParam) or "teacher_only" in param.choices):
-            raise ValueError(
-                f"{where}: method.name is categorical, over methods that train a student (no teacher_only)"
-            )
+            raise SpaceError(where, "method.name is categorical, over methods that train a student (no teacher_only)")
         method_searched = "method.name" in earlier and "method.name" not in (param.when or {})
         if root == "method" and param.path != "method.name" and method_searched:
-            raise ValueError(f"{where}: {param.path} depends on the method; give it when: {{method.name: [...]}}")
+            raise SpaceError(where, f"{param.path} depends on the method; give it when: {{method.name: [...]}}")
         if _corner_count(param) > MAX_CORNERS:  # counted before any is built: a hostile space costs nothing
-            raise ValueError(f"{where}: more than {MAX_CORNERS} combinations of its values and its conditions' values")
+            raise SpaceError(where, f"more than {MAX_CORNERS} combinations of its values and its conditions' values")
         for params in _corners(param, earlier):
             problem = _valid(base, params)
             if problem is not None:
-                raise ValueError(f"{where}: {param.path} = {params[param.path]!r} makes an invalid job spec: {problem}")
+                raise SpaceError(where, f"{param.path} = {params[param.path]!r} makes an invalid job spec: {problem}")
         keys.add(param.key)
         if isinstance(param, CategoricalParam):
             earlier[param.path] = param
@@ -354,7 +371,7 @@ def check_space(
         for path, value in given.items():
             active = active_param(space, given, path)
             if active is None or not _inside(active, value):
-                raise ValueError(f"initial.{index}.{path}: not a value of the space (under its conditions)")
+                raise SpaceError(("initial", index, path), "not a value of the space (under its conditions)")
 
 
 def active_param(

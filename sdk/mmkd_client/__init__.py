@@ -12,6 +12,8 @@ from mmkd_client.errors import (
     NotFound,
     RateLimited,
     ServerError,
+    StudyCancelled,
+    StudyFailed,
     ValidationFailed,
     WaitTimeout,
 )
@@ -26,6 +28,10 @@ from mmkd_client.models import (
     MetricPoint,
     Modality,
     Progress,
+    Study,
+    StudySummary,
+    Trial,
+    TrialJob,
 )
 from mmkd_client.stream import StreamEvent
 
@@ -52,6 +58,12 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "StreamEvent",
+    "Study",
+    "StudyCancelled",
+    "StudyFailed",
+    "StudySummary",
+    "Trial",
+    "TrialJob",
     "ValidationFailed",
     "WaitTimeout",
 ]

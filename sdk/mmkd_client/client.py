@@ -1,11 +1,11 @@
 """``Client``: submit, inspect, wait for and download mmkd jobs over HTTP; upload, list and delete
-datasets.
+datasets; create, follow and cancel studies (searches whose trials are jobs).
 
 Connection errors and 502/503/504 answers are retried with exponential backoff, or after the
 server's ``Retry-After`` (up to 30 s) when it sends one; a 429 (an owner's limit) is raised at once
 as ``RateLimited`` with the server's ``retry_after``. Every submit
-carries an ``Idempotency-Key`` (generated when the caller gives none), so a retried submit returns
-the job the first attempt created instead of creating a second one. Dataset files are streamed
+and study create carries an ``Idempotency-Key`` (generated when the caller gives none), so a retried
+one returns the job or study the first attempt created instead of creating a second one. Dataset files are streamed
 from disk, never read whole into memory.
 """
 
@@ -32,10 +32,23 @@ from mmkd_client.errors import (
     JobFailed,
     MmkdError,
     NotFound,
+    StudyCancelled,
+    StudyFailed,
     WaitTimeout,
     error_for,
 )
-from mmkd_client.models import Artifact, Dataset, Event, Job, JobSummary, LogLine, MetricPoint
+from mmkd_client.models import (
+    Artifact,
+    Dataset,
+    Event,
+    Job,
+    JobSummary,
+    LogLine,
+    MetricPoint,
+    Study,
+    StudySummary,
+    Trial,
+)
 from mmkd_client.spec_file import read_spec_file
 from mmkd_client.stream import StreamEvent, parse_events
 
@@ -159,7 +172,9 @@ class Client:
         *,
         on_update: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Follow the job's live stream until it ends; return it if it succeeded.
+        """Follow the job's live stream until it ends; return it if it succeeded, or if it was
+        ``pruned`` (a study's trial its pruner stopped early: a normal end of a trial, with no
+        ``result``; check ``job.status``).
 
         Raises :class:`JobFailed` or :class:`JobCancelled` with the reason, or :class:`WaitTimeout`.
         ``on_update`` sees every state the stream sends; by default nothing is shown.
@@ -309,6 +324,70 @@ class Client:
         """Delete a dataset (``Conflict`` while queued or running jobs use it)."""
         self._request("DELETE", f"/v1/datasets/{dataset_id}")
 
+    def create_study(self, spec: SpecLike, idempotency_key: str | None = None) -> Study:
+        """Create a study (a mapping, a pydantic model, or a YAML/JSON file path); returns it running,
+        its first trials queued as jobs. The same key with the same spec returns the same study;
+        with another spec it is :class:`Conflict`."""
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        body = _spec_dict(spec, what="study spec")
+        return Study.model_validate(self._request("POST", "/v1/studies", json=body, headers=headers).json())
+
+    def study(self, study_id: int) -> Study:
+        """One study: status, spec and, once it succeeded, its result."""
+        return Study.model_validate(self._request("GET", f"/v1/studies/{study_id}").json())
+
+    def studies(self, status: str | builtins.list[str] | None = None, page_size: int = 100) -> Iterator[StudySummary]:
+        """Every study of this owner, newest first, following the cursor page by page."""
+        params: dict[str, Any] = {"limit": page_size}
+        if status:
+            params["status"] = [status] if isinstance(status, str) else status
+        while True:
+            page = self._request("GET", "/v1/studies", params=params).json()
+            yield from (StudySummary.model_validate(item) for item in page["items"])
+            if not page["next_cursor"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def trials(self, study_id: int) -> builtins.list[Trial]:
+        """The study's trials in order, each with its state, values, objective and jobs."""
+        items = self._request("GET", f"/v1/studies/{study_id}/trials").json()["items"]
+        return [Trial.model_validate(item) for item in items]
+
+    def cancel_study(self, study_id: int) -> Study:
+        """Cancel: no more trials; queued trial jobs are cancelled, running ones stop at their next
+        step. A study that already ended is :class:`Conflict`."""
+        return Study.model_validate(self._request("POST", f"/v1/studies/{study_id}/cancel").json())
+
+    def wait_study(
+        self,
+        study_id: int,
+        timeout: float | None = None,
+        *,
+        poll: float = 5.0,
+        on_update: Callable[[Study], None] | None = None,
+    ) -> Study:
+        """Poll the study every ``poll`` seconds until it ends; return it if it succeeded.
+
+        Raises :class:`StudyFailed` or :class:`StudyCancelled` with the reason, or :class:`WaitTimeout`
+        after ``timeout`` seconds. ``on_update`` sees the study at every poll.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            study = self.study(study_id)
+            if on_update is not None:
+                on_update(study)
+            if study.done:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeout(f"study {study_id} did not end within {timeout}s")
+            time.sleep(poll if remaining is None else min(poll, remaining))
+        if study.status == "failed":
+            raise StudyFailed(study)
+        if study.status == "cancelled":
+            raise StudyCancelled(study)
+        return study
+
     def _find_artifact(self, job_id: int, ref: int | str) -> Artifact:
         for item in self.artifacts(job_id):
             if ref in (item.id, item.key):
@@ -341,12 +420,12 @@ def _body(response: httpx.Response) -> Any:
         return response.text
 
 
-def _spec_dict(spec: SpecLike) -> dict[str, Any]:
+def _spec_dict(spec: SpecLike, what: str = "job spec") -> dict[str, Any]:
     if isinstance(spec, BaseModel):
         return spec.model_dump(mode="json")
     if isinstance(spec, Mapping):
         return dict(spec)
-    return read_spec_file(spec)
+    return read_spec_file(spec, what=what)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

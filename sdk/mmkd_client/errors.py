@@ -24,11 +24,11 @@ class AuthError(ApiError):
 
 
 class NotFound(ApiError):
-    """No such job or artifact, or it belongs to another owner (404)."""
+    """No such job, artifact, dataset or study, or it belongs to another owner (404)."""
 
 
 class Conflict(ApiError):
-    """The request contradicts the current state: a reused idempotency key, a finished job (409)."""
+    """The request contradicts the current state: a reused idempotency key, a finished job or study (409)."""
 
 
 class ValidationFailed(ApiError):
@@ -80,8 +80,24 @@ class JobCancelled(MmkdError):
         self.job = job
 
 
+class StudyFailed(MmkdError):
+    """``wait_study`` saw the study fail; ``study.status_reason`` says why."""
+
+    def __init__(self, study: Any) -> None:
+        super().__init__(f"study {study.id} failed: {study.status_reason or 'no reason given'}")
+        self.study = study
+
+
+class StudyCancelled(MmkdError):
+    """``wait_study`` saw the study cancelled."""
+
+    def __init__(self, study: Any) -> None:
+        super().__init__(f"study {study.id} was cancelled: {study.status_reason or 'no reason given'}")
+        self.study = study
+
+
 class WaitTimeout(MmkdError, TimeoutError):
-    """``wait`` gave up before the job finished."""
+    """``wait`` or ``wait_study`` gave up before the job or study finished."""
 
 
 def error_for(status: int, body: Any) -> ApiError:

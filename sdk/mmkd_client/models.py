@@ -7,7 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: A job's final statuses (``pruned``: a study's trial its pruner stopped early).
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "pruned"})
+#: A study's final statuses.
+STUDY_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+Scalar = str | int | float | bool
 
 
 class _Model(BaseModel):
@@ -40,6 +44,8 @@ class JobSummary(_Model):
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    study_id: int | None = None
+    trial_number: int | None = None
 
     @property
     def done(self) -> bool:
@@ -134,3 +140,51 @@ class Dataset(_Model):
     label: DatasetLabel | None = None
     splits: dict[str, int] | None = None
     created_at: dt.datetime
+
+
+class StudySummary(_Model):
+    """A study as listed."""
+
+    id: int
+    name: str
+    status: str
+    status_reason: str | None = None
+    owner: str
+    created_at: dt.datetime
+    finished_at: dt.datetime | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the study reached a final status."""
+        return self.status in STUDY_TERMINAL
+
+
+class Study(StudySummary):
+    """A study with its spec (defaults filled in) and, once it succeeded, its result: ``winner``
+    (``trial``, ``values``, ``validation``), ``metric``, ``direction``, ``student_job_id``,
+    ``finalist_job_ids``, ``test``, ``gain`` (or None) and ``trials`` (counts by state). ``links``: ``self``,
+    ``trials``, ``cancel``, and ``student`` (the student's job's artifacts) once it succeeded."""
+
+    spec: dict[str, Any]
+    result: dict[str, Any] | None = None
+    links: dict[str, str | None] = Field(default_factory=dict)
+
+
+class TrialJob(_Model):
+    """One job of a trial (one per seed)."""
+
+    id: int
+    status: str
+    seed: int
+
+
+class Trial(_Model):
+    """One trial of a study: its state (``waiting``, ``running``, ``complete``, ``pruned``, ``fail``), its
+    values by spec path, its objective once complete, the last epoch it reported, and its jobs."""
+
+    number: int
+    state: str
+    values: dict[str, Scalar] = Field(default_factory=dict)
+    value: float | None = None
+    last_epoch: int | None = None
+    jobs: list[TrialJob] = Field(default_factory=list)

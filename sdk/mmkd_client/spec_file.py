@@ -1,5 +1,5 @@
-"""Spec files for ``Client.submit``: the data a YAML or JSON file holds, read as mmkd's own reader
-reads it, so a file that ``mmkd train`` accepts is submitted as the same data.
+"""Spec files for ``Client.submit`` and ``Client.create_study``: the data a YAML or JSON file holds,
+read as mmkd's own reader reads it, so a file that ``mmkd train`` accepts is submitted as the same data.
 
 This package does not import the server's code, so the rules are restated here. Strict JSON is
 read as JSON (it may escape a character beyond U+FFFF as two halves, which YAML refuses); anything
@@ -31,8 +31,8 @@ class _Refused(Exception):
     """A rule of mmkd's spec reader broken; the message names where."""
 
 
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The mapping a spec file holds, or one ValueError naming the file."""
+def read_spec_file(path: str | Path, *, what: str = "job spec") -> dict[str, Any]:
+    """The mapping a spec file holds, or one ValueError naming the file (``what`` it should hold)."""
     source = str(path)
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")
@@ -43,7 +43,7 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     except (ValueError, RecursionError):  # not JSON, or JSON the YAML reader refuses with a line number
         data = _yaml_data(text, source)
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: a job spec must be a mapping, got {type(data).__name__}")
+        raise ValueError(f"{source}: a {what} must be a mapping, got {type(data).__name__}")
     return data
 
 

@@ -137,12 +137,16 @@ def list_jobs(
     status_filter: Annotated[list[JobStatus] | None, Query(alias="status", description="Repeat for several.")] = None,
     limit: Annotated[int, Query(ge=1, le=200), DIGITS_ONLY] = 50,
     cursor: CURSOR_PARAM = None,
+    study_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Only this study's trials and finalists."), DIGITS_ONLY
+    ] = None,
 ) -> JobPage:
-    """The caller's jobs, newest first, optionally only some statuses; keyset-paginated."""
+    """The caller's jobs, newest first, optionally only some statuses or one study's; keyset-paginated."""
     jobs, next_id = queries.list_jobs(
         session,
         owner_id=owner.id,
         statuses=list(status_filter or []),
+        study_id=study_id,
         limit=limit,
         before_id=decode_cursor("j", cursor) if cursor else None,
     )

@@ -154,8 +154,8 @@ class EventOut(BaseModel):
     kind: str = Field(
         max_length=32,
         description="created, enqueued, enqueue_failed, reenqueued, started, resumed, requeued, cancel_requested, "
-        "cancelled, succeeded, failed or warning (a training warning: `data.warning` names it, weak_teacher or "
-        "student_regressed, beside its numbers); more may come.",
+        "cancelled, succeeded, failed, pruned (a study's pruner stopped the trial) or warning (a training warning: "
+        "`data.warning` names it, weak_teacher or student_regressed, beside its numbers); more may come.",
     )
     reason: str | None
     data: dict[str, Any] | None

@@ -18,6 +18,9 @@ class StudyGain(Gain):
     """The winner's gain over training alone: one seed's paired bootstrap over the test samples, or with
     several seeds the mean of the per-seed gains and a bootstrap over the seeds."""
 
+    low: float = Field(description="Lower end of the gain's 95% interval (over test samples, or over seeds).")
+    high: float = Field(description="Upper end of that interval.")
+    resamples: int = Field(ge=0, description="Bootstrap resamples (of the test samples, or of the seeds).")
     over: Literal["test_samples", "seeds"] = Field(description="What the 95% interval resamples.")
     seeds: int | None = Field(default=None, ge=2, description="Finalist seeds, when the interval is over seeds.")
 
@@ -49,6 +52,7 @@ class StudyLinks(BaseModel):
     self: str
     trials: str
     cancel: str
+    jobs: str = Field(description="The study's jobs, trials and finalists (`GET /v1/jobs?study_id=`).")
     student: str | None = Field(
         default=None, description="A succeeded study's student: the first finalist job's artifacts."
     )
@@ -100,7 +104,13 @@ class StudyOut(StudySummary):
             **StudySummary.of(study, owner=owner).model_dump(),
             spec=study.spec,
             result=study.result,
-            links=StudyLinks(self=base, trials=f"{base}/trials", cancel=f"{base}/cancel", student=student),
+            links=StudyLinks(
+                self=base,
+                trials=f"{base}/trials",
+                cancel=f"{base}/cancel",
+                jobs=f"/v1/jobs?study_id={study.id}",
+                student=student,
+            ),
         )
 
 

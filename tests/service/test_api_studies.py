@@ -45,6 +45,7 @@ def test_a_study_queues_its_first_trials_as_jobs_of_its_owner(api: Api) -> None:
         "self": f"/v1/studies/{study['id']}",
         "trials": f"/v1/studies/{study['id']}/trials",
         "cancel": f"/v1/studies/{study['id']}/cancel",
+        "jobs": f"/v1/jobs?study_id={study['id']}",
         "student": None,  # until it succeeded
     }
     jobs = study_jobs(api, study["id"])
@@ -56,6 +57,14 @@ def test_a_study_queues_its_first_trials_as_jobs_of_its_owner(api: Api) -> None:
         assert job.spec["train"]["seed"] == SPEC["train"]["seed"]
     listed = api.client.get("/v1/jobs", headers=api.auth(token)).json()["items"]
     assert {(item["study_id"], item["trial_number"]) for item in listed} == {(study["id"], 0), (study["id"], 1)}
+    api.submit(token)  # a job of no study
+    other = create(api, token).json()
+    mine = api.client.get(study["links"]["jobs"], headers=api.auth(token)).json()["items"]
+    assert [item["id"] for item in mine] == [job.id for job in reversed(jobs)]
+    theirs = api.client.get(f"/v1/jobs?study_id={other['id']}", headers=api.auth(token)).json()["items"]
+    assert {item["study_id"] for item in theirs} == {other["id"]} and len(theirs) == 2
+    stranger = api.client.get(study["links"]["jobs"], headers=api.auth(api.new_key())).json()["items"]
+    assert stranger == []  # another owner's study filters to nothing
     trials = api.client.get(f"/v1/studies/{study['id']}/trials", headers=api.auth(token)).json()["items"]
     assert [(t["number"], t["state"]) for t in trials] == [(0, "running"), (1, "running")]
     assert trials[0]["jobs"] == [{"id": jobs[0].id, "status": "queued", "seed": SPEC["train"]["seed"]}]
@@ -184,16 +193,16 @@ def _study(**changes: Any) -> dict[str, Any]:
                     },
                 ]
             ),
-            "space.1.when",
+            "space.1.when: 'method.name' must be an earlier categorical parameter",
         ),
         (
             _study(space=[{"path": "method.name", "type": "categorical", "choices": ["teacher_only", "dml"]}]),
             "no teacher_only",
         ),
-        (_study(initial=[{"method.kd_weight": 9.0}]), "initial.0.method.kd_weight"),
+        (_study(initial=[{"method.kd_weight": 9.0}]), "initial.0.method.kd_weight: not a value of the space"),
         (_study(base={**BASE, "method": {"name": "auto"}}), "space and initial must be empty"),
-        (_study(objective={"metric": "mae"}), "objective.metric must be one of accuracy, macro_f1"),
-        (_study(base={**BASE, "reference": {}}), "base.reference"),
+        (_study(objective={"metric": "mae"}), "objective.metric: must be one of accuracy, macro_f1 for classification"),
+        (_study(base={**BASE, "reference": {}}), "base.reference: the study trains its winner's reference"),
         (_study(trials=0), "trials"),
         (
             _study(

@@ -127,3 +127,14 @@ def test_several_seeds_average_and_resample_the_seeds() -> None:
     assert gain_over_seeds([_gain(0.01), _gain(0.03), _gain(0.05)], resamples=2000) == gain  # seeded
     same = gain_over_seeds([_gain(0.02), _gain(0.02)], resamples=100)
     assert (same["low"], same["high"]) == pytest.approx((0.02, 0.02))
+
+
+def test_each_ask_draws_new_values_though_every_advance_loads_the_study_afresh() -> None:
+    spec = study(space=[{"path": "train.lr", "type": "float", "low": 1e-4, "high": 1e-2, "log": True}])
+
+    def asked(storage: optuna.storages.BaseStorage) -> list[Any]:
+        return [search.ask(search.load_study(spec, name="x", storage=storage), spec)[1]["train.lr"] for _ in range(3)]
+
+    first = asked(optuna.storages.InMemoryStorage())
+    assert len(set(first)) == 3
+    assert asked(optuna.storages.InMemoryStorage()) == first  # the same study asks the same values
