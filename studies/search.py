@@ -75,14 +75,12 @@ def find_study(spec: StudySpec, *, name: str, storage: optuna.storages.BaseStora
 
 
 def load_study(spec: StudySpec, *, name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """The Optuna study ``name``, created with the spec's direction on first use (its initial trials
-    enqueued then, once); loading it again is harmless."""
+    """The Optuna study ``name``, created with the spec's direction on first use; while it has no trial
+    its initial trials are enqueued (so a crash between creating and enqueuing is mended by the next
+    load; ``skip_if_exists`` keeps a partial enqueue from doubling). Loading it again is harmless."""
     import optuna
 
-    found = find_study(spec, name=name, storage=storage)
-    if found is not None:
-        return found
-    study = optuna.create_study(
+    study = find_study(spec, name=name, storage=storage) or optuna.create_study(
         study_name=name,
         storage=storage,
         sampler=sampler_for(spec),
@@ -90,9 +88,10 @@ def load_study(spec: StudySpec, *, name: str, storage: optuna.storages.BaseStora
         direction=spec.direction,
         load_if_exists=True,
     )
-    space = spec.effective_space()
-    if not study.trials:
-        for values in spec.effective_initial():
+    initial = spec.effective_initial()
+    if initial and len(study.get_trials(deepcopy=False)) < len(initial):
+        space = spec.effective_space()
+        for values in initial:
             study.enqueue_trial(_keyed(space, values), skip_if_exists=True)
     return study
 

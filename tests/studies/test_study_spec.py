@@ -138,3 +138,19 @@ def test_each_ask_draws_new_values_though_every_advance_loads_the_study_afresh()
     first = asked(optuna.storages.InMemoryStorage())
     assert len(set(first)) == 3
     assert asked(optuna.storages.InMemoryStorage()) == first  # the same study asks the same values
+
+
+def test_initial_trials_lost_by_a_crash_before_enqueuing_are_enqueued_on_the_next_load() -> None:
+    spec = study(
+        space=[{"path": "train.lr", "type": "categorical", "choices": [0.1, 0.01, 0.001]}],
+        initial=[{"train.lr": 0.1}, {"train.lr": 0.01}],
+    )
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="x", storage=storage, direction="maximize")  # created, then the crash
+    first = search.load_study(spec, name="x", storage=storage)
+    assert [trial.system_attrs["fixed_params"] for trial in first.get_trials()] == [
+        {"train.lr": 0.1},
+        {"train.lr": 0.01},
+    ]
+    again = search.load_study(spec, name="x", storage=storage)
+    assert len(again.get_trials()) == 2  # loading again enqueues nothing more
