@@ -198,11 +198,14 @@ class StudySpec(StrictModel):
         le=10,
         description="Seeds per trial (base.train.seed, +1, ...): one job each; the trial's value is their mean.",
     )
-    pruner: PrunerSpec = MedianPruner(name="median")
+    pruner: PrunerSpec = Field(
+        default_factory=lambda: MedianPruner(name="median"), description="Default: the median pruner at its defaults."
+    )
     sampler: SamplerSpec = SamplerSpec()
     reference: ReferenceSpec | None = Field(
-        default=ReferenceSpec(),
-        description="The winner is trained again on every seed with this reference, for the study's gain over "
+        default_factory=ReferenceSpec,
+        description="Default {method: student_only, resamples: 1000}. The winner is trained again on every seed "
+        "with this reference, for the study's gain over "
         "training alone and its 95% interval; null: the finalists train without it.",
     )
 
