@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, String, Text, TypeDecorator, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from jobs.orm import Base, BigId, JsonDoc, UtcDateTime, utcnow
@@ -82,6 +82,16 @@ class Job(Base):
         Index("ix_jobs_owner_id_status_id", "owner_id", "status", "id"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_jobs_study_id_trial_number", "study_id", "trial_number"),
+        # A backstop under the study's row lock: one job per trial and seed, one finalist per seed.
+        Index("uq_jobs_study_trial_seed", "study_id", "trial_number", "seed", unique=True),
+        Index(
+            "uq_jobs_study_finalist_seed",
+            "study_id",
+            "seed",
+            unique=True,
+            postgresql_where=text("trial_number IS NULL AND study_id IS NOT NULL"),
+            sqlite_where=text("trial_number IS NULL AND study_id IS NOT NULL"),
+        ),
         CheckConstraint("status IN ({})".format(", ".join(f"'{s.value}'" for s in JobStatus)), name="status"),
     )
 

@@ -52,6 +52,12 @@ def upgrade() -> None:
             batch_op.f('fk_jobs_study_id_studies'), 'studies', ['study_id'], ['id'], ondelete='CASCADE'
         )
         batch_op.create_index('ix_jobs_study_id_trial_number', ['study_id', 'trial_number'], unique=False)
+        batch_op.create_index('uq_jobs_study_trial_seed', ['study_id', 'trial_number', 'seed'], unique=True)
+        batch_op.create_index(
+            'uq_jobs_study_finalist_seed', ['study_id', 'seed'], unique=True,
+            postgresql_where=sa.text('trial_number IS NULL AND study_id IS NOT NULL'),
+            sqlite_where=sa.text('trial_number IS NULL AND study_id IS NOT NULL'),
+        )
         batch_op.drop_constraint(batch_op.f('ck_jobs_status'), type_='check')
         batch_op.create_check_constraint(batch_op.f('ck_jobs_status'), f"status IN ({JOB_STATUSES}, 'pruned')")
 
@@ -61,6 +67,8 @@ def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('ck_jobs_status'), type_='check')
         batch_op.create_check_constraint(batch_op.f('ck_jobs_status'), f"status IN ({JOB_STATUSES})")
+        batch_op.drop_index('uq_jobs_study_finalist_seed')
+        batch_op.drop_index('uq_jobs_study_trial_seed')
         batch_op.drop_index('ix_jobs_study_id_trial_number')
         batch_op.drop_constraint(batch_op.f('fk_jobs_study_id_studies'), type_='foreignkey')
         batch_op.drop_column('trial_number')
