@@ -104,7 +104,7 @@
       document.getElementById("eta").textContent = eta !== null && eta !== undefined && !job.finished_at
         ? `ETA ${Math.round(eta)} s` : "";
       const cancel = document.getElementById("cancel-form");
-      if (cancel && ["succeeded", "failed", "cancelled"].includes(job.status)) cancel.remove();
+      if (cancel && ["succeeded", "failed", "cancelled", "pruned"].includes(job.status)) cancel.remove();
     }
 
     function showPoints(items) {
