@@ -12,7 +12,7 @@ import yaml
 
 from studies import search
 from studies.gain import gain_over_seeds
-from studies.spec import StudySpec, trial_spec
+from studies.spec import StudySpec, param_keys, trial_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = {
@@ -47,22 +47,27 @@ def test_auto_offers_the_methods_its_task_can_train_each_at_its_defaults_first()
     methods = spec.effective_space()[0]
     assert methods.path == "method.name" and "teacher_only" not in methods.choices  # type: ignore[union-attr]
     assert len(spec.effective_initial()) == len(methods.choices) == 8  # type: ignore[union-attr]
-    keys = [param.key for param in spec.effective_space()[1:]]
-    assert "method.kd_weight@method.name=logit_kd" in keys and "method.kd_weight@method.name=dml" in keys
+    space = spec.effective_space()
+    keys = dict(zip(param_keys(space), space, strict=True))
+    weights = [(key, param.when) for key, param in keys.items() if param.path == "method.kd_weight"]
+    assert weights == [
+        ("method.kd_weight#1", {"method.name": ["logit_kd"]}),
+        ("method.kd_weight#5", {"method.name": ["dml"]}),
+    ]
     data = {"uri": "s3://b/d.npz", "primary": ["a"], "auxiliary": ["b"]}
     regression = dict(BASE, method={"name": "auto"}, task="regression", dataset=data)
     space = StudySpec.model_validate({"name": "r", "base": regression}).effective_space()
     assert "c2kd" not in space[0].choices  # type: ignore[union-attr]  # c2kd is classification only
 
 
-@pytest.mark.parametrize("example", ["mfeat-auto-study.yaml"])
+@pytest.mark.parametrize("example", ["studies/mfeat-auto.yaml"])
 def test_the_example_study_is_valid(example: str) -> None:
     spec = StudySpec.model_validate(yaml.safe_load((ROOT / "examples" / example).read_text()))
     assert spec.base.method.name == "auto" and spec.metric == "accuracy" and spec.direction == "maximize"
 
 
 def test_the_example_tune_study_takes_the_distill_spec_as_its_base() -> None:
-    body = yaml.safe_load((ROOT / "examples/kd-study.yaml").read_text())
+    body = yaml.safe_load((ROOT / "examples/studies/kd-weights.yaml").read_text())
     base = yaml.safe_load((ROOT / "examples/mfeat-distill.yaml").read_text())
     assert StudySpec.model_validate({**body, "base": base}).trials == 12
 
