@@ -12,8 +12,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from core.errors import MmkdError, Pruned
-from core.spec import JobSpec
+from core.spec import JobSpec, describe_validation_error
 from core.tracking import NullTracker
 from studies import search
 from studies.outcome import study_result, trial_objective
@@ -63,14 +65,23 @@ def tune(spec: StudySpec, *, out: Path, train_run: TrainRun, echo: Callable[[str
     for _ in range(spec.trials):
         number, values = search.ask(study, spec)
         pruning = TrialPruning(spec=spec, study=study, storage=storage, trial_number=number)
-        try:
+        try:  # every seed's spec first: values that make no valid job fail the trial, as on the service
+            specs = [
+                trial_spec(spec.base, values, seed_index=index, name=f"{spec.name}-t{number}-s{index}")
+                for index in range(spec.seeds)
+            ]
+        except ValidationError as exc:
+            study.tell(number, state=TrialState.FAIL)
+            echo(f"trial {number} {values}: failed: {describe_validation_error(exc)[0]}")
+            continue
+        try:  # the first seed reports to the pruner and is judged, as on the service
             results = [
                 train_run(
-                    trial_spec(spec.base, values, seed_index=index, name=f"{spec.name}-t{number}-s{index}"),
+                    job_spec,
                     out / f"trial-{number}-s{index}",
-                    PruningTracker(pruning) if spec.pruner.name != "none" else NullTracker(),
+                    PruningTracker(pruning) if spec.pruner.name != "none" and index == 0 else NullTracker(),
                 )
-                for index in range(spec.seeds)
+                for index, job_spec in enumerate(specs)
             ]
         except Pruned as exc:
             study.tell(number, state=TrialState.PRUNED)
@@ -83,6 +94,7 @@ def tune(spec: StudySpec, *, out: Path, train_run: TrainRun, echo: Callable[[str
         value = sum(trial_objective(result, spec.metric) for result in results) / len(results)
         study.tell(number, value)
         echo(f"trial {number} {values}: validation {spec.metric} {value:.4f}")
+
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise MmkdError(f"no trial completed ({search.state_counts(study)})")
     best = study.best_trial

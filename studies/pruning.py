@@ -2,9 +2,9 @@
 Optuna trial (the step is the epoch) and asks the study's pruner whether to go on. Used by the
 worker's tracker; the pruner compares against the values the study's other trials reported.
 
-With several seeds per trial, each seed's job reports; the trial's value after an epoch is the first
-report of that epoch (Optuna keeps one value per step), and a pruned trial's other seeds are
-cancelled by the study's next advance.
+With several seeds per trial, the first seed's job reports and is judged (one series per trial, as
+the pruners compare); when it is pruned, the trial's other seeds are cancelled by the study's next
+advance.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from migrations.study_storage import study_storage_url
 from studies import search
-from studies.spec import StudySpec
+from studies.spec import StudySpec, stored_spec
 
 if TYPE_CHECKING:
     import optuna
@@ -59,12 +59,21 @@ class TrialPruning:
 
 
 def trial_pruning(
-    *, study_spec: dict[str, Any], optuna_name: str, trial_number: int, database_url: str
+    *, study_spec: dict[str, Any], optuna_name: str, trial_number: int, seed: int, database_url: str
 ) -> TrialPruning | None:
-    """The pruning of a trial's job, or None when the study prunes nothing."""
-    spec = StudySpec.model_validate(study_spec)
-    if spec.pruner.name == "none":
+    """The pruning of a trial's job, or None: when the study prunes nothing, for every seed of a trial
+    but its first (the first seed's job reports and is judged; a pruned trial's other seeds are
+    cancelled by the study), and when the study storage cannot be read (the job trains on unpruned,
+    and is judged at its end)."""
+    spec = stored_spec(study_spec)
+    if spec.pruner.name == "none" or seed != spec.base.train.seed:
         return None
-    storage = search.open_storage(study_storage_url(database_url))
-    study = search.load_study(spec, name=optuna_name, storage=storage)
-    return TrialPruning(spec=spec, study=study, storage=storage, trial_number=trial_number)
+    try:
+        storage = search.open_storage(study_storage_url(database_url))
+        study = search.find_study(spec, name=optuna_name, storage=storage)
+        if study is None:
+            return None
+        return TrialPruning(spec=spec, study=study, storage=storage, trial_number=trial_number)
+    except Exception as exc:
+        log.warning("trial %s: its pruner is unavailable, training without: %s", trial_number, exc)
+        return None

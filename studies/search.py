@@ -10,12 +10,15 @@ import warnings
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from studies.spec import CategoricalParam, FloatParam, IntParam, Scalar, StudySpec, active_param
+from studies.spec import CategoricalParam, FloatParam, IntParam, Scalar, StudySpec, active_param, param_keys
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
+#: The user attribute an ask sets once every value of its trial is stored: a running trial without it
+#: was interrupted mid-ask and its values are incomplete.
+SAMPLED = "mmkd_sampled"
 
 
 @lru_cache(maxsize=4)
@@ -98,11 +101,12 @@ def load_study(spec: StudySpec, *, name: str, storage: optuna.storages.BaseStora
 
 def _keyed(space: list[FloatParam | IntParam | CategoricalParam], values: dict[str, Scalar]) -> dict[str, Scalar]:
     """Path-keyed values as the Optuna study names its parameters."""
+    keys = dict(zip(map(id, space), param_keys(space), strict=True))
     keyed = {}
     for path, value in values.items():
         param = active_param(space, values, path)
         assert param is not None  # the spec checked every initial value
-        keyed[param.key] = value
+        keyed[keys[id(param)]] = value
     return keyed
 
 
@@ -111,18 +115,30 @@ def ask(study: optuna.Study, spec: StudySpec) -> tuple[int, dict[str, Scalar]]:
     parameter whose condition the trial's earlier values do not meet is not sampled."""
     study.sampler = sampler_for(spec, asked=len(study.get_trials(deepcopy=False)))
     trial = study.ask()
+    try:
+        return trial.number, _sample(trial, spec)
+    except BaseException:  # a storage error mid-ask: the trial's values are partial, it cannot train
+        from optuna.trial import TrialState
+
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+
+
+def _sample(trial: optuna.trial.Trial, spec: StudySpec) -> dict[str, Scalar]:
     values: dict[str, Scalar] = {}
-    for param in spec.effective_space():
+    space = spec.effective_space()
+    for key, param in zip(param_keys(space), space, strict=True):
         if not all(values.get(path) in allowed for path, allowed in (param.when or {}).items()):
             continue
         if isinstance(param, CategoricalParam):
-            values[param.path] = _choice(trial.suggest_categorical(param.key, param.choices))
+            values[param.path] = _choice(trial.suggest_categorical(key, param.choices))
         elif isinstance(param, IntParam):
             step = 1 if param.log else param.step
-            values[param.path] = trial.suggest_int(param.key, param.low, param.high, step=step, log=param.log)
+            values[param.path] = trial.suggest_int(key, param.low, param.high, step=step, log=param.log)
         else:
-            values[param.path] = trial.suggest_float(param.key, param.low, param.high, log=param.log)
-    return trial.number, values
+            values[param.path] = trial.suggest_float(key, param.low, param.high, log=param.log)
+    trial.set_user_attr(SAMPLED, True)
+    return values
 
 
 def _choice(value: object) -> Scalar:
@@ -133,7 +149,8 @@ def _choice(value: object) -> Scalar:
 
 def trial_values(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> dict[str, Scalar]:
     """A started trial's values by spec path, in the space's order."""
-    by_key = {param.key: param.path for param in spec.effective_space()}
+    space = spec.effective_space()
+    by_key = dict(zip(param_keys(space), (param.path for param in space), strict=True))
     return {by_key[key]: value for key, value in trial.params.items() if key in by_key}
 
 

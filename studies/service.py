@@ -29,17 +29,18 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.errors import MmkdError
 from core.spec import JobSpec, describe_validation_error
 from jobs.errors import ConflictError, LimitExceededError, NotFoundError
 from jobs.lifecycle import enqueue_job, insert_job, transition
 from jobs.limits import QUEUED_LIMIT_RETRY_AFTER_SECONDS
-from jobs.models import Job, Study
+from jobs.models import Job, Owner, Study
 from jobs.orm import utcnow
 from jobs.status import JobStatus, StudyStatus
 from migrations.study_storage import study_storage_url
 from studies import search
 from studies.outcome import study_result, trial_objective
-from studies.spec import StudySpec, trial_spec
+from studies.spec import StudySpec, stored_spec, trial_spec
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,10 @@ def create_study(
         idempotency_key=idempotency_key,
         request_hash=spec_hash if idempotency_key else None,
     )
-    session.add(study)
     try:
-        if max_queued is not None:
+        if max_queued is not None:  # before the new study is in the session: it is not one of the others
             _check_room(session, owner_id=owner_id, first=spec.parallelism * spec.seeds, max_queued=max_queued)
+        session.add(study)
         session.commit()
     except IntegrityError:  # a concurrent create with the same key won the unique constraint: replay it
         session.rollback()
@@ -96,9 +97,20 @@ def create_study(
 
 
 def _check_room(session: Session, *, owner_id: int, first: int, max_queued: int) -> None:
-    """Refuse a study whose first trial jobs would take the owner past ``max_queued`` queued jobs."""
+    """Refuse a study whose first trial jobs would take the owner past ``max_queued`` queued jobs. The
+    owner's row is locked first (concurrent creates take turns), and the first trials of the owner's
+    studies that no advance has queued yet count as queued already."""
+    session.execute(select(Owner.id).where(Owner.id == owner_id).with_for_update())
     waiting = select(Job.id).where(Job.owner_id == owner_id, Job.status == JobStatus.QUEUED).limit(max_queued + 1)
     queued = session.scalar(select(func.count()).select_from(waiting.subquery())) or 0
+    unadvanced = session.scalars(
+        select(Study.spec).where(
+            Study.owner_id == owner_id,
+            Study.status == StudyStatus.RUNNING,
+            ~select(Job.id).where(Job.study_id == Study.id).exists(),
+        )
+    ).all()
+    queued += sum(int(spec["parallelism"]) * int(spec["seeds"]) for spec in unadvanced)
     if queued + first > max_queued:
         raise LimitExceededError(
             f"this owner has {queued} queued jobs and the study's first trials are {first} more, past the most "
@@ -143,7 +155,7 @@ class TrialView:
 
 def list_trials(session: Session, *, study: Study, database_url: str) -> list[TrialView]:
     """The study's trials in order, with their jobs (waiting trials have none yet)."""
-    spec = StudySpec.model_validate(study.spec)
+    spec = stored_spec(study.spec)
     jobs = _jobs_by_trial(session, study.id)
     session.commit()
     optuna_study = search.find_study(spec, name=study.optuna_name, storage=_storage(database_url))
@@ -206,7 +218,7 @@ class _Advance:
 
     def __init__(self, session: Session, study_id: int, row: Row[Any], database_url: str, max_attempts: int) -> None:
         self.session, self.study_id, self.owner_id = session, study_id, row.owner_id
-        self.spec = StudySpec.model_validate(row.spec)
+        self.spec = stored_spec(row.spec)
         self.max_attempts = max_attempts
         self.optuna = search.load_study(self.spec, name=row.optuna_name, storage=_storage(database_url))
         self.jobs = _jobs_by_trial(session, study_id)
@@ -217,37 +229,49 @@ class _Advance:
 
         running = 0
         for trial in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            running += not self._settle(trial.number, search.trial_values(self.spec, trial))
+            running += not self._settle(trial)
         asked = len(self.optuna.get_trials(deepcopy=False, states=_STARTED_STATES()))
         while asked < self.spec.trials and running < self.spec.parallelism:
             number, values = search.ask(self.optuna, self.spec)
             asked += 1
-            running += not self._settle(number, values)
+            running += not self._submit_trial(number, values)
         if asked >= self.spec.trials and running == 0:
             self._finish()
         return self.created
 
-    def _settle(self, number: int, values: dict[str, Any]) -> bool:
+    def _settle(self, trial: Any) -> bool:
         """Bring one running trial up to date; True when it ended (and was told)."""
         from optuna.trial import TrialState
 
+        number = trial.number
         jobs = self.jobs.get(number)
-        if not jobs:  # asked, but its jobs were never committed (or just now asked): create them
-            return self._submit_trial(number, values)
-        statuses = {job.status for job in jobs}
+        if not jobs:  # asked, but its jobs were never committed: create them, if the ask completed
+            if not trial.user_attrs.get(search.SAMPLED):
+                self.optuna.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                return True
+            return self._submit_trial(number, search.trial_values(self.spec, trial))
+        statuses = [job.status for job in jobs]
         if JobStatus.PRUNED in statuses:
-            self._cancel(jobs, reason=f"trial {number} was pruned")
-            if all(job.status.terminal for job in jobs):
+            reason = f"trial {number} was pruned"
+            statuses = [
+                status if status.terminal else cancel_quietly(self.session, job_id=job.id, reason=reason)
+                for job, status in zip(jobs, statuses, strict=True)
+            ]
+            if all(status.terminal for status in statuses):
                 self.optuna.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
                 return True
             return False
         if not all(status.terminal for status in statuses):
             return False
-        if statuses == {JobStatus.SUCCEEDED}:
+        try:
+            if set(statuses) != {JobStatus.SUCCEEDED}:
+                raise MmkdError("a job of the trial failed or was cancelled")
             scores = [trial_objective(job.result, self.spec.metric) for job in jobs]
-            self.optuna.tell(number, sum(scores) / len(scores), skip_if_finished=True)
-        else:
+        except MmkdError as exc:  # the trial ends failed; the study goes on without it
+            log.warning("study %s trial %s: failed: %s", self.study_id, number, exc)
             self.optuna.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            self.optuna.tell(number, sum(scores) / len(scores), skip_if_finished=True)
         return True
 
     def _submit_trial(self, number: int, values: dict[str, Any]) -> bool:
@@ -279,11 +303,6 @@ class _Advance:
         assert job_id is not None  # no idempotency key: nothing to conflict with
         self.created.append(job_id)
 
-    def _cancel(self, jobs: list[Row[Any]], *, reason: str) -> None:
-        for job in jobs:
-            if not job.status.terminal:
-                cancel_quietly(self.session, job_id=job.id, reason=reason)
-
     def _finish(self) -> None:
         """All trials done: start the finalists, or once they ended, record the study's result."""
         from optuna.trial import TrialState
@@ -297,7 +316,10 @@ class _Advance:
         values = search.trial_values(self.spec, best)
         finalists = self.jobs.get(None, [])
         if not finalists:
-            self._submit_finalists(best.number, values)
+            try:
+                self._submit_finalists(best.number, values)
+            except ValidationError as exc:  # not expected (the trial's spec was valid): end, never loop
+                self._end(StudyStatus.FAILED, "the winner's finalist spec: " + describe_validation_error(exc)[0], None)
             return
         if not all(job.status.terminal for job in finalists):
             return
@@ -306,14 +328,18 @@ class _Advance:
             reason = f"finalist job {broken[0].id} {broken[0].status.value}: {broken[0].status_reason}"
             self._end(StudyStatus.FAILED, reason, None)
             return
-        result = study_result(
-            self.spec,
-            winner=best.number,
-            validation=search.complete_value(best),
-            values=values,
-            finalists=[(job.id, job.result) for job in finalists],
-            trials=search.state_counts(self.optuna),
-        )
+        try:
+            result = study_result(
+                self.spec,
+                winner=best.number,
+                validation=search.complete_value(best),
+                values=values,
+                finalists=[(job.id, job.result) for job in finalists],
+                trials=search.state_counts(self.optuna),
+            )
+        except (KeyError, TypeError) as exc:  # a finalist's result without the metric: end, never loop
+            self._end(StudyStatus.FAILED, f"a finalist's result lacks {exc}", None)
+            return
         self._end(StudyStatus.SUCCEEDED, f"trial {best.number} won; {len(finalists)} finalist(s) trained", result)
 
     def _submit_finalists(self, number: int, values: dict[str, Any]) -> None:
@@ -361,11 +387,16 @@ def _storage(database_url: str) -> Any:
     return search.open_storage(study_storage_url(database_url))
 
 
-def cancel_quietly(session: Session, *, job_id: int, reason: str) -> None:
-    """Cancel one job of a study (queued: at once; running: ``cancelling``); a finished one is left."""
-    moved = transition(session, job_id=job_id, to=JobStatus.CANCELLED, expect={JobStatus.QUEUED}, reason=reason)
-    if moved is None:
-        transition(session, job_id=job_id, to=JobStatus.CANCELLING, expect={JobStatus.RUNNING}, reason=reason)
+def cancel_quietly(session: Session, *, job_id: int, reason: str) -> JobStatus:
+    """Cancel one job of a study (queued: at once; running: ``cancelling``); a finished one is left.
+    Returns the job's status now."""
+    if transition(session, job_id=job_id, to=JobStatus.CANCELLED, expect={JobStatus.QUEUED}, reason=reason):
+        return JobStatus.CANCELLED
+    if transition(session, job_id=job_id, to=JobStatus.CANCELLING, expect={JobStatus.RUNNING}, reason=reason):
+        return JobStatus.CANCELLING
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    assert status is not None  # a study's jobs go only with the study
+    return status
 
 
 def cancel_study(session: Session, *, study: Study, database_url: str) -> Study:
@@ -389,7 +420,7 @@ def cancel_study(session: Session, *, study: Study, database_url: str) -> Study:
     ).all():
         cancel_quietly(session, job_id=job_id, reason=f"study {study.id} cancelled by the owner")
     session.commit()
-    _fail_running_trials(StudySpec.model_validate(study.spec), study.optuna_name, database_url)
+    _fail_running_trials(stored_spec(study.spec), study.optuna_name, database_url)
     current = session.get(Study, study.id, populate_existing=True)
     session.commit()
     assert current is not None
@@ -401,7 +432,9 @@ def _fail_running_trials(spec: StudySpec, optuna_name: str, database_url: str) -
     from optuna.trial import TrialState
 
     try:
-        optuna_study = search.load_study(spec, name=optuna_name, storage=_storage(database_url))
+        optuna_study = search.find_study(spec, name=optuna_name, storage=_storage(database_url))
+        if optuna_study is None:  # cancelled before its first advance
+            return
         for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             optuna_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     except Exception:  # the study is cancelled in the database already; Optuna's bookkeeping can wait

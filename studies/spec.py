@@ -10,9 +10,10 @@ study is validated, so a study never samples a spec the trainer would refuse.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.metrics import LOWER_IS_BETTER, PRIMARY_METRIC, TASK_METRICS
@@ -59,18 +60,20 @@ class _Param(StrictModel):
     path: str = Field(
         min_length=3, max_length=100, pattern=r"^[a-z_]+(\.[a-z_0-9]+)+$", description="Dotted spec field."
     )
-    when: dict[str, list[Scalar]] | None = Field(
+    when: dict[str, Annotated[list[Scalar], Field(min_length=1, max_length=MAX_CHOICES)]] | None = Field(
         default=None,
-        description="Sample this parameter only in trials where an earlier categorical parameter (by path) "
-        "took one of these values; e.g. {method.name: [logit_kd]}.",
+        max_length=4,
+        description="Sample this parameter only in trials where earlier categorical parameters (by path) took "
+        "one of these values; e.g. {method.name: [logit_kd]}. At most 4 conditions of unique values.",
     )
 
-    @property
-    def key(self) -> str:
-        """The parameter's name in the Optuna study: its path, and its condition when it has one (the
-        same field may be searched over another range under another method)."""
-        conditions = ";".join(f"{path}={'|'.join(map(str, values))}" for path, values in (self.when or {}).items())
-        return f"{self.path}@{conditions}" if conditions else self.path
+    @field_validator("when")
+    @classmethod
+    def _unique(cls, when: dict[str, list[Scalar]] | None) -> dict[str, list[Scalar]] | None:
+        for path, values in (when or {}).items():
+            if len(set(map(repr, values))) != len(values):
+                raise ValueError(f"when.{path}: values must be unique")
+        return when
 
 
 class FloatParam(_Param):
@@ -210,8 +213,9 @@ class StudySpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> StudySpec:
-        """The cross-field rules, each refusal at the field it is about (a 422 names ``space.2.when``)."""
+    def _check(self, info: ValidationInfo) -> StudySpec:
+        """The cross-field rules, each refusal at the field it is about (a 422 names ``space.2.when``). A
+        stored spec (``stored_spec``) was checked when it was created: its space is not tried again."""
         try:
             if self.base.kind != "train":
                 raise SpaceError(("base", "kind"), "must be 'train': a study searches trained students")
@@ -224,7 +228,8 @@ class StudySpec(StrictModel):
                 raise SpaceError(("objective", "metric"), f"must be one of {', '.join(metrics)} for {self.base.task}")
             if self.base.method.name == AUTO_METHOD and (self.space or self.initial):
                 raise SpaceError(("space",), "space and initial must be empty with base.method auto: it has its own")
-            check_space(self.base, self.effective_space(), self.effective_initial())
+            if not (info.context or {}).get(_STORED):
+                check_space(self.base, self.effective_space(), self.effective_initial())
         except SpaceError as error:
             detail = InitErrorDetails(
                 type=PydanticCustomError("study_rule", "{message}", {"message": error.message}),
@@ -261,6 +266,15 @@ class StudySpec(StrictModel):
         return initial
 
 
+_STORED = "stored"
+
+
+def stored_spec(data: dict[str, Any]) -> StudySpec:
+    """A study's spec as stored at its creation: parsed again, without trying its space once more (every
+    advance, each trial job and the reaper's passes read it; the check ran when the study was made)."""
+    return StudySpec.model_validate(data, context={_STORED: True})
+
+
 #: ``method: auto``'s candidates and their main weights (the ranges docs/results.md's tuning spanned).
 AUTO_WEIGHTS: dict[str, list[tuple[str, float, float, bool]]] = {
     "student_only": [],
@@ -272,6 +286,13 @@ AUTO_WEIGHTS: dict[str, list[tuple[str, float, float, bool]]] = {
     "c2kd": [("nt_weight", 0.25, 8.0, True)],
     "mst_distill": [("kl_weight", 0.5, 8.0, True)],
 }
+
+
+def param_keys(space: Sequence[FloatParam | IntParam | CategoricalParam]) -> list[str]:
+    """Each parameter's name in the Optuna study: its path, or for a conditional one its path and its
+    position (the same field may be searched over other ranges under other conditions); short and
+    bounded whatever the conditions hold."""
+    return [f"{param.path}#{index}" if param.when else param.path for index, param in enumerate(space)]
 
 
 def auto_space(base: BaseJobSpec) -> list[FloatParam | IntParam | CategoricalParam]:
@@ -340,16 +361,22 @@ def check_space(
     the study's own fields), bounds the job spec refuses, a ``when`` on no earlier categorical, a
     method field searched across methods without a ``when``, or an initial trial outside the space."""
     earlier: dict[str, CategoricalParam] = {}
-    keys: set[str] = set()
     for index, param in enumerate(space):
         where: tuple[str | int, ...] = ("space", index)
-        root = param.path.split(".")[0]
-        if root not in SEARCHABLE_ROOTS or param.path in FIXED_PATHS or param.key in keys:
+        parts = param.path.split(".")
+        if len(parts) != 2 or parts[0] not in SEARCHABLE_ROOTS or param.path in FIXED_PATHS:
             raise SpaceError(
                 (*where, "path"),
-                f"{param.path!r} cannot be searched (only method, model and train fields, each once; "
+                f"{param.path!r} cannot be searched (only a field of method, model or train, as section.field; "
                 f"not {', '.join(sorted(FIXED_PATHS))})",
             )
+        root = parts[0]
+        for other in space[:index]:
+            if other.path == param.path and not _exclusive(other, param):
+                raise SpaceError(
+                    (*where, "path"),
+                    f"{param.path} is searched twice; each must have a when that the other's excludes",
+                )
         if isinstance(param, FloatParam | IntParam) and (param.low > param.high or (param.log and param.low <= 0)):
             raise SpaceError(where, "needs low <= high, and low > 0 with log")
         for path, values in (param.when or {}).items():
@@ -367,7 +394,6 @@ def check_space(
             problem = _valid(base, params)
             if problem is not None:
                 raise SpaceError(where, f"{param.path} = {params[param.path]!r} makes an invalid job spec: {problem}")
-        keys.add(param.key)
         if isinstance(param, CategoricalParam):
             earlier[param.path] = param
     for index, given in enumerate(initial):
@@ -375,6 +401,18 @@ def check_space(
             active = active_param(space, given, path)
             if active is None or not _inside(active, value):
                 raise SpaceError(("initial", index, path), "not a value of the space (under its conditions)")
+        problem = _valid(base, given)
+        if problem is not None:
+            raise SpaceError(("initial", index), f"makes an invalid job spec: {problem}")
+
+
+def _exclusive(first: _Param, second: _Param) -> bool:
+    """Whether no trial can meet both parameters' conditions: one condition path they share, with no
+    value in common."""
+    shared = set(first.when or {}) & set(second.when or {})
+    return any(
+        not set(map(repr, (first.when or {})[path])) & set(map(repr, (second.when or {})[path])) for path in shared
+    )
 
 
 def active_param(

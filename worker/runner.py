@@ -161,7 +161,7 @@ def _trial_pruning(settings: WorkerSettings, sessions: sessionmaker[Session], jo
     """The pruner of a study's trial job; None for any other job (a finalist is never pruned)."""
     with sessions() as session:
         row = session.execute(
-            select(Job.trial_number, Study.spec, Study.optuna_name)
+            select(Job.trial_number, Job.seed, Study.spec, Study.optuna_name)
             .join(Study, Study.id == Job.study_id)
             .where(Job.id == job_id)
         ).one_or_none()
@@ -171,6 +171,7 @@ def _trial_pruning(settings: WorkerSettings, sessions: sessionmaker[Session], jo
         study_spec=row.spec,
         optuna_name=row.optuna_name,
         trial_number=row.trial_number,
+        seed=row.seed,
         database_url=settings.resolved_database_url,
     )
 

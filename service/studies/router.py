@@ -31,8 +31,9 @@ CREATE_RULES = """Validate the study, store it, and queue its first trials (same
 Each trial is an ordinary job (one per seed) of yours, linked by `study_id`; the study asks Optuna's
 TPE sampler for new trials as trials end, prunes trials by the validation values their jobs report
 after each epoch, and once the budget is spent trains the winner again on every seed with the
-reference (the finalists), whose student is the study's. Every value the space can sample is checked
-against the base spec here: a space that could make an invalid job is a 422 naming `space.N`.
+reference (the finalists), whose student is the study's. Each parameter's bounds and choices (alone,
+under each value of its conditions) and each initial trial are tried against the base spec here: one
+that makes an invalid job is a 422 naming `space.N` or `initial.N`.
 `base.method: {name: auto}` searches the registered methods and their main weights."""
 STUDY_EXAMPLES: dict[str, Any] = {
     "auto": {

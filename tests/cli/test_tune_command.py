@@ -78,3 +78,21 @@ def test_tune_refuses_a_study_with_its_own_base_and_an_existing_folder(tmp_path:
     taken = mmkd("tune", str(tmp_path / "base.yaml"), str(tmp_path / "study.yaml"), "--out", str(tmp_path / "exists"))
     assert taken.returncode == 1 and "exists; --out names a folder to create" in taken.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_tune_fails_a_trial_whose_values_make_no_valid_job_and_goes_on(tmp_path: Path) -> None:
+    """Each value is valid alone (the study is accepted) but together they pass mst_distill's attention
+    bound: the trial fails, as on the service, and the tune ends with no trial completed."""
+    (tmp_path / "base.yaml").write_text(BASE.replace("{name: logit_kd, teacher_epochs: 2}", "{name: mst_distill}"))
+    (tmp_path / "study.yaml").write_text(
+        "name: big\nspace:\n"
+        "  - {path: train.batch_size, type: categorical, choices: [4096]}\n"
+        "  - {path: model.repr_dim, type: categorical, choices: [512]}\n"
+        "trials: 2\n"
+    )
+    out = tmp_path / "tuned"
+    result = mmkd("tune", str(tmp_path / "base.yaml"), str(tmp_path / "study.yaml"), "--out", str(out))
+    assert result.returncode == 1 and "no trial completed ({'fail': 2})" in result.stderr, result.stderr
+    assert " ".join(result.stdout.split()).count("failed: (spec): Value error, method mst_distill attends") == 2
+    study = optuna.load_study(study_name="big", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "FAIL"]

@@ -205,6 +205,58 @@ def _study(**changes: Any) -> dict[str, Any]:
         (_study(base={**BASE, "reference": {}}), "base.reference: the study trains its winner's reference"),
         (_study(trials=0), "trials"),
         (
+            _study(space=[{"path": "train.epochs.x", "type": "int", "low": 1, "high": 2}]),
+            "space.0.path: 'train.epochs.x' cannot be searched (only a field of method, model or train",
+        ),
+        (
+            _study(
+                space=[
+                    {"path": "method.name", "type": "categorical", "choices": ["logit_kd", "dml"]},
+                    {
+                        "path": "method.kd_weight",
+                        "type": "float",
+                        "low": 1,
+                        "high": 2,
+                        "when": {"method.name": ["logit_kd"] * 3},
+                    },
+                ]
+            ),
+            "space.1.float.when: Value error, when.method.name: values must be unique",
+        ),
+        (
+            _study(
+                space=[
+                    {"path": "method.name", "type": "categorical", "choices": ["logit_kd", "dml"]},
+                    {
+                        "path": "method.kd_weight",
+                        "type": "float",
+                        "low": 1,
+                        "high": 2,
+                        "when": {"method.name": ["logit_kd"]},
+                    },
+                    {
+                        "path": "method.kd_weight",
+                        "type": "float",
+                        "low": 1,
+                        "high": 3,
+                        "when": {"method.name": ["logit_kd", "dml"]},
+                    },
+                ]
+            ),
+            "space.2.path: method.kd_weight is searched twice",
+        ),
+        (
+            _study(
+                base={**BASE, "method": {"name": "mst_distill"}},
+                space=[
+                    {"path": "train.batch_size", "type": "categorical", "choices": [64, 4096]},
+                    {"path": "model.repr_dim", "type": "categorical", "choices": [64, 512]},
+                ],
+                initial=[{"train.batch_size": 4096, "model.repr_dim": 512}],
+            ),
+            "initial.0: makes an invalid job spec",
+        ),
+        (
             _study(
                 space=[
                     {"path": "model.dropout", "type": "categorical", "choices": [i / 100 for i in range(32)]},
@@ -252,3 +304,20 @@ def test_a_study_whose_first_advance_failed_is_stored_and_advanced_later(
     database_url = api.app.state.settings.resolved_database_url
     created = service.advance(api.session, study_id=study_id, database_url=database_url, max_attempts=3)
     assert [job.id for job in study_jobs(api, study_id)] == created and len(created) == 2
+
+
+def test_a_study_whose_first_trials_would_pass_the_queue_limit_is_refused(api: Api) -> None:
+    from jobs.errors import LimitExceededError
+    from jobs.keys import get_or_create_owner
+    from studies import service
+    from studies.spec import StudySpec
+
+    owner = get_or_create_owner(api.session, name=f"limited-{id(api)}")
+    api.session.commit()
+    spec = StudySpec.model_validate(STUDY)  # parallelism 2, one seed: 2 jobs first
+    service.create_study(api.session, owner_id=owner.id, spec=spec, idempotency_key=None, max_queued=3)
+    # The first study was not advanced yet: its two first trials count as queued already.
+    with pytest.raises(LimitExceededError, match="has 2 queued jobs and the study's first trials are 2 more"):
+        service.create_study(api.session, owner_id=owner.id, spec=spec, idempotency_key=None, max_queued=3)
+    small = StudySpec.model_validate({**STUDY, "parallelism": 1})
+    service.create_study(api.session, owner_id=owner.id, spec=small, idempotency_key=None, max_queued=3)

@@ -4,6 +4,8 @@ with the reference, and the study's result holds the winner, its test metric and
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -101,3 +103,59 @@ def test_a_study_whose_every_trial_fails_fails_with_the_count(embedded: sessionm
     with embedded() as session:
         study = session.get(Study, study_id)
     assert (study.status, study.status_reason, study.result) == ("failed", "no trial completed ({'fail': 2})", None)
+
+
+def test_a_pruned_first_seed_cancels_its_queued_sibling_and_frees_the_slot_at_once(
+    embedded: sessionmaker[Session],
+) -> None:
+    study_id = start(embedded, {**STUDY, "seeds": 2})
+    ran = drive(embedded, study_id)
+    # Three trials of two seeds each; the fourth's first seed is pruned, its second never runs; finalists.
+    assert [outcome for _, outcome in ran] == ["succeeded"] * 6 + ["pruned"] + ["succeeded"] * 2
+    with embedded() as session:
+        jobs = list(session.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.id)))
+        study = session.get(Study, study_id)
+    assert [(job.trial_number, job.status) for job in jobs[6:8]] == [(3, "pruned"), (3, "cancelled")]
+    assert jobs[7].status_reason == "trial 3 was pruned"
+    # The same advance that cancelled the sibling told the trial pruned and queued the finalists.
+    assert [job.trial_number for job in jobs[8:]] == [None, None] and study.status == "succeeded"
+
+
+def test_only_a_trials_first_seed_is_judged_and_a_storage_error_trains_unpruned(
+    embedded: sessionmaker[Session], tmp_path: Any
+) -> None:
+    from studies.pruning import trial_pruning
+
+    study_id = start(embedded, STUDY)
+    url = get_worker_settings().resolved_database_url
+    with embedded() as session:
+        study = session.get(Study, study_id)
+    seed = BASE["train"].get("seed", 0)
+    common = {"study_spec": study.spec, "optuna_name": study.optuna_name, "trial_number": 0}
+    assert trial_pruning(**common, seed=seed, database_url=url) is not None
+    assert trial_pruning(**common, seed=seed + 1, database_url=url) is None
+    unreachable = f"sqlite:///{tmp_path}/absent/mmkd.db"  # no study storage there
+    assert trial_pruning(**common, seed=seed, database_url=unreachable) is None
+
+
+def test_a_trial_whose_ask_was_interrupted_fails_instead_of_training_partial_values(
+    embedded: sessionmaker[Session],
+) -> None:
+    import optuna
+
+    from migrations.study_storage import study_storage_url
+    from studies import search
+    from studies.spec import stored_spec
+
+    study_id = start(embedded, {**STUDY, "initial": [], "trials": 3})
+    url = get_worker_settings().resolved_database_url
+    with embedded() as session:
+        study = session.get(Study, study_id)
+    storage = search.open_storage(study_storage_url(url))
+    optuna_study = search.load_study(stored_spec(study.spec), name=study.optuna_name, storage=storage)
+    interrupted = optuna_study.ask()  # asked, then the process died before any value was stored
+    with embedded() as session:
+        created = service.advance(session, study_id=study_id, database_url=url, max_attempts=3)
+    assert created == []  # trial 0 still runs (parallelism 1): nothing new, and no job for the orphan
+    states = {t.number: t.state for t in optuna_study.get_trials(deepcopy=False)}
+    assert states[interrupted.number] == optuna.trial.TrialState.FAIL
