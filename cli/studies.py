@@ -40,8 +40,8 @@ def create(
         typer.echo(f"created study {study.id} ({study.name}): {study.status}")
         if wait:
             study = _wait(client, study.id, poll, timeout)
-    if wait:
-        _print_outcome(study)
+    if wait and study.result:  # its final status was the wait's last line
+        _print_result(study.result)
 
 
 def _checked_study(path: Path) -> dict[str, Any]:
@@ -183,12 +183,6 @@ def _study_table(study: Study) -> Any:
     for name, value in rows.items():
         table.add_row(name, value)
     return table
-
-
-def _print_outcome(study: Study) -> None:
-    typer.echo(f"study {study.id}: {_status_text(study.status, study.status_reason)}")
-    if study.result:
-        _print_result(study.result)
 
 
 def _print_result(result: dict[str, Any]) -> None:
