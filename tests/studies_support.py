@@ -29,6 +29,27 @@ STUDY: dict[str, Any] = {
     "trials": 4,
     "parallelism": 2,
 }
+#: A base that trains in seconds on CPU (a real trainer runs it: the worker and integration tests).
+TRAINABLE_BASE: dict[str, Any] = {
+    "name": "kd",
+    "dataset": {"name": "mfeat", "primary": ["fou", "zer"], "auxiliary": ["kar"]},
+    "model": {"hidden_dim": 16, "repr_dim": 8},
+    "method": {"name": "logit_kd", "teacher_epochs": 2},
+    "train": {"epochs": 4, "batch_size": 64, "device": "cpu", "lr": 0.01},
+    "checkpoint": {"every_epochs": None},
+}
+#: Four trials in a known order: three learning rates that learn, then one that cannot (1e-6); the
+#: median pruner judges from the fourth trial on (three finished first), after the student's first epoch.
+PRUNING_STUDY: dict[str, Any] = {
+    "name": "lr",
+    "base": TRAINABLE_BASE,
+    "space": [{"path": "train.lr", "type": "categorical", "choices": [0.01, 0.003, 0.03, 1e-6]}],
+    "initial": [{"train.lr": lr} for lr in (0.01, 0.003, 0.03, 1e-6)],
+    "trials": 4,
+    "parallelism": 1,
+    "pruner": {"name": "median", "startup_trials": 3, "warmup_epochs": 1},
+    "reference": {"resamples": 200},
+}
 #: Each trial's validation accuracy: trial 2 wins.
 VALIDATION = {0: 0.80, 1: 0.85, 2: 0.95, 3: 0.90}
 #: The finalists' test accuracy and their gain by seed index (the base seed is 7).

@@ -15,30 +15,11 @@ import httpx
 import pytest
 from integration_helpers import LONG, events, job_row, running_past
 from sqlalchemy import select
+from studies_support import PRUNING_STUDY
 
 from jobs.models import Artifact, Job
 
 pytestmark = pytest.mark.slow
-
-BASE: dict[str, Any] = {
-    "name": "kd",
-    "dataset": {"name": "mfeat", "primary": ["fou", "zer"], "auxiliary": ["kar"]},
-    "model": {"hidden_dim": 16, "repr_dim": 8},
-    "method": {"name": "logit_kd", "teacher_epochs": 2},
-    "train": {"epochs": 4, "batch_size": 64, "device": "cpu"},
-    "checkpoint": {"every_epochs": None},
-}
-#: Three learning rates that learn, then one that cannot; the median pruner judges the fourth trial.
-PRUNING_STUDY: dict[str, Any] = {
-    "name": "lr",
-    "base": BASE,
-    "space": [{"path": "train.lr", "type": "categorical", "choices": [0.01, 0.003, 0.03, 1e-6]}],
-    "initial": [{"train.lr": lr} for lr in (0.01, 0.003, 0.03, 1e-6)],
-    "trials": 4,
-    "parallelism": 1,
-    "pruner": {"name": "median", "startup_trials": 3, "warmup_epochs": 1},
-    "reference": {"resamples": 200},
-}
 
 
 @contextmanager

@@ -8,7 +8,8 @@ from functools import partial
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from worker_helpers import STUDY, queued, start
+from studies_support import PRUNING_STUDY as STUDY
+from worker_helpers import queued, start
 
 from jobs.models import Job
 from jobs.reaper import reap_once

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from worker_helpers import STUDY, drive, start
-from worker_helpers import STUDY_BASE as BASE
+from studies_support import PRUNING_STUDY as STUDY
+from studies_support import TRAINABLE_BASE as BASE
+from worker_helpers import drive, start
 
 from jobs.models import Job, JobEvent, MetricPoint, Study
 from studies import service

@@ -37,28 +37,6 @@ def submit(sessions: sessionmaker[Session], spec: dict) -> int:
         return job.id
 
 
-STUDY_BASE: dict[str, Any] = {
-    "name": "kd",
-    "dataset": {"name": "mfeat", "primary": ["fou", "zer"], "auxiliary": ["kar"]},
-    "model": {"hidden_dim": 16, "repr_dim": 8},
-    "method": {"name": "logit_kd", "teacher_epochs": 2},
-    "train": {"epochs": 4, "batch_size": 64, "device": "cpu", "lr": 0.01},
-    "checkpoint": {"every_epochs": None},
-}
-#: Four trials in a known order: three learning rates that learn, then one that cannot (1e-6); the
-#: median pruner judges from the fourth trial on (three finished first), after the student's first epoch.
-STUDY: dict[str, Any] = {
-    "name": "lr",
-    "base": STUDY_BASE,
-    "space": [{"path": "train.lr", "type": "categorical", "choices": [0.01, 0.003, 0.03, 1e-6]}],
-    "initial": [{"train.lr": lr} for lr in (0.01, 0.003, 0.03, 1e-6)],
-    "trials": 4,
-    "parallelism": 1,
-    "pruner": {"name": "median", "startup_trials": 3, "warmup_epochs": 1},
-    "reference": {"resamples": 200},
-}
-
-
 def start(sessions: sessionmaker[Session], body: dict[str, Any]) -> int:
     settings = get_worker_settings()
     with sessions() as session:
