@@ -159,3 +159,21 @@ def test_initial_trials_lost_by_a_crash_before_enqueuing_are_enqueued_on_the_nex
     ]
     again = search.load_study(spec, name="x", storage=storage)
     assert len(again.get_trials()) == 2  # loading again enqueues nothing more
+
+
+def test_successive_halving_keeps_the_best_third_at_its_first_rung() -> None:
+    spec = study(pruner={"name": "successive_halving", "min_epochs": 2, "reduction_factor": 3})
+    optuna_study = optuna.create_study(direction="maximize", pruner=search.pruner_for(spec))
+    for value in (0.9, 0.8, 0.7):  # three trials reach the rung at epoch 2
+        finished = optuna_study.ask()
+        finished.report(value, 2)
+        optuna_study.tell(finished, value)
+    verdicts = {}
+    for value in (0.95, 0.75):
+        trial = optuna_study.ask()
+        trial.report(value, 1)
+        before_rung = trial.should_prune()
+        trial.report(value, 2)
+        verdicts[value] = (before_rung, trial.should_prune())
+    assert verdicts == {0.95: (False, False), 0.75: (False, True)}
+    assert search.pruner_for(study(pruner={"name": "none"})).prune(optuna_study, optuna_study.trials[0]) is False
