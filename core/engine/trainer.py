@@ -30,6 +30,7 @@ from core.engine.selection import EpochSelection
 from core.engine.setup import Run, build_run
 from core.errors import MmkdError, NonFiniteLossError, TrainingCancelled
 from core.metrics import PRIMARY_METRIC
+from core.models.network import MultimodalNet
 from core.objectives.base import Batch, Forward, Role
 from core.spec import JobSpec
 from core.tracking import CheckpointStore, NullTracker, Tracker
@@ -100,10 +101,32 @@ def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
     return values
 
 
+#: Rows per forward pass when a split is evaluated: its inputs and activations never sit on the device
+#: all at once, whatever the split's size (the outputs, a row of logits per sample, do).
+EVAL_ROWS = 4096
+
+
 def split_inputs(run: Run, split: str) -> tuple[Part, dict[str, torch.Tensor]]:
-    """The val or test split and its modalities as tensors on the run's device."""
+    """The val or test split and its modalities as tensors on the run's device (the probe's small val)."""
     part = run.data.val if split == "val" else run.data.test
     return part, {name: torch.from_numpy(values).to(run.device) for name, values in part.modalities.items()}
+
+
+def split_outputs(run: Run, net: MultimodalNet, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``net``'s outputs on the val or test split, and its target embeddings when it has a target
+    encoder (retrieval), computed :data:`EVAL_ROWS` rows at a time in eval mode."""
+    part = run.data.val if split == "val" else run.data.test
+    net.eval()
+    outputs, targets = [], []
+    for start in range(0, len(part), EVAL_ROWS):
+        inputs = {
+            name: torch.from_numpy(values[start : start + EVAL_ROWS]).to(run.device)
+            for name, values in part.modalities.items()
+        }
+        outputs.append(net(inputs)[1])
+        if net.target_encoder is not None:
+            targets.append(net.embed_target(inputs))
+    return torch.cat(outputs), (torch.cat(targets) if targets else None)
 
 
 @torch.no_grad()
@@ -113,12 +136,10 @@ def evaluate(run: Run, split: str) -> dict[str, float]:
     Always in float32, also when training runs under bf16 autocast: the reported metrics are those
     of the exported student, which predicts in float32.
     """
-    part, inputs = split_inputs(run, split)
+    part = run.data.val if split == "val" else run.data.test
     metrics: dict[str, float] = {}
     for name, net in run.nets.named_networks().items():
-        net.eval()
-        output = net(inputs)[1]
-        target = net.embed_target(inputs) if net.target_encoder is not None else None
+        output, target = split_outputs(run, net, split)
         for metric, value in compute_metrics(run.spec.task, output, part.label, target).items():
             metrics[f"{name}/{metric}"] = value
     return metrics
@@ -322,8 +343,7 @@ def reference_spec(spec: JobSpec) -> JobSpec:
 @torch.no_grad()
 def student_outputs(run: Run, split: str) -> torch.Tensor:
     """The student's outputs on the val or test split, in float32."""
-    run.nets.student.eval()
-    return run.nets.student(split_inputs(run, split)[1])[1].float()
+    return split_outputs(run, run.nets.student, split)[0].float()
 
 
 def reference_gain(run: Run, tracker: Tracker) -> dict[str, Any]:
