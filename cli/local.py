@@ -257,25 +257,19 @@ def probe_command(
 
 def _load_study(spec_path: Path, study_path: Path) -> Any:
     """The study file with SPEC as its base, validated; every problem is one line naming the file."""
-    from pydantic import ValidationError
-
     from core.errors import SpecError
-    from core.spec import MAX_REPORTED_PROBLEMS, describe_validation_error
+    from core.spec import validate_spec_data
     from core.spec_yaml import parse_spec_mapping, read_spec_file
     from studies.spec import StudySpec
 
     try:
         base = parse_spec_mapping(read_spec_file(spec_path), str(spec_path))
         study = parse_spec_mapping(read_spec_file(study_path), str(study_path))
+        if "base" in study:
+            fail(f"{study_path}: has a base; with mmkd tune, SPEC is the base")
+        return validate_spec_data(StudySpec, {**study, "base": base}, str(study_path), what="study")
     except SpecError as exc:
         fail(one_line(str(exc)))
-    if "base" in study:
-        fail(f"{study_path}: has a base; with mmkd tune, SPEC is the base")
-    try:
-        return StudySpec.model_validate({**study, "base": base})
-    except ValidationError as exc:
-        problems = describe_validation_error(exc)[:MAX_REPORTED_PROBLEMS]
-        fail(f"{study_path}: invalid study: " + "; ".join(problems))
 
 
 def tune_command(

@@ -47,24 +47,16 @@ def create(
 def _checked_study(path: Path) -> dict[str, Any]:
     """The study file's fields as written, after the server's own checks of a study spec: a bad file
     is one line naming it and the problem, and no request is sent."""
-    from pydantic import ValidationError
-
     from core.errors import SpecError, one_line
-    from core.spec import MAX_REPORTED_PROBLEMS, describe_validation_error
+    from core.spec import validate_spec_data
     from core.spec_yaml import parse_spec_mapping, read_spec_file
     from studies.spec import StudySpec
 
     try:
         data = parse_spec_mapping(read_spec_file(path), str(path))
+        study = validate_spec_data(StudySpec, data, str(path), what="study")
     except SpecError as exc:
         fail(one_line(str(exc)))
-    try:
-        study = StudySpec.model_validate(data)
-    except ValidationError as exc:
-        problems = describe_validation_error(exc)
-        if len(problems) > MAX_REPORTED_PROBLEMS:
-            problems = [*problems[:MAX_REPORTED_PROBLEMS], f"and {len(problems) - MAX_REPORTED_PROBLEMS} more"]
-        fail(one_line(f"{path}: invalid study: " + "; ".join(problems)))
     return study.model_dump(mode="json", exclude_unset=True)
 
 

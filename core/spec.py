@@ -19,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -595,20 +595,26 @@ def _path_part(part: str | int) -> str:
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+SpecT = TypeVar("SpecT", bound=BaseModel)
 MAX_REPORTED_PROBLEMS = 10
 
 
-def parse_spec_text(text: str, source: str) -> JobSpec:
-    """Parse and validate a spec's YAML or JSON text; every problem is a one-line SpecError naming ``source``."""
-    data = parse_spec_mapping(text, source)
+def validate_spec_data(model: type[SpecT], data: Any, source: str, *, what: str = "spec") -> SpecT:
+    """Validate parsed spec data as ``model`` (a job spec, a study); every problem is one line of one
+    SpecError naming ``source``: ``{source}: invalid {what}: {path}: {problem}; ...``."""
     try:
-        return JobSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = describe_validation_error(exc)
         if len(problems) > MAX_REPORTED_PROBLEMS:
             more = len(problems) - MAX_REPORTED_PROBLEMS
             problems = [*problems[:MAX_REPORTED_PROBLEMS], f"and {more} more"]
-        raise SpecError(source, "invalid spec: " + "; ".join(problems)) from None
+        raise SpecError(source, f"invalid {what}: " + "; ".join(problems)) from None
+
+
+def parse_spec_text(text: str, source: str) -> JobSpec:
+    """Parse and validate a spec's YAML or JSON text; every problem is a one-line SpecError naming ``source``."""
+    return validate_spec_data(JobSpec, parse_spec_mapping(text, source), source)
 
 
 def load_spec(path: str | Path) -> JobSpec:
