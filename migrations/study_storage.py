@@ -37,14 +37,8 @@ def upgrade(database_url: str) -> None:
     """Create the study storage (schema and Optuna's tables) or bring it to this Optuna's version."""
     from optuna.storages import RDBStorage
 
-    url = make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        engine = create_engine(url, poolclass=pool.NullPool)
-        try:
-            with engine.begin() as connection:
-                connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-        finally:
-            engine.dispose()
+    if make_url(database_url).get_backend_name() == "postgresql":
+        _execute(database_url, f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     storage = RDBStorage(study_storage_url(database_url), skip_compatibility_check=True)
     try:
         if storage.get_current_version() != storage.get_head_version():
@@ -59,9 +53,14 @@ def downgrade(database_url: str) -> None:
     if url.get_backend_name() == "sqlite":
         Path(make_url(study_storage_url(database_url)).database or "").unlink(missing_ok=True)
         return
-    engine = create_engine(url, poolclass=pool.NullPool)
+    _execute(database_url, f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
+def _execute(database_url: str, statement: str) -> None:
+    """Run one statement on the server in its own committed transaction and connection."""
+    engine = create_engine(database_url, poolclass=pool.NullPool)
     try:
         with engine.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+            connection.execute(text(statement))
     finally:
         engine.dispose()
