@@ -230,7 +230,7 @@ class _Advance:
         running = 0
         for trial in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             running += not self._settle(trial)
-        asked = len(self.optuna.get_trials(deepcopy=False, states=_STARTED_STATES()))
+        asked = sum(trial.state != TrialState.WAITING for trial in self.optuna.get_trials(deepcopy=False))
         while asked < self.spec.trials and running < self.spec.parallelism:
             number, values = search.ask(self.optuna, self.spec)
             asked += 1
@@ -363,12 +363,6 @@ class _Advance:
             .values(status=status, status_reason=reason, result=result, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         )
-
-
-def _STARTED_STATES() -> tuple[Any, ...]:
-    from optuna.trial import TrialState
-
-    return (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def _jobs_by_trial(session: Session, study_id: int) -> dict[int | None, list[Row[Any]]]:
