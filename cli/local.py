@@ -62,7 +62,7 @@ def gain_line(gain: dict[str, Any]) -> str:
     )
 
 
-def _reader() -> DataReader:
+def reader() -> DataReader:
     """Local files, and S3 objects through the configured endpoint, retries and timeouts."""
     from core.data.arrays import read_local_or_s3
     from settings import get_common_settings
@@ -88,6 +88,11 @@ def train_command(
     spec = _load_spec(spec_path)
     from cli.run_folder import RunFolder
 
+    if spec.resources.nodes > 1:
+        fail(
+            f"{spec_path}: resources.nodes {spec.resources.nodes}: several hosts run on a Ray cluster through the "
+            "service; `mmkd train` runs on this one"
+        )
     folder = RunFolder.at(out)
     folder.check(resume=resume)  # before reading the data: a wrong --resume fails at once
     data = _prepare(spec)
@@ -97,7 +102,10 @@ def train_command(
             folder.create()
         else:
             console.print(f"resuming {folder.work} from the checkpoint at step {step}")
-        summary = _train_in(folder, spec, data)
+        if spec.resources.procs_per_node > 1:
+            summary = _train_in_ranks(folder, spec, spec_path)
+        else:
+            summary = _train_in(folder, spec, data)
         folder.finish()
     console.print(result_table(summary))
     if "gain" in summary:
@@ -111,7 +119,7 @@ def _prepare(spec: JobSpec) -> PreparedData:
     from core.errors import MmkdError
 
     try:
-        return prepare(spec.dataset, spec.task, read=_reader())
+        return prepare(spec.dataset, spec.task, read=reader())
     except MmkdError as exc:
         fail(one_line(str(exc)))
 
@@ -143,6 +151,30 @@ def _train_in(folder: RunFolder, spec: JobSpec, data: PreparedData) -> dict[str,
     except BaseException:
         folder.abandon()
         raise
+
+
+def _train_in_ranks(folder: RunFolder, spec: JobSpec, spec_path: Path) -> dict[str, Any]:
+    """Train in ``folder.work`` as ``resources.procs_per_node`` ranks under torchrun (``cli.ranks``); on a
+    failure keep the folder only if a checkpoint makes it resumable."""
+    import json
+    import subprocess
+
+    from core.engine.launch import torchrun_command
+
+    procs = spec.resources.procs_per_node
+    console.print(f"training on {procs} processes (torchrun, {spec.resources.device})")
+    command = torchrun_command(procs, "cli.ranks", [str(spec_path.resolve()), str(folder.work)])
+    try:
+        finished = subprocess.run(command, check=False)
+    except BaseException:
+        folder.abandon()
+        raise
+    if finished.returncode != 0:
+        kept = folder.abandon()
+        reason = f"training failed on {procs} processes (torchrun exited with {finished.returncode})"
+        fail(reason if kept is None else f"{reason}; {kept}")
+    summary: dict[str, Any] = json.loads((folder.work / "summary.json").read_text())
+    return summary
 
 
 def _check_output_file(out: Path) -> None:

@@ -444,9 +444,44 @@ class CheckpointSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
-    """What a worker must provide. One process trains one job; multi-GPU (DDP) is not built yet."""
+    """What the job trains on: ``nodes`` x ``procs_per_node`` processes (ranks) on CPUs or on GPUs, one GPU
+    a process. One process trains alone; several on one node run under torchrun, several nodes under Ray
+    Train (``core.parallel`` says how they stay the single-process run with the same global batch).
+    Resources are not in the spec hash: a run checkpointed at one world size resumes at another."""
 
-    gpus: int = Field(default=0, ge=0, le=1, description="0 or 1; more GPUs per job (DDP) are not supported yet.")
+    nodes: int = Field(default=1, ge=1, le=64, description="Hosts; more than 1 runs on the Ray cluster.")
+    procs_per_node: int = Field(
+        default=1, ge=1, le=64, description="Processes on each host (one GPU each with device cuda)."
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu",
+        description="What each process needs: cpu (a job may still use a GPU under train.device auto) or cuda.",
+    )
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        deprecated=True,
+        description="Deprecated: gpus N > 0 means device cuda and procs_per_node N; 0 means device cpu.",
+    )
+
+    @model_validator(mode="after")
+    def _migrate_gpus(self) -> ResourcesSpec:
+        gpus = self.__dict__["gpus"]  # read without the deprecation warning
+        if gpus is None:
+            return self
+        given = self.model_fields_set
+        if gpus > 0 and "procs_per_node" in given and self.procs_per_node != gpus:
+            raise ValueError(f"gpus {gpus} (deprecated) and procs_per_node {self.procs_per_node} disagree")
+        if "device" in given and self.device != ("cuda" if gpus > 0 else "cpu"):
+            raise ValueError(f"gpus {gpus} (deprecated) and device {self.device!r} disagree")
+        self.__dict__.update(device="cuda" if gpus > 0 else "cpu", procs_per_node=max(gpus, 1), gpus=None)
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes in all: nodes x procs_per_node."""
+        return self.nodes * self.procs_per_node
 
 
 # (section, field) -> the value under which the field is left out of the spec hash.
@@ -531,6 +566,13 @@ class JobSpec(StrictModel):
             raise ValueError(
                 "reference is for training jobs with a per-sample metric; not for task retrieval or kind probe"
             )
+        if self.train.device == "cpu" and self.resources.device == "cuda":
+            raise ValueError("train.device 'cpu' and resources.device 'cuda' disagree: a GPU would sit idle")
+        if self.train.batch_size < 2 * self.resources.world_size:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} is the global batch: at least 2 rows for each of the "
+                f"{self.resources.world_size} processes of resources"
+            )
         if (self.task == "retrieval") != (self.dataset.retrieval_target is not None):
             raise ValueError("dataset.retrieval_target is required for task 'retrieval' and only for it")
         if self.dataset.name is not None and self.task != "classification":
@@ -568,6 +610,7 @@ class JobSpec(StrictModel):
         bench's cache and the API's idempotency compare hashes) and any other value changes it.
         """
         canonical_data = self.model_dump(mode="json")
+        canonical_data["resources"] = {"gpus": 0}  # not hashed (see ResourcesSpec); the value old hashes had
         for (section, key), neutral in HASH_NEUTRAL.items():
             holder = canonical_data[section] if section else canonical_data
             if key in holder and holder[key] == neutral:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core import parallel
 from core.data.prepare import PreparedData
 from core.engine import checkpoint as ckpt
 from core.models.network import Networks, build_networks
@@ -88,8 +89,13 @@ class Run:
         return len(self.data.train)
 
     def state_dict(self) -> dict[str, Any]:
-        """Models, optimisers, schedule, RNG and data position."""
+        """Models, optimisers, schedule, RNG and data position. Every rank must call it (it gathers each
+        rank's RNG, ``rank_rng``: rank 0's is ``rng``); only rank 0 stores what it returns."""
+        rngs = parallel.gather_objects(ckpt.capture_rng())
         return {
+            "world_size": parallel.world_size(),
+            "rank_rng": rngs[1:],
+            "draws": self.objective.draws.get_state(),
             "spec_hash": self.spec.spec_hash(),
             "data_sha256": self.data.info["sha256"],
             "nets": self.nets.state_dict(),
@@ -97,7 +103,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "disc_optimizer": None if self.disc_optimizer is None else self.disc_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.capture_rng(),
+            "rng": rngs[0],
             "epoch": self.state.epoch,
             "batch_in_epoch": self.state.batch_in_epoch,
             "step": self.state.step,
@@ -111,9 +117,18 @@ class Run:
         if self.disc_optimizer is not None:
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        draws = state.get("draws")
+        if draws is not None and draws.numel() == self.objective.draws.get_state().numel():  # same device kind
+            self.objective.draws.set_state(draws)
         self.state = RunState(state["epoch"], state["batch_in_epoch"], state["step"])
         self.resumed_from_step = state["step"]
-        ckpt.restore_rng(state["rng"])
+        # Each rank its own stream; a rank the checkpoint did not have (it was written at a smaller world
+        # size) keeps the fresh stream it was seeded with (core.parallel: only dropout draws from it).
+        index = parallel.rank()
+        if index == 0:
+            ckpt.restore_rng(state["rng"])
+        elif index <= len(state.get("rank_rng", [])):
+            ckpt.restore_rng(state["rank_rng"][index - 1])
 
 
 def seed_everything(seed: int) -> None:
@@ -185,6 +200,13 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
     )
     nets.to(device)
     objective.to(device)
+    objective.draws = torch.Generator(device=device).manual_seed(spec.train.seed)  # draws on the device
+    nets = parallel.sync_batch_norm(nets, device)  # type: ignore[assignment]  # the same object, layers replaced
+    objective = parallel.sync_batch_norm(objective, device)  # type: ignore[assignment]
+    parallel.broadcast_module(nets)
+    parallel.broadcast_module(objective)
+    if parallel.rank() > 0:  # dropout masks of its own: a stream per rank (rank 0 keeps the seed's)
+        torch.manual_seed(spec.train.seed + 1_000_003 * parallel.rank())
     groups = parameter_groups(nets, objective)
     optimizer = make_optimizer(spec, groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_windows(objective, groups))

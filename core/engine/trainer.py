@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from core import parallel
 from core.data.prepare import Part, PreparedData, prepare
 from core.engine import checkpoint as ckpt
 from core.engine.evaluation import compute_metrics, paired_bootstrap
@@ -39,18 +40,22 @@ log = logging.getLogger(__name__)
 
 
 def epoch_batches(run: Run, epoch: int) -> list[torch.Tensor]:
-    """The batches of one epoch: a permutation seeded by (seed, epoch), so resuming can replay it."""
+    """The global batches of one epoch: a permutation seeded by (seed, epoch), so resuming can replay it
+    and every rank draws the same one, at any world size. The last batch is cut to a multiple of the
+    world size (every rank holds as many rows; at most W - 1 samples sit out that epoch) and dropped
+    below 2 rows, or one row a rank (a 1-sample batch has no contrastive negatives)."""
     generator = torch.Generator().manual_seed(run.spec.train.seed * 1_000_003 + epoch)
     order = torch.randperm(run.n_train, generator=generator)
     batches = list(order.split(run.spec.train.batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:  # a 1-sample batch has no contrastive negatives
+    batches[-1] = batches[-1][: parallel.even_length(len(batches[-1]))]
+    if len(batches) > 1 and len(batches[-1]) < max(2, parallel.world_size()):
         batches.pop()
     return batches
 
 
 def make_batch(run: Run, rows: torch.Tensor) -> Batch:
-    """Slice the (device-resident) training tensors."""
-    rows = rows.to(run.device)
+    """This rank's rows of a global batch, sliced from the (device-resident) training tensors."""
+    rows = parallel.local(rows).to(run.device)
     inputs = {name: values[rows] for name, values in run.train_inputs.items()}
     labels = None if run.train_labels is None else run.train_labels[rows]
     return Batch(inputs, labels, rows)
@@ -77,15 +82,19 @@ def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
         terms = run.objective.losses(run.nets, batch, fwd, epoch)
         stacked = torch.stack([value.float() for value in terms.values()])
         total = stacked.sum()
-    # One device sync per step: all terms come back together.
-    values = dict(zip([*terms, "total"], torch.cat([stacked, total[None]]).detach().tolist(), strict=True))
+    # One device sync per step: all terms come back together, as their mean over ranks (the global
+    # batch's), so every rank sees the same values and a non-finite one stops them all at this step.
+    reported = parallel.mean(torch.cat([stacked, total[None]]).detach())
+    values = dict(zip([*terms, "total"], reported.tolist(), strict=True))
     if not all(map(math.isfinite, values.values())):
         raise NonFiniteLossError(run.state.step + 1, values)
     run.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    parallel.average_gradients(run.main_parameters)
     if run.spec.train.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(run.main_parameters, run.spec.train.grad_clip)
     run.optimizer.step()
+    parallel.average_running_statistics([run.nets, run.objective])
     if run.disc_optimizer is not None:
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
             disc_terms = run.objective.discriminator_step(fwd)
@@ -96,8 +105,9 @@ def train_step(run: Run, batch: Batch, epoch: int) -> dict[str, float]:
             group["lr"] = run.disc_lr(epoch)
         run.disc_optimizer.zero_grad(set_to_none=True)
         disc.backward()
+        parallel.average_gradients(run.objective.discriminator_parameters())
         run.disc_optimizer.step()
-        values["disc"] = float(disc.detach())
+        values["disc"] = float(parallel.mean(disc.detach()))
     return values
 
 
@@ -114,19 +124,21 @@ def split_inputs(run: Run, split: str) -> tuple[Part, dict[str, torch.Tensor]]:
 
 def split_outputs(run: Run, net: MultimodalNet, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``net``'s outputs on the val or test split, and its target embeddings when it has a target
-    encoder (retrieval), computed :data:`EVAL_ROWS` rows at a time in eval mode."""
+    encoder (retrieval), computed :data:`EVAL_ROWS` rows at a time in eval mode. In a distributed run
+    each rank computes its contiguous shard of the split and every rank gets all the outputs."""
     part = run.data.val if split == "val" else run.data.test
     net.eval()
+    first, stop = parallel.shard_range(len(part))
+    spans = [(start, min(start + EVAL_ROWS, stop)) for start in range(first, stop, EVAL_ROWS)] or [(0, 0)]
     outputs, targets = [], []
-    for start in range(0, len(part), EVAL_ROWS):
-        inputs = {
-            name: torch.from_numpy(values[start : start + EVAL_ROWS]).to(run.device)
-            for name, values in part.modalities.items()
-        }
-        outputs.append(net(inputs)[1])
+    for start, end in spans:
+        rows = slice(start, end) if end > start else slice(0, 1)  # an empty shard runs one row for the shapes
+        inputs = {name: torch.from_numpy(values[rows]).to(run.device) for name, values in part.modalities.items()}
+        outputs.append(net(inputs)[1][: end - start])
         if net.target_encoder is not None:
-            targets.append(net.embed_target(inputs))
-    return torch.cat(outputs), (torch.cat(targets) if targets else None)
+            targets.append(net.embed_target(inputs)[: end - start])
+    output = parallel.gather_uneven(torch.cat(outputs))
+    return output, (parallel.gather_uneven(torch.cat(targets)) if targets else None)
 
 
 @torch.no_grad()
@@ -153,6 +165,8 @@ def save_checkpoint(
         return
     with tracker.busy(f"checkpoint at step {run.state.step}"):
         state = {**run.state_dict(), "selection": selection.state_dict(), "health": health.state_dict()}
+        if not parallel.is_main():  # every rank gave its RNG to the state; rank 0 stores it
+            return
         payload = ckpt.to_bytes(state)
         key = checkpoints.save(run.state.step, payload)
     log.info("checkpoint at step %d (%d bytes)", run.state.step, len(payload))
@@ -160,8 +174,10 @@ def save_checkpoint(
 
 
 def resume(run: Run, selection: EpochSelection, health: RunHealth, checkpoints: CheckpointStore | None) -> None:
-    """Load the newest checkpoint into ``run``, ``selection`` and ``health`` if there is one."""
-    latest = None if checkpoints is None else checkpoints.load_latest()
+    """Load the newest checkpoint into ``run``, ``selection`` and ``health`` if there is one: rank 0 reads
+    it and every rank loads the same bytes."""
+    latest = None if checkpoints is None or not parallel.is_main() else checkpoints.load_latest()
+    latest = parallel.broadcast_object(latest)
     if latest is None:
         return
     step, payload = latest
@@ -192,7 +208,7 @@ def run_epoch(
     if note:
         log.info("%s", note)
     for rows in epoch_batches(run, epoch)[run.state.batch_in_epoch :]:
-        if tracker.should_stop():
+        if parallel.any_rank(tracker.should_stop()):  # rank 0's tracker decides for every rank
             raise TrainingCancelled(run.state.step)
         losses = train_step(run, make_batch(run, rows), epoch)
         run.state.step += 1
@@ -239,6 +255,9 @@ def finish(
         }
 
     test = by_network(evaluate(run, "test"))
+    validation = by_network(evaluate(run, "val"))
+    if not parallel.is_main():  # every rank evaluated its shard; rank 0 exports and writes the summary
+        return {}
     export_student(
         workdir / "student",
         spec=run.spec,
@@ -256,13 +275,15 @@ def finish(
         "seed": run.spec.train.seed,
         "spec_hash": run.spec.spec_hash(),
         **test,
-        "validation": by_network(evaluate(run, "val")),
+        "validation": validation,
         "data": run.data.info,
         "epochs": run.objective.total_epochs,
         "selected_epoch": selected_epoch,
         "steps": run.state.step,
         "resumed_from_step": run.resumed_from_step,
         "seconds": round(time.monotonic() - started, 3),
+        "world_size": parallel.world_size(),
+        "launcher": parallel.launcher(),
         "warnings": [
             {"kind": warning.kind, "message": warning.message, **warning.data()} for warning in health.warnings
         ],
@@ -391,9 +412,12 @@ def train(
     data: PreparedData | None = None,
 ) -> dict[str, Any]:
     """Train under ``spec`` (and its reference, when it asks for one); write ``workdir/summary.json`` and
-    ``workdir/student/``; return the summary."""
+    ``workdir/student/``; return the summary.
+
+    In a distributed run every rank calls this with the same arguments; rank 0 alone reports to
+    ``tracker``, writes checkpoints, the export and the summary (other ranks return an empty dict)."""
     started = time.monotonic()
-    tracker = tracker or NullTracker()
+    tracker = tracker if tracker is not None and parallel.is_main() else NullTracker()
     workdir.mkdir(parents=True, exist_ok=True)
     with tracker.busy("setup"):
         data = data if data is not None else prepare(spec.dataset, spec.task)
@@ -401,6 +425,8 @@ def train(
     gain = reference_gain(run, tracker) if spec.reference is not None else None
     with tracker.busy("test evaluation and export"):
         summary = finish(run, workdir, started, selected_epoch, health, gain)
+    if not summary:
+        return summary
     log.info("finished: epoch %d selected, test %s", selected_epoch, _shown(summary["student"]))
     tracker.on_finish(summary=summary)
     return summary

@@ -51,6 +51,10 @@ class Objective(nn.Module):
         self.repr_dim = repr_dim
         self.n_train = n_train
         self.output_dim = output_dim  # the heads' width (classes); None where a caller does not know it
+        # The random draws of a batch (noise, sampled negatives): drawn for the global batch from a
+        # generator every rank holds in the same state, then sliced (core.parallel). A run checkpoints
+        # its state (core.engine.setup.Run.state_dict).
+        self.draws = torch.Generator().manual_seed(spec.train.seed)
 
     @property
     def total_epochs(self) -> int:

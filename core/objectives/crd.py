@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from core import parallel
 from core.models.network import Networks
 from core.objectives.base import OBJECTIVES, Batch, Forward
 from core.objectives.frozen import FrozenTeacherObjective
@@ -43,13 +44,20 @@ class CRDObjective(FrozenTeacherObjective):
             self.register_buffer("bank_teacher", F.normalize(torch.randn(n_train, k), dim=1))
 
     def _sample_negatives(self, rows: torch.Tensor) -> torch.Tensor:
-        negatives = torch.randint(0, self.n_train, (len(rows), self.method.n_neg), device=rows.device)
+        shape = (len(rows) * parallel.world_size(), self.method.n_neg)
+        drawn = torch.randint(0, self.n_train, shape, generator=self.draws, device=self.draws.device)
+        negatives = parallel.local(drawn).to(rows.device)
         # A sample is never its own negative.
         return torch.where(negatives == rows[:, None], (negatives + 1) % self.n_train, negatives)
 
     @torch.no_grad()
     def _update_banks(self, rows: torch.Tensor, e_s: torch.Tensor, e_t: torch.Tensor) -> None:
         m = self.method.bank_momentum
+        rows, e_s, e_t = (
+            parallel.gather(rows),
+            parallel.gather(e_s.detach()),
+            parallel.gather(e_t.detach()),
+        )  # every rank's
         for bank, new in ((self.bank_student, e_s), (self.bank_teacher, e_t)):
             bank[rows] = F.normalize(m * bank[rows] + (1 - m) * new.detach(), dim=1)
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import parallel
 from core.spec import TaskKind
 
 
@@ -16,12 +17,18 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     L = (CE(s, diag) + CE(s^T, diag)) / 2. For a batch of N pairs, I(A;B) >= log N - L: the loss is
     not itself a bound on I(A;B), it is an upper bound on log N - I(A;B), so minimising L raises a
     lower bound on the mutual information, a bound that saturates at log N since L >= 0.
+
+    In a distributed run the N pairs are the global batch: each rank's rows are anchors against every
+    rank's rows (``core.parallel.gather``), so the loss is the single-process one.
     """
     a = F.normalize(a, dim=1)
     b = F.normalize(b, dim=1)
-    logits = a @ b.t() / temperature
-    targets = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+    every_a, every_b = parallel.gather(a), parallel.gather(b)
+    targets = torch.arange(len(a), device=a.device) + parallel.rank() * len(a)
+    return 0.5 * (
+        F.cross_entropy(a @ every_b.t() / temperature, targets)
+        + F.cross_entropy(b @ every_a.t() / temperature, targets)
+    )
 
 
 def task_loss(
@@ -33,12 +40,14 @@ def task_loss(
     "Rethinking the Inception architecture"): target (1 - eps) * onehot(y) + eps / K, so
     L = (1 - eps) * CE(p, y) + eps * mean_k(-log p_k); multilabel: BCE with logits; regression: L1.
     ``label_smoothing`` applies to classification only. Written without boolean indexing or a host
-    sync, since it runs for every network at every step.
+    sync, since it runs for every network at every step. In a distributed run the mean is over the
+    labelled samples of the global batch: the local sum over the count of every rank, times W (the
+    gradients are averaged over the W ranks).
     """
     assert labels is not None, "task_loss needs labels"
     if task == "classification":
         total = F.cross_entropy(output, labels, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing)
-        return total / labels.ge(0).sum().clamp(min=1)
+        return total * parallel.world_size() / parallel.total(labels.ge(0).sum()).clamp(min=1)
     targets = labels.reshape(output.shape)
     mask = torch.isfinite(targets)
     filled = torch.where(mask, targets, torch.zeros_like(targets))  # no NaN reaches the gradient
@@ -47,7 +56,8 @@ def task_loss(
     else:
         elementwise = F.l1_loss(output, filled, reduction="none")
     rows = mask.all(dim=1, keepdim=True)
-    return (elementwise * rows).sum() / (rows.sum() * output.shape[1]).clamp(min=1)
+    count = parallel.total(rows.sum() * output.shape[1])
+    return (elementwise * rows).sum() * parallel.world_size() / count.clamp(min=1)
 
 
 def hinton_kd(

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import parallel
 from core.models.network import Networks
 from core.objectives.base import OBJECTIVES, Batch, Forward
 from core.objectives.mi_joint_aux import MIJointAuxObjective
@@ -40,7 +41,9 @@ class PaperObjective(MIJointAuxObjective):
 
     def generate(self, z_s: torch.Tensor) -> torch.Tensor:
         """G(z_S, noise): a prediction of the teacher's representation from the student's."""
-        noise = torch.randn(len(z_s), self.method.noise_dim, device=z_s.device, dtype=z_s.dtype)
+        rows = len(z_s) * parallel.world_size()
+        noise = torch.randn(rows, self.method.noise_dim, generator=self.draws, device=self.draws.device)
+        noise = parallel.local(noise).to(device=z_s.device, dtype=z_s.dtype)
         return self.generator(torch.cat([z_s, noise], dim=1))
 
     def critic(self, z_s: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:

@@ -98,3 +98,24 @@ def test_train_with_a_reference_prints_the_gain(tmp_path: Path) -> None:
         f"gain {gain['value']:+.4f} [95% paired bootstrap: {gain['low']:+.4f}, {gain['high']:+.4f}]"
     )
     assert expected in " ".join(result.stdout.split())
+
+
+def test_train_on_two_processes_writes_the_same_run_folder(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC + "resources: {procs_per_node: 2}\n")
+    out = tmp_path / "run"
+    result = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "training on 2 processes (torchrun, cpu)" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["world_size"], summary["launcher"]) == (2, "torchrun")
+    points = from_jsonl((out / "metrics.jsonl").read_text())
+    assert [p.step for p in points if p.name == "train/total"] == [1, 2, 3, 4]  # rank 0 alone records
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2.pt", "step-4.pt"]
+    assert (out / "student" / "model.json").exists() and not out.with_name("run.partial").exists()
+
+
+def test_several_hosts_are_refused_locally_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "spec.yaml").write_text(SPEC + "resources: {nodes: 2}\n")
+    result = mmkd("train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 1 and "resources.nodes 2: several hosts run on a Ray cluster" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run.partial").exists()

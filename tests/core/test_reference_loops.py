@@ -154,6 +154,7 @@ class ReferenceModel:
 
     nets: Networks
     objective: JointObjective
+    noise: torch.Generator  # the paper's generator noise: its own stream from the seed, as in the trainer
 
     @classmethod
     def build(cls, spec: JobSpec, data: PreparedData) -> ReferenceModel:
@@ -168,7 +169,7 @@ class ReferenceModel:
         )
         objective = OBJECTIVES.get(spec.method.name)(spec, repr_dim=spec.model.repr_dim, n_train=len(data.train))
         assert isinstance(objective, JointObjective)
-        return cls(nets, objective)
+        return cls(nets, objective, torch.Generator().manual_seed(spec.train.seed))
 
     def discriminator(self) -> nn.Module | None:
         """The paper's D, which trains in its own optimiser; None for the other methods."""
@@ -213,7 +214,7 @@ def reference_loss(
     if method.name == "paper" and method.gamma > 0:  # type: ignore[union-attr]
         assert isinstance(head, PaperObjective) and isinstance(method, Paper)
         generator, discriminator = head.generator, head.discriminator
-        fake = generator(torch.cat([z_s, torch.randn(len(z_s), method.noise_dim)], dim=1))
+        fake = generator(torch.cat([z_s, torch.randn(len(z_s), method.noise_dim, generator=model.noise)], dim=1))
         fool = bce(discriminator(torch.cat([z_s, fake], dim=1)).squeeze(1), real=True)
         recon = ((fake - z_t.detach()) ** 2).mean()
         loss = loss + scale * method.gamma * (fool + method.recon_weight * recon)

@@ -111,8 +111,29 @@ def test_retrieval_needs_a_target_and_rejects_logit_kd() -> None:
     JobSpec.model_validate(spec_data(dataset=with_target, task="retrieval"))
 
 
-def test_multi_gpu_jobs_are_refused_until_ddp_exists() -> None:
-    assert "resources.gpus: Input should be less than or equal to 1" in errors_of(spec_data(resources={"gpus": 2}))
+def test_resources_name_processes_and_device_and_the_old_gpus_field_still_reads() -> None:
+    spec = JobSpec.model_validate(spec_data(resources={"gpus": 2}))
+    assert (spec.resources.device, spec.resources.procs_per_node, spec.resources.world_size) == ("cuda", 2, 2)
+    assert spec.model_dump()["resources"]["gpus"] is None  # stored in the new form
+    assert JobSpec.model_validate(spec_data(resources={"gpus": 0})).resources.device == "cpu"
+    assert "disagree" in errors_of(spec_data(resources={"gpus": 2, "procs_per_node": 3}))
+    assert "disagree" in errors_of(spec_data(resources={"gpus": 1, "device": "cpu"}))
+    assert "resources.procs_per_node: Input should be less than or equal to 64" in errors_of(
+        spec_data(resources={"procs_per_node": 65})
+    )
+    assert "train.device 'cpu' and resources.device 'cuda' disagree" in errors_of(
+        spec_data(resources={"device": "cuda"}, train={"device": "cpu"})
+    )
+    assert "at least 2 rows for each of the 8 processes" in errors_of(
+        spec_data(resources={"nodes": 2, "procs_per_node": 4}, train={"batch_size": 8})
+    )
+
+
+def test_resources_are_not_in_the_spec_hash() -> None:
+    """A run checkpointed at one world size resumes at another under the same hash, and old hashes hold."""
+    base = JobSpec.model_validate(spec_data())
+    more = JobSpec.model_validate(spec_data(resources={"nodes": 2, "procs_per_node": 4, "device": "cuda"}))
+    assert base.spec_hash() == more.spec_hash()
 
 
 def test_non_mapping_file_is_a_clear_error(tmp_path: Path) -> None:
