@@ -24,11 +24,12 @@ LONG: dict[str, Any] = {
     "train": {"epochs": 8, "batch_size": 64, "device": "cpu"},
     "checkpoint": {"every_epochs": None, "every_steps": 10, "keep_last": 2},
 }
-#: Plain SGD at lr 10 without clipping: the paper objective's loss overflows within a few steps.
+#: Plain SGD at lr 10 without clipping: the paper objective's loss overflows at step 4 from seed 3
+#: (whether lr 10 diverges depends on the draws; most seeds settle instead).
 DIVERGING: dict[str, Any] = {
     **TINY,
     "name": "diverging",
-    "train": {**TINY["train"], "lr": 10.0, "optimizer": "sgd", "grad_clip": None},
+    "train": {**TINY["train"], "lr": 10.0, "optimizer": "sgd", "grad_clip": None, "seed": 3},
 }
 
 

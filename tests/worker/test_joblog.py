@@ -122,7 +122,7 @@ def test_a_run_leaves_its_tail_and_stores_the_whole_log(
 
 
 def test_a_failed_attempt_lists_its_log_when_it_reads_failed(embedded: sessionmaker[Session]) -> None:
-    diverging = {**TINY, "train": {**TINY["train"], "lr": 10.0, "optimizer": "sgd", "grad_clip": None}}
+    diverging = {**TINY, "train": {**TINY["train"], "lr": 10.0, "optimizer": "sgd", "grad_clip": None, "seed": 3}}
     job_id = submit(embedded, diverging)
     assert runner.run_job(job_id) == "failed"
     with embedded() as session:
