@@ -43,7 +43,7 @@ FROM base AS worker
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY --from=wheels /wheels /wheels
-RUN pip install "$(ls /wheels/mmkd-*.whl)[train,service]" && rm -rf /wheels
+RUN pip install "$(ls /wheels/mmkd-*.whl)[train,service,cluster]" && rm -rf /wheels
 USER mmkd
 ENV MMKD_HOME=/home/mmkd/.mmkd
 CMD ["mmkd", "worker", "--queues", "gpu", "--concurrency", "1", "--beat"]

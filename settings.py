@@ -39,6 +39,21 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=1024, description="Largest dataset file accepted (upload or read)."
     )
+    max_procs_per_node: int = Field(
+        default=8, ge=1, le=64, description="The most processes one job may run on a worker's host (resources)."
+    )
+    gpus_per_node: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs each worker host offers; a job with resources.device cuda may use at most these. "
+        "Unset: not checked.",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="The Ray cluster (ray://host:10001, or auto) on which jobs with resources.nodes > 1 run; "
+        "unset: such jobs are refused.",
+    )
 
     @field_validator("data_allow", mode="before")
     @classmethod

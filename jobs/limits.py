@@ -20,12 +20,37 @@ import enum
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from jobs.errors import LimitExceededError
+from core.spec import JobSpec
+from jobs.errors import InvalidRequestError, LimitExceededError
 from jobs.models import Job
 from jobs.status import ACTIVE, JobStatus
 
 #: What a 429 for the queued limit tells the client to wait before trying again.
 QUEUED_LIMIT_RETRY_AFTER_SECONDS = 30
+
+
+def check_resources(
+    spec: JobSpec, *, max_procs_per_node: int, gpus_per_node: int | None, multi_node: bool, at: str = ""
+) -> None:
+    """Refuse resources the workers do not offer (422 naming the field): more processes on a host than
+    ``MMKD_MAX_PROCS_PER_NODE``, more GPUs than ``MMKD_GPUS_PER_NODE``, several hosts without a Ray
+    cluster (``MMKD_RAY_ADDRESS``). ``at`` prefixes the paths (a study's ``base.``)."""
+    wanted = spec.resources
+    errors = []
+    if wanted.procs_per_node > max_procs_per_node:
+        errors.append(
+            {
+                "path": "resources.procs_per_node",
+                "message": f"this service runs at most {max_procs_per_node} processes of a job on one host",
+            }
+        )
+    if wanted.device == "cuda" and gpus_per_node is not None and wanted.procs_per_node > gpus_per_node:
+        offer = f"{gpus_per_node} GPUs" if gpus_per_node else "no GPUs"
+        errors.append({"path": "resources.device", "message": f"this service's workers offer {offer} a host"})
+    if wanted.nodes > 1 and not multi_node:
+        errors.append({"path": "resources.nodes", "message": "this service has no multi-host cluster: nodes must be 1"})
+    if errors:
+        raise InvalidRequestError([{**error, "path": at + error["path"]} for error in errors])
 
 
 def check_queued_limit(session: Session, *, owner_id: int, max_queued: int) -> None:

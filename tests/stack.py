@@ -3,7 +3,6 @@ the API under uvicorn and real ``celery worker`` subprocesses, all configured th
 environment variables as in production. Leases, heartbeats and the reaper run on short clocks so
 crash recovery takes seconds. The fixtures that build it live in the conftest files that use it."""
 
-
 from __future__ import annotations
 
 import contextlib
@@ -74,7 +73,7 @@ class Process:
 class Stack:
     """Everything a test needs to drive jobs end to end."""
 
-    def __init__(self, home: Path, database_url: str, broker_url: str, moto: Any, bucket: str) -> None:
+    def __init__(self, home: Path, database_url: str, broker_url: str, moto: Any, bucket: str, **env: str) -> None:
         self.home, self.database_url, self.moto, self.bucket = home, database_url, moto, bucket
         self.env = {
             **os.environ,
@@ -85,6 +84,7 @@ class Stack:
             "MMKD_STORAGE_URL": f"s3://{bucket}/mmkd",
             "MMKD_S3_ENDPOINT_URL": moto.endpoint_url,
             "PYTHONUNBUFFERED": "1",
+            **env,
         }
         self.engine = create_engine(database_url)
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)

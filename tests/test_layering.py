@@ -49,7 +49,7 @@ def test_the_sdk_and_the_cli_entry_point_load_no_torch() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "core").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_sources_import_nothing_from_the_outer_layers(path: Path) -> None:
-    forbidden = {*WEB_SQL_QUEUE, "service", "worker", "cli", "httpx"}
+    forbidden = {*WEB_SQL_QUEUE, "service", "worker", "cli", "httpx", "ray"}
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.Import):
@@ -117,6 +117,17 @@ def test_only_the_studies_talk_to_optuna() -> None:
         "studies/search.py",
         "studies/service.py",
     ]
+
+
+def test_only_the_worker_s_rank_launcher_talks_to_ray() -> None:
+    """Ray Train is a launcher of the worker's: core receives a process group and never sees Ray."""
+    talkers = [
+        path.relative_to(ROOT).as_posix()
+        for path in _sources("core", "jobs", "storage", "service", "worker", "cli", "migrations", "studies")
+        if "ray" in _imported_roots(path)
+    ]
+    assert talkers == ["worker/ranks.py"]
+    assert "ray" not in loaded_after("import worker.runner, worker.ranks")  # imported on first use only
 
 
 def test_the_studies_load_no_torch() -> None:

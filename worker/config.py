@@ -43,6 +43,13 @@ class WorkerSettings(Settings):
         gt=0.0,
         description="Longest stretch without steps (data read, evaluation, checkpoint, upload) before it is stalled.",
     )
+    rank_restarts: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="A job on several processes: times torchrun restarts every rank after one crashed "
+        "(they resume from the newest checkpoint) before the attempt fails.",
+    )
     cancel_poll_seconds: float = Field(default=1.0, gt=0.0, description="How often training reads the status.")
     metrics_flush_seconds: float = Field(default=2.0, gt=0.0, description="Metric points are written in batches.")
     visibility_timeout_seconds: int = Field(default=7200, ge=60, description="Redis redelivery timeout.")

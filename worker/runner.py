@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.errors import MmkdError
 from core.metrics import Point, series, to_jsonl
 from core.spec import JobSpec
 from jobs.db import engine_for, session_factory
@@ -205,7 +206,29 @@ def _train_and_publish(
         return _probe_and_publish(sessions, store, lease, beat, workdir, job_log, spec, data, tracker)
     stored_checkpoints = StorageCheckpointStore(store, lease.job_id, keep_last=spec.checkpoint.keep_last)
     checkpoints = LeasedCheckpoints(stored_checkpoints, lease_lost=beat.lost)
-    summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints, data=data)
+    if spec.resources.nodes > 1:  # Ray Train's workers on the cluster, this process the driver
+        from worker.ranks import train_on_ray
+
+        if settings.ray_address is None:
+            raise MmkdError("resources.nodes > 1 needs a Ray cluster, and this worker has no MMKD_RAY_ADDRESS")
+        summary = train_on_ray(
+            spec,
+            data,
+            tracker=tracker,
+            checkpoints=checkpoints,
+            workdir=workdir,
+            address=settings.ray_address,
+            restarts=settings.rank_restarts,
+            name=f"mmkd-job-{lease.job_id}-attempt-{lease.attempt}",
+        )
+    elif spec.resources.procs_per_node > 1:  # torchrun's ranks, reporting through this process
+        from worker.ranks import train_on_ranks
+
+        summary = train_on_ranks(
+            spec, data, tracker=tracker, checkpoints=checkpoints, workdir=workdir, restarts=settings.rank_restarts
+        )
+    else:
+        summary = train(spec, workdir=workdir, tracker=tracker, checkpoints=checkpoints, data=data)
     if beat.lost.is_set():
         raise LeaseLost("lease lost before the results were published")
     with beat.liveness.busy("publishing the results"), telemetry.UPLOAD_SECONDS.time():

@@ -152,6 +152,12 @@ class _Result(BaseModel):
     )
     resumed_from_step: int | None = Field(description="The checkpoint step the last attempt resumed from.")
     seconds: float = Field(ge=0.0, description="Wall-clock seconds of the last attempt.")
+    world_size: int = Field(
+        default=1, ge=1, description="Processes that trained it (`resources`); 1 in results written before."
+    )
+    launcher: Literal["single", "torchrun", "ray"] = Field(
+        default="single", description="What started them: one process, torchrun on one host, or Ray Train."
+    )
     warnings: list[RunWarning] = Field(
         default_factory=list,
         description="Warnings raised during training, each once; empty in results written before warnings existed.",
@@ -272,6 +278,8 @@ RESULT_EXAMPLE: dict[str, Any] = {
     "selected_epoch": 2,
     "resumed_from_step": None,
     "seconds": 12.5,
+    "world_size": 1,
+    "launcher": "single",
     "warnings": [],
     "gain": {
         "reference_method": "student_only",

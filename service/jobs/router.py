@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import StringConstraints
 
 from core.spec import JobSpec
-from jobs import datasets, lifecycle, queries
+from jobs import datasets, lifecycle, limits, queries
 from jobs.errors import NotFoundError
 from jobs.status import JobStatus
 from service.deps import (
@@ -113,6 +113,12 @@ def submit_job(
     ] = None,
 ) -> JobOut:
     """Submit a job."""
+    limits.check_resources(
+        spec,
+        max_procs_per_node=settings.max_procs_per_node,
+        gpus_per_node=settings.gpus_per_node,
+        multi_node=settings.ray_address is not None,
+    )
     datasets.check_data_reference(session, owner_id=owner.id, spec=spec, data_allow=settings.data_allow)
     job, created = lifecycle.submit_job(
         session,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, status
 
-from jobs import datasets
+from jobs import datasets, limits
 from jobs.models import Study
 from jobs.status import StudyStatus
 from service.deps import DIGITS_ONLY, MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
@@ -110,6 +110,13 @@ def create_study(
 ) -> StudyOut:
     """Create a study."""
     data_check = trial_spec(spec.base, {"method.name": "student_only"})  # the data is every trial's
+    limits.check_resources(
+        data_check,
+        max_procs_per_node=settings.max_procs_per_node,
+        gpus_per_node=settings.gpus_per_node,
+        multi_node=settings.ray_address is not None,
+        at="base.",
+    )
     datasets.check_data_reference(session, owner_id=owner.id, spec=data_check, data_allow=settings.data_allow)
     study, created = service.create_study(
         session,

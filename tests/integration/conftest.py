@@ -26,10 +26,19 @@ def integration_broker(redis_databases: DatabaseClaims) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(integration_database: str, integration_broker: str, moto_server: Any, tmp_path_factory) -> Iterator[Stack]:
+def stack_env() -> dict[str, str]:
+    """More ``MMKD_*`` settings for the module's stack (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    integration_database: str, integration_broker: str, moto_server: Any, tmp_path_factory, stack_env: dict[str, str]
+) -> Iterator[Stack]:
     """The API on PostgreSQL + Redis + S3; tests start their own workers."""
     bucket = f"mmkd-it-{uuid.uuid4().hex[:8]}"
-    built = Stack(tmp_path_factory.mktemp("stack"), integration_database, integration_broker, moto_server, bucket)
+    home = tmp_path_factory.mktemp("stack")
+    built = Stack(home, integration_database, integration_broker, moto_server, bucket, **stack_env)
     built.ensure_bucket()
     built.start_api()
     try:

@@ -193,3 +193,16 @@ def test_nul_characters_are_422_with_their_path(api: Api) -> None:
     spec = {**SPEC, "dataset": {"uri": "s3://bucket/a\x00b.npz", "primary": ["a"], "auxiliary": ["b"]}}
     problem = _problem(api.submit(api.new_key(), spec), 422)
     assert problem["errors"] == [{"path": "dataset.uri", "message": "must not contain the NUL character"}]
+
+
+def test_resources_the_workers_do_not_offer_are_422_naming_the_field(api: Api) -> None:
+    key = api.new_key()
+    body = _problem(api.submit(key, _spec(resources={"procs_per_node": 9})), 422)
+    assert body["errors"] == [
+        {"path": "resources.procs_per_node", "message": "this service runs at most 8 processes of a job on one host"}
+    ]
+    body = _problem(api.submit(key, _spec(resources={"nodes": 2})), 422)
+    assert [e["path"] for e in body["errors"]] == ["resources.nodes"]  # no Ray cluster configured
+    accepted = api.submit(key, _spec(resources={"procs_per_node": 2}))
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["spec"]["resources"] == {"nodes": 1, "procs_per_node": 2, "device": "cpu", "gpus": None}

@@ -74,6 +74,11 @@ def test_services_and_images() -> None:
     assert env["MMKD_BROKER_URL"].startswith("redis://") and env["MMKD_STORAGE_URL"].startswith("s3://")
     bucket = env["MMKD_STORAGE_URL"].removeprefix("s3://").split("/")[0]
     assert f"local/{bucket}" in services["create-bucket"]["command"][0]
+    # Jobs on several hosts: the API and the worker name the Ray head, whose nodes run the worker image.
+    head = env["MMKD_RAY_ADDRESS"].split(":")[0]
+    assert _environment("api")["MMKD_RAY_ADDRESS"] == env["MMKD_RAY_ADDRESS"] and head in services
+    assert services[head]["image"] == services["ray-worker"]["image"] == services["worker"]["image"]
+    assert f"--address={env['MMKD_RAY_ADDRESS']}" in services["ray-worker"]["command"]
 
 
 def test_api_image_has_no_torch_and_worker_pins_it() -> None:
@@ -82,7 +87,7 @@ def test_api_image_has_no_torch_and_worker_pins_it() -> None:
     stages = dict(re.findall(r"^FROM \S+ AS (\w+)\n(.*?)(?=^FROM |\Z)", dockerfile, flags=re.M | re.S))
     assert "torch" not in stages["api"].replace('import torch"', "")
     assert "[service]" in stages["api"] and "train" not in stages["api"]
-    assert "torch==2.13.0" in stages["worker"] and "[train,service]" in stages["worker"]
+    assert "torch==2.13.0" in stages["worker"] and "[train,service,cluster]" in stages["worker"]
 
 
 def test_the_grafana_dashboard_and_prometheus_use_metrics_that_exist() -> None:
