@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     )
     ray_address: str | None = Field(
         default=None,
-        description="The Ray cluster (ray://host:10001, or auto) on which jobs with resources.nodes > 1 run; "
-        "unset: such jobs are refused.",
+        description="The Ray cluster's head (host:port of its GCS, e.g. ray-head:6379) on which jobs with "
+        "resources.nodes > 1 run, this worker being the driver; unset: such jobs are refused.",
     )
 
     @field_validator("data_allow", mode="before")

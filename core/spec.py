@@ -568,6 +568,11 @@ class JobSpec(StrictModel):
             )
         if self.train.device == "cpu" and self.resources.device == "cuda":
             raise ValueError("train.device 'cpu' and resources.device 'cuda' disagree: a GPU would sit idle")
+        if self.resources.world_size > 1 and self.train.device not in ("auto", self.resources.device):
+            raise ValueError(
+                f"train.device {self.train.device!r} and resources.device {self.resources.device!r} disagree: "
+                "several processes train on resources.device"
+            )
         if self.train.batch_size < 2 * self.resources.world_size:
             raise ValueError(
                 f"train.batch_size {self.train.batch_size} is the global batch: at least 2 rows for each of the "

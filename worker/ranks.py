@@ -90,7 +90,6 @@ class Relay:
         self.targets: dict[str, Any] = {"tracker": tracker, "checkpoints": checkpoints, "files": ResultFiles(workdir)}
         self.stopped_with: BaseException | None = None  # what the job's own tracker or store raised
         self.reported: BaseException | None = None  # what rank 0 said it failed with
-        self._busy: list[AbstractContextManager[None]] = []
         self._listener = Listener(self.address, family="AF_UNIX" if host is None else "AF_INET", authkey=self.key)
         self.address = self._listener.address  # the port TCP chose
         self._thread = threading.Thread(target=self._serve, name="rank-relay", daemon=True)
@@ -102,6 +101,8 @@ class Relay:
         return {ADDRESS_VARIABLE: self.address, KEY_VARIABLE: self.key.hex()}
 
     def _serve(self) -> None:
+        """Accept rank 0's connections, each answered on a thread of its own: a restarted rank 0 is
+        served even while the dead one's connection has not closed (a lost node's half-open socket)."""
         while True:
             try:
                 connection = self._listener.accept()
@@ -110,13 +111,20 @@ class Relay:
             except Exception:  # a connection that failed authentication
                 log.warning("rank relay: a connection was refused", exc_info=True)
                 continue
-            self.reported = None  # a rank 0 that torchrun restarted: the earlier one's error is over
-            with connection:
-                self._answer(connection)
-            while self._busy:  # a rank 0 that died inside a busy stretch
-                self._busy.pop().__exit__(None, None, None)
+            self.reported = None  # a rank 0 that was restarted: the earlier one's error is over
+            threading.Thread(target=self._connection, args=(connection,), name="rank-relay-calls", daemon=True).start()
 
-    def _answer(self, connection: Connection) -> None:
+    def _connection(self, connection: Connection) -> None:
+        busy: list[AbstractContextManager[None]] = []  # this rank 0's open busy stretches
+        with connection:
+            try:
+                self._answer(connection, busy)
+            except Exception:  # a message that could not be read or answered: this connection is over
+                log.warning("rank relay: a connection broke", exc_info=True)
+            while busy:  # a rank 0 that died inside a busy stretch
+                busy.pop().__exit__(None, None, None)
+
+    def _answer(self, connection: Connection, busy: list[AbstractContextManager[None]]) -> None:
         while True:
             try:
                 target, name, args, kwargs = connection.recv()
@@ -127,20 +135,20 @@ class Relay:
                 connection.send(("ok", None))
                 continue
             try:
-                connection.send(("ok", self._call(target, name, args, kwargs)))
+                connection.send(("ok", self._call(target, name, args, kwargs, busy)))
             except Exception as error:  # a prune, the deadline, a lost lease, storage: the attempt ends with it
                 self.stopped_with = self.stopped_with or error
                 connection.send(("stop", f"{type(error).__name__}: {error}"))
 
-    def _call(self, target: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(self, target: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], busy: list[Any]) -> Any:
         if name == "busy_enter":
             stretch = self.targets["tracker"].busy(*args)
             stretch.__enter__()
-            self._busy.append(stretch)
+            busy.append(stretch)
             return None
         if name == "busy_exit":
-            if self._busy:
-                self._busy.pop().__exit__(None, None, None)
+            if busy:
+                busy.pop().__exit__(None, None, None)
             return None
         if target not in self.targets or name.startswith("_"):
             raise ValueError(f"rank relay: no call {target}.{name}")
@@ -291,10 +299,17 @@ def train_on_ranks(
     procs = spec.resources.procs_per_node
     command = torchrun_command(procs, "worker.ranks", [str(folder), str(workdir)], max_restarts=restarts)
     log.info("training on %d processes (torchrun, %s)", procs, spec.resources.device)
+    ranks = subprocess.Popen(command, env={**os.environ, **relay.environment()})
     try:
-        with subprocess.Popen(command, env={**os.environ, **relay.environment()}) as ranks:
-            code = ranks.wait()
-    finally:
+        code = ranks.wait()
+    finally:  # also when this process is interrupted: the agent passes SIGTERM to every rank
+        if ranks.poll() is None:
+            ranks.terminate()
+            try:
+                ranks.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                ranks.kill()
+                ranks.wait()
         relay.close()
     return _ending(relay, workdir, code == 0, f"torchrun exited with {code}")
 

@@ -7,9 +7,14 @@ restarts every rank when one fails, and they resume from the newest checkpoint.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import sys
+
+#: prctl's request for a signal when the parent process dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -41,8 +46,15 @@ def torchrun_command(procs: int, module: str, args: list[str], *, max_restarts: 
 def main() -> None:
     """torchrun (``torch.distributed.run``) with the ranks' process groups on a store of their own:
     sharing the rendezvous's TCP store (torch's default) lets ranks restarted after a crash read the
-    addresses of the ranks they replace, and the restarted group never forms (pytorch issue 135712)."""
+    addresses of the ranks they replace, and the restarted group never forms (pytorch issue 135712).
+    On Linux the agent also ends (SIGTERM, which it passes to its ranks) when the process that started
+    it dies, even by SIGKILL or ``os._exit``: ranks never outlive the job's process."""
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    starter = os.getppid()
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != starter:  # it died before the request took effect
+            sys.exit(1)
     from torch.distributed.run import main as torchrun
 
     torchrun()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from core.models.network import Networks, build_networks
 from core.objectives import OBJECTIVES
 from core.objectives.base import Objective
 from core.spec import JobSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,8 +121,10 @@ class Run:
             self.disc_optimizer.load_state_dict(state["disc_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         draws = state.get("draws")
-        if draws is not None and draws.numel() == self.objective.draws.get_state().numel():  # same device kind
+        if draws is not None and draws.numel() == self.objective.draws.get_state().numel():
             self.objective.draws.set_state(draws)
+        elif draws is not None:  # written on another kind of device: its generator's state does not fit
+            log.warning("checkpoint's batch draws are from another device kind; they restart from the seed")
         self.state = RunState(state["epoch"], state["batch_in_epoch"], state["step"])
         self.resumed_from_step = state["step"]
         # Each rank its own stream; a rank the checkpoint did not have (it was written at a smaller world
@@ -186,7 +191,9 @@ def schedule_windows(objective: Objective, groups: list[dict[str, Any]]) -> list
 def build_run(spec: JobSpec, data: PreparedData) -> Run:
     """Seed, then build networks, method, optimisers and the device-resident training tensors."""
     seed_everything(spec.train.seed)
-    device = pick_device(spec.train.device)
+    # Several ranks train where resources put them (a CPU job on a GPU host stays on the CPUs, as its
+    # gloo group does); the spec makes train.device agree or leaves it auto.
+    device = pick_device(spec.resources.device if parallel.active() else spec.train.device)
     nets = build_networks(
         data.shapes,
         primary=list(spec.dataset.primary),

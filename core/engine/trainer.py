@@ -43,12 +43,13 @@ def epoch_batches(run: Run, epoch: int) -> list[torch.Tensor]:
     """The global batches of one epoch: a permutation seeded by (seed, epoch), so resuming can replay it
     and every rank draws the same one, at any world size. The last batch is cut to a multiple of the
     world size (every rank holds as many rows; at most W - 1 samples sit out that epoch) and dropped
-    below 2 rows, or one row a rank (a 1-sample batch has no contrastive negatives)."""
+    below 2 rows a rank (a 1-sample batch has no contrastive negatives, and BatchNorm cannot train on
+    one row)."""
     generator = torch.Generator().manual_seed(run.spec.train.seed * 1_000_003 + epoch)
     order = torch.randperm(run.n_train, generator=generator)
     batches = list(order.split(run.spec.train.batch_size))
     batches[-1] = batches[-1][: parallel.even_length(len(batches[-1]))]
-    if len(batches) > 1 and len(batches[-1]) < max(2, parallel.world_size()):
+    if len(batches) > 1 and len(batches[-1]) < 2 * parallel.world_size():
         batches.pop()
     return batches
 
@@ -169,6 +170,8 @@ def save_checkpoint(
             return
         payload = ckpt.to_bytes(state)
         key = checkpoints.save(run.state.step, payload)
+    if not key:  # the store refused it (a launcher's relay: the run stops at its next stop check)
+        return
     log.info("checkpoint at step %d (%d bytes)", run.state.step, len(payload))
     tracker.on_checkpoint(epoch=run.state.epoch, step=run.state.step, key=key)
 
@@ -381,7 +384,7 @@ def reference_gain(run: Run, tracker: Tracker) -> dict[str, Any]:
 
     def check() -> None:  # every 100 resamples: progress for the stall watch, and a cancel point
         mark_progress(tracker, "reference: paired bootstrap")
-        if tracker.should_stop():
+        if parallel.any_rank(tracker.should_stop()):  # every rank resamples alike: they stop together
             raise TrainingCancelled(run.state.step)
 
     metric = PRIMARY_METRIC[spec.task]

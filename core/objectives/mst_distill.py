@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from core import parallel
 from core.models.network import MultimodalNet, Networks
 from core.objectives.base import OBJECTIVES, Batch, Forward, Objective, Role
 from core.objectives.dml import mutual_terms
@@ -177,4 +178,5 @@ class MSTDistillObjective(Objective):
         routed_epoch = epoch - self.cotrain_epochs - self.mask_epochs
         kl_weight = method.kl_weight * 0.5 ** ((routed_epoch + 29) // 30)
         balance_weight = method.balance_weight * 0.9 ** ((routed_epoch + 9) // 10)
-        return {"routed_kl": kl_weight * kl, "balance": balance_weight * balance(gate)}
+        # The batch-mean gate is over the global batch (every rank's rows): KL is not linear in it.
+        return {"routed_kl": kl_weight * kl, "balance": balance_weight * balance(parallel.gather(gate))}

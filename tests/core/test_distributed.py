@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,25 +95,43 @@ def assert_same_run(one: Path, two: Path) -> None:
     assert gap < TOLERANCE, f"weights differ by {gap:.2e}"
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], Path]:
+    """The run folder of (method, processes), trained once for the module."""
+    runs: dict[tuple[str, int], Path] = {}
+
+    def run(method: str, procs: int) -> Path:
+        if (method, procs) not in runs:
+            folder = tmp_path_factory.mktemp(f"{method}-{procs}") / "run"
+            run_ranks(spec_data(method, procs), folder, procs)
+            runs[method, procs] = folder
+        return runs[method, procs]
+
+    return run
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_two_processes_train_as_one_with_the_same_global_batch(method: str, tmp_path: Path) -> None:
-    run_ranks(spec_data(method, 1), tmp_path / "one", 1)
-    run_ranks(spec_data(method, 2), tmp_path / "two", 2)
-    assert_same_run(tmp_path / "one", tmp_path / "two")
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+def test_two_processes_train_as_one_with_the_same_global_batch(
+    method: str, trained: Callable[[str, int], Path]
+) -> None:
+    one, two = trained(method, 1), trained(method, 2)
+    assert_same_run(one, two)
+    summary = json.loads((two / "summary.json").read_text())
     assert (summary["world_size"], summary["launcher"]) == (2, "torchrun")
-    assert json.loads((tmp_path / "one" / "summary.json").read_text())["world_size"] == 1
+    assert json.loads((one / "summary.json").read_text())["world_size"] == 1
 
 
-def test_a_run_checkpointed_on_two_processes_resumes_on_one(tmp_path: Path) -> None:
-    spec = spec_data("paper", 2)
-    run_ranks(spec, tmp_path / "whole", 2)
-    run_ranks(spec, tmp_path / "resumed", 2)
-    checkpoints = tmp_path / "resumed" / "checkpoints"
+def test_a_run_checkpointed_on_two_processes_resumes_on_one(
+    trained: Callable[[str, int], Path], tmp_path: Path
+) -> None:
+    whole = trained("paper", 2)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    checkpoints = resumed / "checkpoints"
     steps = sorted(int(p.stem.split("-")[1]) for p in checkpoints.glob("step-*.pt"))
     (checkpoints / f"step-{steps[-1]}.pt").unlink()  # as if it had stopped after the first epoch
-    (tmp_path / "resumed" / "summary.json").unlink()
-    run_ranks({**spec, "resources": {"procs_per_node": 1}}, tmp_path / "resumed", 1)
-    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    (resumed / "summary.json").unlink()
+    run_ranks(spec_data("paper", 1), resumed, 1)
+    summary = json.loads((resumed / "summary.json").read_text())
     assert (summary["resumed_from_step"], summary["world_size"]) == (steps[0], 1)
-    assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+    assert_same_run(whole, resumed)

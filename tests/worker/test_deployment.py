@@ -79,6 +79,7 @@ def test_services_and_images() -> None:
     assert _environment("api")["MMKD_RAY_ADDRESS"] == env["MMKD_RAY_ADDRESS"] and head in services
     assert services[head]["image"] == services["ray-worker"]["image"] == services["worker"]["image"]
     assert f"--address={env['MMKD_RAY_ADDRESS']}" in services["ray-worker"]["command"]
+    assert f"ray start --address={env['MMKD_RAY_ADDRESS']} --num-cpus=0" in services["worker"]["entrypoint"][2]
 
 
 def test_api_image_has_no_torch_and_worker_pins_it() -> None:
