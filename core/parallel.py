@@ -139,9 +139,7 @@ def mean(values: torch.Tensor) -> torch.Tensor:
     """The mean over ranks (no gradient): the reported losses, the running statistics."""
     if not active():
         return values
-    averaged = values.detach().clone()
-    dist.all_reduce(averaged)
-    return averaged / world_size()
+    return total(values) / world_size()
 
 
 def any_rank(flag: bool) -> bool:
