@@ -17,7 +17,6 @@ from core.errors import one_line
 
 if TYPE_CHECKING:
     from cli.run_folder import RunFolder
-    from core.data.arrays import DataReader
     from core.data.prepare import PreparedData
     from core.spec import JobSpec
 
@@ -62,17 +61,25 @@ def gain_line(gain: dict[str, Any]) -> str:
     )
 
 
-def reader() -> DataReader:
-    """Local files, and S3 objects through the configured endpoint, retries and timeouts."""
+def load_data(spec: JobSpec) -> PreparedData:
+    """The spec's data from this machine's files and from S3 (the configured endpoint, retries and
+    timeouts): one file read whole, or a sharded folder or prefix streamed."""
+    from core.data import prepare
     from core.data.arrays import read_local_or_s3
+    from core.data.shards import LocalOrS3Folders
     from settings import get_common_settings
 
     settings = get_common_settings()
-    return partial(
-        read_local_or_s3,
-        endpoint_url=settings.s3_endpoint_url,
-        max_attempts=settings.storage_max_attempts,
-        timeout_s=settings.storage_timeout_seconds,
+    endpoint, attempts, timeout = (
+        settings.s3_endpoint_url,
+        settings.storage_max_attempts,
+        settings.storage_timeout_seconds,
+    )
+    return prepare(
+        spec.dataset,
+        spec.task,
+        read=partial(read_local_or_s3, endpoint_url=endpoint, max_attempts=attempts, timeout_s=timeout),
+        open_shards=LocalOrS3Folders(endpoint, attempts, timeout),
     )
 
 
@@ -115,11 +122,10 @@ def train_command(
 
 def _prepare(spec: JobSpec) -> PreparedData:
     """The spec's data, read and checked before any folder is made."""
-    from core.data import prepare
     from core.errors import MmkdError
 
     try:
-        return prepare(spec.dataset, spec.task, read=reader())
+        return load_data(spec)
     except MmkdError as exc:
         fail(one_line(str(exc)))
 

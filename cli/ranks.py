@@ -22,13 +22,12 @@ def main(spec_path: str, workdir: str) -> int:
     parallel.init_from_environment(spec.resources.device)
     level = logging.INFO if parallel.is_main() else logging.WARNING
     logging.basicConfig(level=level, format=f"rank {parallel.rank()}: %(message)s")
-    from cli.local import reader
-    from core.data import prepare
+    from cli.local import load_data
 
     folder = Path(workdir)
     store = LocalCheckpointStore(folder / "checkpoints", keep_last=spec.checkpoint.keep_last)
     try:
-        data = prepare(spec.dataset, spec.task, read=reader())
+        data = load_data(spec)
         if parallel.is_main():
             with MetricsFileTracker(folder / "metrics.jsonl") as record:
                 train(spec, workdir=folder, tracker=record, checkpoints=store, data=data)

@@ -67,7 +67,9 @@ class DatasetSpec(StrictModel):
     uri: str | None = Field(
         default=None,
         max_length=2048,
-        description="A generic .npz: local path or s3://bucket/key (on a server: only under its allowed prefixes).",
+        description="A generic .npz (a local path or s3://bucket/key), or a folder or prefix of shards ending "
+        "in / (.npz shards or one .npy per array, streamed: docs/data.md). On a server: only under its allowed "
+        "prefixes.",
     )
     id: int | None = Field(default=None, ge=1, le=2**31 - 1, description="An uploaded dataset (POST /v1/datasets).")
     primary: list[ModalityName] = Field(

@@ -107,6 +107,18 @@ class S3Store:
 
         return self._call("get", key, get, may_be_missing=True)
 
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        """A ranged GET of bytes ``[start, stop)``."""
+        if stop <= start:
+            return b""
+
+        def get() -> bytes:
+            span = f"bytes={start}-{stop - 1}"
+            body: Any = self.client.get_object(Bucket=self.bucket, Key=self._full(key), Range=span)["Body"]
+            return bytes(body.read())
+
+        return self._call("ranged get", key, get, may_be_missing=True)
+
     def size(self, key: str) -> int:
         """HEAD the object: its size without reading it."""
         head = self._call(

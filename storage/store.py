@@ -40,6 +40,9 @@ class ArtifactStore(Protocol):
     def get_bytes(self, key: str) -> bytes:
         """The object's content; FileNotFoundError when there is none."""
 
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        """Bytes ``[start, stop)`` of the object (fewer at its end); FileNotFoundError when it does not exist."""
+
     def size(self, key: str) -> int:
         """The object's size in bytes, without reading it; FileNotFoundError when there is none."""
 
@@ -103,6 +106,12 @@ class LocalStore:
     def get_bytes(self, key: str) -> bytes:
         """Read the file stored under ``key``."""
         return self._path(key).read_bytes()
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        """A positioned read of bytes ``[start, stop)``: nothing else of the file enters memory."""
+        with self._path(key).open("rb") as handle:
+            handle.seek(start)
+            return handle.read(max(stop - start, 0))
 
     def size(self, key: str) -> int:
         """The file's size; FileNotFoundError for a missing file or a folder."""

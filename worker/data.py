@@ -10,12 +10,14 @@ object exists or what it holds.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.data.arrays import DataReader, read_local_or_s3
+from core.data.shards import LocalOrS3Folders
 from core.errors import DataError
 from jobs.models import Dataset
 from storage.store import ArtifactStore, is_allowed
@@ -48,6 +50,39 @@ def job_reader(
         return read_raw(ref, max_bytes=max_bytes)
 
     return read
+
+
+@dataclass(frozen=True)
+class AllowedFolders:
+    """The opener of a job's sharded folders and prefixes: only under the allowed prefixes, never the
+    service's own store. Picklable: a launcher's ranks reopen the folder with it."""
+
+    allow: tuple[str, ...]
+    service_store: str
+    endpoint_url: str | None
+    max_attempts: int
+    timeout_s: float
+
+    def __call__(self, uri: str) -> ArtifactStore:
+        if uri.startswith("dataset:"):
+            raise DataError(uri, "an uploaded dataset is one file; a sharded dataset is a folder or prefix in uri")
+        folder, store = uri.rstrip("/"), self.service_store.rstrip("/")
+        # neither inside the service's store nor holding it (its root, or a folder above it)
+        overlaps = is_allowed(f"{folder}/x", [store]) or is_allowed(f"{store}/x", [folder])
+        if not is_allowed(uri, list(self.allow)) or overlaps:
+            raise DataError(uri, NOT_ALLOWED)
+        return LocalOrS3Folders(self.endpoint_url, self.max_attempts, self.timeout_s)(uri)
+
+
+def job_folders(settings: WorkerSettings) -> AllowedFolders:
+    """The sharded-folder opener of the jobs this worker runs."""
+    return AllowedFolders(
+        tuple(settings.data_allow),
+        settings.resolved_storage_url,
+        settings.s3_endpoint_url,
+        settings.storage_max_attempts,
+        settings.storage_timeout_seconds,
+    )
 
 
 def read_uploaded(

@@ -36,7 +36,7 @@ from studies.pruning import TrialPruning, trial_pruning
 from studies.service import advance_and_publish
 from worker import outcomes, telemetry
 from worker.config import WorkerSettings, get_worker_settings
-from worker.data import job_reader
+from worker.data import job_folders, job_reader
 from worker.joblog import JobLog
 from worker.report import write_report
 from worker.tracking import DatabaseTracker, LeasedCheckpoints
@@ -279,7 +279,10 @@ def _prepare(
     spec = JobSpec.model_validate(spec_json)
     store = store_from_settings(settings)
     read = job_reader(settings, store, sessions, owner_id=owner_id)
-    return spec, store, prepare(spec.dataset, spec.task, max_bytes=settings.max_dataset_bytes, read=read)
+    data = prepare(
+        spec.dataset, spec.task, max_bytes=settings.max_dataset_bytes, read=read, open_shards=job_folders(settings)
+    )
+    return spec, store, data
 
 
 def metric_points(sessions: sessionmaker[Session], job_id: int) -> list[Point]:

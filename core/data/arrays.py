@@ -39,6 +39,12 @@ class RawDataset:
     split: np.ndarray | None  # str (N,) in SPLIT_VALUES: some train and test rows, val optional
     class_names: list[str] | None
     sha256: str  # of the file as read: a checkpoint is only resumed on the same data
+    rows: int | None = None  # a sharded dataset's count (its modalities stream: not held here)
+
+    @property
+    def size(self) -> int:
+        """Samples in the dataset."""
+        return self.rows if self.rows is not None else len(next(iter(self.modalities.values())))
 
 
 def _builtin_bytes(name: str) -> tuple[str, bytes]:
@@ -199,6 +205,8 @@ def load_raw(
         source, payload = _builtin_bytes(spec.name)
     else:
         source = dataset_ref(spec)
+        if source.endswith("/"):
+            raise DataError(source, "names a folder or prefix of shards: training streams it, this reads one file")
         payload = read(source, max_bytes=max_bytes)
     refuse_oversize(source, len(payload), max_bytes)
     arrays = read_npz(source, payload, max_array_bytes=max_bytes)

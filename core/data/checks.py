@@ -152,15 +152,29 @@ def check_arrays(
     if len(set(counts.values())) != 1:
         raise DataError(source, f"modalities have different sample counts: {counts}")
     n = next(iter(counts.values()))
+    label, split, names = check_annotations(
+        source, n, arrays.get("label"), arrays.get("split"), arrays.get("class_names"), task, max_classes
+    )
+    return CheckedArrays(checked, label, split, names)
+
+
+def check_annotations(
+    source: str,
+    n: int,
+    label: np.ndarray | None,
+    split: np.ndarray | None,
+    names: np.ndarray | None,
+    task: TaskKind,
+    max_classes: int,
+) -> tuple[np.ndarray | None, np.ndarray | None, list[str] | None]:
+    """Check a dataset's ``n`` samples' label (for ``task``), split and class names, whole (a sharded
+    dataset's are checked once, joined): the checked label, split and names."""
     if n < 10:
         raise DataError(source, f"only {n} samples; at least 10 are needed to split and train")
-    label = arrays.get("label")
     if label is None and task != "retrieval":
         raise DataError(source, f"array 'label' is required for task {task!r}")
     checked_label = None if label is None else _check_label(source, task, label, n, max_classes)
-    split = arrays.get("split")
     checked_split = None if split is None else _check_split(source, split, n)
-    names = arrays.get("class_names")
     class_names = None if names is None else _check_class_names(source, names, max_classes)
     if task == "classification" and checked_label is not None:
         n_classes = int(checked_label.max()) + 1
@@ -168,4 +182,4 @@ def check_arrays(
             raise DataError(source, f"array 'class_names' has {len(class_names)} names for {n_classes} classes")
         train = None if checked_split is None else np.flatnonzero(checked_split == "train")
         require_two_classes(source, checked_label, train, "samples" if train is None else "train samples")
-    return CheckedArrays(checked, checked_label, checked_split, class_names)
+    return checked_label, checked_split, class_names

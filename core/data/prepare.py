@@ -7,11 +7,23 @@ so every method and every training seed sees the same split and the same labelle
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from core.data.arrays import MAX_CLASSES, DataReader, RawDataset, load_raw, read_local_or_s3
-from core.data.checks import SPLIT_VALUES, require_two_classes
+from core.data.checks import SPLIT_VALUES, check_annotations, require_two_classes
+from core.data.shards import (
+    DEFAULT_CACHE_BYTES,
+    BlockCache,
+    LocalOrS3Folders,
+    ShardedSource,
+    ShardOpener,
+    StreamedColumn,
+    StreamedRows,
+    is_sharded,
+    scan,
+)
 from core.errors import DataError
 from core.spec import DatasetSpec, TaskKind
 
@@ -30,14 +42,23 @@ class Normaliser:
 
 @dataclass(frozen=True)
 class Part:
-    """One split: normalised modality arrays and (possibly masked) labels."""
+    """One split: normalised modalities and (possibly masked) labels. The modalities are arrays in
+    memory, or, for a sharded dataset, :class:`StreamedColumn` s read through a bounded cache
+    (``stream``); both index as ``values[rows]``."""
 
-    modalities: dict[str, np.ndarray]
+    modalities: dict[str, Any]  # np.ndarray, or StreamedColumn when ``stream`` is set
     label: np.ndarray | None
-    indices: np.ndarray  # row numbers in the original file
+    indices: np.ndarray  # row numbers in the original file (in the joined shards)
+    stream: StreamedRows | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def take(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Every modality's rows at ``positions`` (in the split), as arrays."""
+        if self.stream is not None:
+            return self.stream.take(positions)
+        return {name: values[positions] for name, values in self.modalities.items()}
 
 
 @dataclass(frozen=True)
@@ -152,7 +173,7 @@ def _output_dim(raw: RawDataset, task: TaskKind) -> int:
 def _split(spec: DatasetSpec, raw: RawDataset, task: TaskKind) -> tuple[np.ndarray, str]:
     """The file's split (val carved from train when it has none) or a seeded one, and how it was made."""
     if raw.split is None:
-        return _seeded_split(spec, raw.label, task, len(next(iter(raw.modalities.values()))))
+        return _seeded_split(spec, raw.label, task, raw.size)
     if "val" not in raw.split:
         return _carve_val(spec, raw.label, task, raw.split)
     return raw.split, "split array in the file"
@@ -195,10 +216,24 @@ def prepare(
     max_bytes: int | None = None,
     max_classes: int = MAX_CLASSES,
     read: DataReader = read_local_or_s3,
+    open_shards: ShardOpener = LocalOrS3Folders(),  # noqa: B008  # a frozen dataclass: immutable
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> PreparedData:
     """Load through ``read`` (within ``max_bytes`` and ``max_classes``), split, mask labels to
-    ``label_fraction``, normalise."""
-    raw = load_raw(spec, task, max_bytes=max_bytes, max_classes=max_classes, read=read)
+    ``label_fraction``, normalise. A sharded ``uri`` (ending in ``/``) is opened through ``open_shards``
+    and streamed (``core.data.shards``): ``max_bytes`` bounds each of its files, ``cache_bytes`` the
+    blocks held in memory."""
+    source: ShardedSource | None = None
+    if spec.id is None and is_sharded(spec.uri):
+        assert spec.uri is not None
+        wanted = [*spec.primary, *spec.auxiliary, *([spec.retrieval_target] if spec.retrieval_target else [])]
+        source, found = scan(spec.uri, open_shards, modalities=wanted, max_bytes=max_bytes, cache_bytes=cache_bytes)
+        label, split_array, names = check_annotations(
+            spec.uri, found.rows, found.label, found.split, found.class_names, task, max_classes
+        )
+        raw = RawDataset(spec.uri, {}, label, split_array, names, "", rows=found.rows)
+    else:
+        raw = load_raw(spec, task, max_bytes=max_bytes, max_classes=max_classes, read=read)
     split = split_rows(spec, raw, task)
     train, val, test = (split.rows[name] for name in SPLIT_VALUES)
     label = raw.label
@@ -207,24 +242,38 @@ def prepare(
         label = _masked(label, np.concatenate([kept, val, test]))
         if not spec.keep_unlabelled:
             train = train[is_labelled(label[train])]
-    normaliser = _normaliser(raw, train)
+    if source is None:
+        normaliser, digest, shapes = _normaliser(raw, train), raw.sha256, _shapes(raw)
+    else:
+        mean, std, digest = source.statistics(train)
+        normaliser, shapes = Normaliser(mean, std), dict(source.shapes)
+        cache = BlockCache(source, normaliser.apply, cache_bytes)
 
     def part(rows: np.ndarray) -> Part:
-        arrays = {name: normaliser.apply(name, values[rows]) for name, values in raw.modalities.items()}
-        return Part(arrays, None if label is None else label[rows], rows)
+        labels = None if label is None else label[rows]
+        if source is None:
+            arrays = {name: normaliser.apply(name, values[rows]) for name, values in raw.modalities.items()}
+            return Part(arrays, labels, rows)
+        stream = StreamedRows(cache, rows)
+        return Part({name: StreamedColumn(stream, name) for name in source.modalities}, labels, rows, stream)
 
     n_labelled = int(is_labelled(label[train]).sum()) if label is not None else len(train)
     info: dict[str, object] = {
         "source": raw.source,
-        "sha256": raw.sha256,
+        "sha256": digest,
         "split": split.how,
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
         "train_labelled": n_labelled,
     }
-    shapes = {name: tuple(values.shape[1:]) for name, values in raw.modalities.items()}
+    if source is not None:
+        info["shards"] = {"layout": source.layout, "files": len(source._files()), "blocks": len(source.blocks)}
     return PreparedData(
         part(train), part(val), part(test), normaliser, shapes, _output_dim(raw, task), raw.class_names, info
     )
+
+
+def _shapes(raw: RawDataset) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(values.shape[1:]) for name, values in raw.modalities.items()}
 
 
 def split_part(

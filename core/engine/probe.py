@@ -38,6 +38,7 @@ from core.engine.health import RunHealth
 from core.engine.selection import EpochSelection
 from core.engine.setup import build_run
 from core.engine.trainer import epoch_batches, run_epoch, split_inputs
+from core.errors import DataError
 from core.metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from core.objectives.salience import GENERAL_R2, channel_salience, encode, fit_ridge
 from core.spec import JobSpec, TaskKind
@@ -105,7 +106,10 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
     started = time.monotonic()
     tracker = tracker or NullTracker()
     run_spec = probe_spec(spec)
-    run = build_run(run_spec, data if data is not None else prepare(spec.dataset, spec.task))
+    data = data if data is not None else prepare(spec.dataset, spec.task)
+    if data.train.stream is not None:
+        raise DataError(str(spec.dataset.uri), "the probe fits on the whole training split at once: give it one .npz")
+    run = build_run(run_spec, data)
     epochs = run.objective.total_epochs
     tracker.on_start(total_epochs=epochs, steps_per_epoch=len(epoch_batches(run, 0)), start_step=0)
     selection, health = EpochSelection(run_spec), RunHealth(PRIMARY_METRIC[spec.task])  # unused: no validation here

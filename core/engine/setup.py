@@ -16,6 +16,7 @@ from torch import nn
 from core import parallel
 from core.data.prepare import PreparedData
 from core.engine import checkpoint as ckpt
+from core.errors import DataError
 from core.models.network import Networks, build_networks
 from core.objectives import OBJECTIVES
 from core.objectives.base import Objective
@@ -205,6 +206,13 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
     objective = OBJECTIVES.get(spec.method.name)(
         spec, repr_dim=spec.model.repr_dim, n_train=len(data.train), output_dim=data.output_dim
     )
+    streamed = data.train.stream is not None
+    if streamed and type(objective).begin_epoch is not Objective.begin_epoch:
+        raise DataError(
+            str(spec.dataset.uri),
+            f"method {spec.method.name!r} reads the whole training split at once, which a sharded dataset "
+            "streams; use one .npz file, or another method",
+        )
     nets.to(device)
     objective.to(device)
     objective.draws = torch.Generator(device=device).manual_seed(spec.train.seed)  # draws on the device
@@ -223,6 +231,8 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
         disc_optimizer = torch.optim.Adam(disc_parameters, betas=(0.5, 0.999))  # lr set at each step
         disc_schedule = CosineWindow(*objective.window("method"), spec.train.scheduler == "cosine")
     labels = data.train.label
+    resident = {} if streamed else data.train.modalities  # a sharded dataset's batches are read as they come
+    train_inputs = {name: torch.from_numpy(values).to(device) for name, values in resident.items()}
     return Run(
         spec=spec,
         data=data,
@@ -235,6 +245,6 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
         scheduler=scheduler,
         disc_optimizer=disc_optimizer,
         disc_schedule=disc_schedule,
-        train_inputs={name: torch.from_numpy(v).to(device) for name, v in data.train.modalities.items()},
+        train_inputs=train_inputs,
         train_labels=None if labels is None else torch.from_numpy(labels).to(device),
     )

@@ -45,8 +45,12 @@ def epoch_batches(run: Run, epoch: int) -> list[torch.Tensor]:
     world size (every rank holds as many rows; at most W - 1 samples sit out that epoch) and dropped
     below 2 rows a rank (a 1-sample batch has no contrastive negatives, and BatchNorm cannot train on
     one row)."""
-    generator = torch.Generator().manual_seed(run.spec.train.seed * 1_000_003 + epoch)
-    order = torch.randperm(run.n_train, generator=generator)
+    seed = run.spec.train.seed * 1_000_003 + epoch
+    stream = run.data.train.stream
+    if stream is None:
+        order = torch.randperm(run.n_train, generator=torch.Generator().manual_seed(seed))
+    else:  # a sharded dataset's: a window of blocks at a time (core.data.shards), each block read once
+        order = torch.from_numpy(stream.order(seed))
     batches = list(order.split(run.spec.train.batch_size))
     batches[-1] = batches[-1][: parallel.even_length(len(batches[-1]))]
     if len(batches) > 1 and len(batches[-1]) < 2 * parallel.world_size():
@@ -55,9 +59,15 @@ def epoch_batches(run: Run, epoch: int) -> list[torch.Tensor]:
 
 
 def make_batch(run: Run, rows: torch.Tensor) -> Batch:
-    """This rank's rows of a global batch, sliced from the (device-resident) training tensors."""
-    rows = parallel.local(rows).to(run.device)
-    inputs = {name: values[rows] for name, values in run.train_inputs.items()}
+    """This rank's rows of a global batch, sliced from the (device-resident) training tensors, or read
+    through the block cache of a sharded dataset (which stays off the device)."""
+    rows = parallel.local(rows)
+    if run.data.train.stream is not None:
+        read = run.data.train.take(rows.numpy())
+        inputs = {name: torch.from_numpy(values).to(run.device) for name, values in read.items()}
+    rows = rows.to(run.device)
+    if run.data.train.stream is None:
+        inputs = {name: values[rows] for name, values in run.train_inputs.items()}
     labels = None if run.train_labels is None else run.train_labels[rows]
     return Batch(inputs, labels, rows)
 

@@ -86,14 +86,25 @@ class SplitSizes(BaseModel):
     test: int = Field(ge=0)
 
 
+class ShardsInfo(BaseModel):
+    """How a sharded dataset (a folder or prefix, streamed) was read."""
+
+    layout: Literal["npz", "npy"] = Field(description="`.npz` shards, or one `.npy` file per array.")
+    files: int = Field(ge=1, description="Files read (shards, or the arrays' `.npy` files).")
+    blocks: int = Field(ge=1, description="Blocks of rows read at a time (a shard, or a range of every `.npy`).")
+
+
 class DataInfo(BaseModel):
     """The data the job trained on."""
 
-    source: str = Field(description="Where the file was read from (a built-in, a URI or `dataset:N`).")
-    sha256: str = Field(description="SHA-256 of the file as read.")
+    source: str = Field(description="Where the data was read from (a built-in, a URI or `dataset:N`).")
+    sha256: str = Field(
+        description="SHA-256 of the file as read; of a sharded dataset, of its files' names and SHA-256s."
+    )
     split: str = Field(description="How the samples were split, in words.")
     sizes: SplitSizes
     train_labelled: int = Field(ge=0, description="Train samples that kept a label (`label_fraction`).")
+    shards: ShardsInfo | None = Field(default=None, description="Set when the dataset was sharded and streamed.")
 
 
 class RunWarning(BaseModel):

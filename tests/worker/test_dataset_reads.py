@@ -80,3 +80,30 @@ def test_raw_uris_inside_the_services_store_are_refused_even_when_allowed(
         with pytest.raises(DataError) as caught:
             read(uri, max_bytes=None)
         assert str(caught.value) == f"{uri}: {NOT_ALLOWED}"
+
+
+def test_sharded_folders_open_only_under_the_allow_list_and_never_in_the_services_store(tmp_path: Path) -> None:
+    """The same refusal for a folder outside the allow-list, inside the service's store (allowed or not)
+    and for an uploaded id; an allowed folder opens, and the opener survives pickling (ranks reopen it)."""
+    import pickle
+
+    from worker.data import job_folders
+
+    (tmp_path / "shared" / "clips").mkdir(parents=True)
+    (tmp_path / "shared" / "clips" / "part-0.npz").write_bytes(PAYLOAD)
+    settings = WorkerSettings(storage_url=str(tmp_path / "store"), data_allow=[str(tmp_path)])
+    opener = pickle.loads(pickle.dumps(job_folders(settings)))
+    assert opener(f"{tmp_path}/shared/clips/").list_keys("") == ["part-0.npz"]
+    above = WorkerSettings(storage_url=str(tmp_path / "store"), data_allow=[str(tmp_path.parent)])
+    outside = WorkerSettings(storage_url=str(tmp_path / "store"), data_allow=[str(tmp_path / "shared" / "other")])
+    for uri, use in [
+        (f"{tmp_path}/shared/clips/", job_folders(outside)),
+        (f"{tmp_path}/store/datasets/", opener),
+        (f"{tmp_path}/store/", opener),
+        (f"{tmp_path}/", job_folders(above)),  # allowed, but it holds the service's store
+    ]:
+        with pytest.raises(DataError) as caught:
+            use(uri)
+        assert str(caught.value) == f"{uri}: {NOT_ALLOWED}"
+    with pytest.raises(DataError, match="an uploaded dataset is one file"):
+        opener("dataset:1")

@@ -52,6 +52,17 @@ def test_put_get_list_delete(store: ArtifactStore, tmp_path: Path) -> None:
     store.check()
 
 
+def test_ranged_reads_return_exactly_the_asked_bytes(store: ArtifactStore) -> None:
+    payload = bytes(range(256)) * 4
+    store.put_bytes("data/x.npy", payload)
+    assert store.get_range("data/x.npy", 0, 10) == payload[:10]
+    assert store.get_range("data/x.npy", 300, 777) == payload[300:777]
+    assert store.get_range("data/x.npy", 1000, 2000) == payload[1000:]  # fewer bytes at the end
+    assert store.get_range("data/x.npy", 5, 5) == b""
+    with pytest.raises(FileNotFoundError):
+        store.get_range("data/missing.npy", 0, 10)
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a"])
 def test_rejects_unsafe_keys(tmp_path: Path, key: str) -> None:
     with pytest.raises(ValueError):
