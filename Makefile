@@ -39,8 +39,11 @@ servers:
 	echo "installing$$packages"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$packages
 
+# Two pytest processes (pytest-xdist), a test file each at a time: the integration tests mostly wait on
+# their workers and servers, so two of them overlap on this machine's 2 cores (each file's module
+# fixtures stay in one process). Every session claims its own databases and ports (tests/conftest.py).
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check settings.py core jobs storage service worker cli sdk bench tests

@@ -1,16 +1,19 @@
 """Training throughput at 1 and more processes, and what the launcher costs before the first step.
 
-    python -m bench.distributed [--procs 1,2] [--batch 1024] [--steps 40] [--device cpu] [--threads 1]
+    python -m bench.distributed [--procs 1,2] [--batch 1024] [--steps 40] [--device cpu] [--threads 1] [--ray]
 
 Each world size runs the paper's method on mfeat (bench.throughput's model) with the same global
 batch: one plain process for W = 1, torchrun (``core.engine.launch``) for every W (W = 1 included,
-to see the launcher alone). Each rank uses ``--threads`` intra-op threads, so W processes use W
-times the cores of one: the efficiency per process, (samples/s at W) / (W x samples/s of the plain
+to see the launcher alone), and with ``--ray`` Ray Train's TorchTrainer on a local Ray cluster (started
+before the clock, as a service's cluster is). Each rank uses ``--threads`` intra-op threads, so W
+processes use W times the cores of one: the efficiency per process, (samples/s at W) / (W x samples/s of the plain
 process), is what adding a process of the same size buys. The first 5 steps are a warm-up; the
 median step over ``--steps`` steps gives samples/s.
 
 "Start to first step" is the wall time from starting the command to the end of the first training
 step on rank 0: interpreter and torch import, the rendezvous, the data, building the run, one step.
+On Ray it starts when the trainer is built, the cluster already up: Ray's worker actors, their imports
+and its process group are the launcher's part.
 
 Prints a markdown table; docs/performance.md records a run.
 """
@@ -26,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.throughput import SPEC
 
@@ -96,6 +100,42 @@ def measure(procs: int, torchrun: bool, args: argparse.Namespace) -> dict[str, f
         return figures
 
 
+def ray_rank(config: dict[str, Any]) -> None:
+    """A Ray Train worker of :func:`measure_ray`: Ray formed the group; time like any rank."""
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    os.environ["MMKD_LAUNCHER"] = "ray"
+    rank_main(config["out"], config["batch"], config["steps"], config["device"], config["started"])
+
+
+def measure_ray(procs: int, args: argparse.Namespace) -> dict[str, float]:
+    """One run of ``procs`` Ray Train workers on a local Ray cluster (started before the clock: a
+    service's cluster is already up); its rank 0's figures."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "figures.json")
+        ray.init(num_cpus=procs, include_dashboard=False, log_to_driver=False)
+        try:
+            started = time.time()
+            config = {"out": out, "batch": args.batch, "steps": args.steps, "device": args.device}
+            trainer = TorchTrainer(
+                ray_rank,
+                train_loop_config={**config, "started": started, "threads": args.threads},
+                torch_config=TorchConfig(backend="nccl" if args.device == "cuda" else "gloo"),
+                scaling_config=ScalingConfig(num_workers=procs, use_gpu=args.device == "cuda"),
+                run_config=RunConfig(storage_path=folder, name="bench"),
+            )
+            trainer.fit()
+        finally:
+            ray.shutdown()
+        figures: dict[str, float] = json.loads(Path(out).read_text())
+        return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", default="1,2", help="Comma-separated world sizes.")
@@ -103,6 +143,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1, help="Intra-op threads of each process.")
+    parser.add_argument("--ray", action="store_true", help="Also run each world size on Ray Train (local cluster).")
     parser.add_argument("--rank", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,6 +162,12 @@ def main() -> None:
             f"| {procs} | torchrun | {figures['samples_per_s']:.0f} | {efficiency:.2f} | "
             f"{figures['first_step_s']:.1f} |"
         )
+        if args.ray:
+            figures = measure_ray(procs, args)
+            efficiency = figures["samples_per_s"] / (procs * plain["samples_per_s"])
+            print(
+                f"| {procs} | ray | {figures['samples_per_s']:.0f} | {efficiency:.2f} | {figures['first_step_s']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -42,4 +42,4 @@ def main(spec_path: str, workdir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    parallel.end_rank(main(*sys.argv[1:3]))

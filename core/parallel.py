@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -228,6 +228,20 @@ def init_from_environment(device: str) -> None:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+def end_rank(code: int) -> NoReturn:
+    """End a launcher's rank process with ``code`` once it has left the group: logs and streams flushed,
+    then ``os._exit``. A normal interpreter exit runs the C++ destructors of the collectives' threads,
+    which can abort the process (``terminate called without an active exception``, seen once a killed
+    rank had been restarted) after its work was done, and the launcher then fails the whole run."""
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def leave() -> None:

@@ -436,4 +436,4 @@ class _NoCheckpoints:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    parallel.end_rank(main(*sys.argv[1:3]))

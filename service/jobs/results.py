@@ -104,7 +104,11 @@ class DataInfo(BaseModel):
     split: str = Field(description="How the samples were split, in words.")
     sizes: SplitSizes
     train_labelled: int = Field(ge=0, description="Train samples that kept a label (`label_fraction`).")
-    shards: ShardsInfo | None = Field(default=None, description="Set when the dataset was sharded and streamed.")
+    shards: ShardsInfo | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,  # a one-file dataset's result reads as it always has
+        description="Only for a sharded dataset (a folder or prefix, streamed): how it was read.",
+    )
 
 
 class RunWarning(BaseModel):

@@ -37,6 +37,11 @@ def mmkd(*args: str | Path) -> Result:
     return CliRunner().invoke(app, [str(arg) for arg in args])
 
 
+def unwrapped(text: str) -> str:
+    """``text`` without whitespace: rich wraps a long path at any character, wherever the line ends."""
+    return "".join(text.split())
+
+
 def spec_file(folder: Path, dataset: str = "name: mfeat", **replace: str) -> Path:
     text = SPEC.replace("DATASET", dataset)
     for old, new in replace.items():
@@ -145,7 +150,7 @@ def test_a_failure_after_training_keeps_only_a_resumable_partial_run(
     assert_one_error(mmkd("train", spec, "--out", run), f"{partial} holds an unfinished run; pass --resume")
     resumed = mmkd("train", spec, "--out", run, "--resume")
     assert resumed.exit_code == 0, resumed.output
-    assert f"resuming {partial} from the checkpoint at step 10" in " ".join(resumed.stdout.split())
+    assert unwrapped(f"resuming {partial} from the checkpoint at step 10") in unwrapped(resumed.stdout)
     assert_complete_run(run)
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 10
     assert from_jsonl((run / "metrics.jsonl").read_text()) == written  # each step once
@@ -252,7 +257,7 @@ def test_predict_writes_exactly_the_out_path_it_names(tmp_path: Path, trained: P
     out = tmp_path / "new" / "predictions"  # no .npz, in a folder that does not exist yet
     result = mmkd("predict", trained / "student", primary, "--out", out)
     assert result.exit_code == 0, result.output
-    assert f"7 predictions written to {out}" in " ".join(result.stdout.split())
+    assert unwrapped(f"7 predictions written to {out}") in unwrapped(result.stdout)
     assert sorted(path.name for path in out.parent.iterdir()) == ["predictions"]
     with np.load(out) as saved:
         assert saved["prediction"].shape == (7,) and np.isfinite(saved["scores"]).all()
