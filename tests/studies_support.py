@@ -35,7 +35,7 @@ TRAINABLE_BASE: dict[str, Any] = {
     "dataset": {"name": "mfeat", "primary": ["fou", "zer"], "auxiliary": ["kar"]},
     "model": {"hidden_dim": 16, "repr_dim": 8},
     "method": {"name": "logit_kd", "teacher_epochs": 2},
-    "train": {"epochs": 4, "batch_size": 64, "device": "cpu", "lr": 0.01},
+    "train": {"epochs": 4, "batch_size": 128, "device": "cpu", "lr": 0.01},
     "checkpoint": {"every_epochs": None},
 }
 #: Four trials in a known order: three learning rates that learn, then one that cannot (1e-6); the
