@@ -59,7 +59,8 @@ def parse_last_event_id(value: str | None) -> Marks:
     if value is None or value == "":
         return Marks()
     found = MARKS.match(value)
-    if found is None:
+    # 19 digits may still pass a 64-bit id (9.3e18 > 2**63 - 1): the database would refuse it mid-stream
+    if found is None or any(int(part) > 2**63 - 1 for part in found.groups()):
         message = "must be the id of an event of this stream (<point>.<event>.<line>, decimal digits)"
         raise InvalidRequestError([{"path": "header.Last-Event-ID", "message": message}])
     return Marks(*(int(part) for part in found.groups()))

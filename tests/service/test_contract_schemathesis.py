@@ -47,7 +47,7 @@ pytestmark = pytest.mark.contract
 
 SEED = 20261212
 #: Test cases per operation and phase: seconds in the suite, minutes under ``make fuzz``.
-EXAMPLES = fuzz_budget(25, 400)
+EXAMPLES = fuzz_budget(15, 400)
 #: schemathesis's own limit, below pytest-timeout's (pyproject's 600 s in the suite, the Makefile's 7200 s under
 #: ``make fuzz``; tests/test_gate_timeouts.py checks both), so a slow run ends here and says so.
 RUN_TIMEOUT_SECONDS = fuzz_budget(500, 7000)
