@@ -115,9 +115,15 @@ class S3Store:
         def get() -> bytes:
             span = f"bytes={start}-{stop - 1}"
             body: Any = self.client.get_object(Bucket=self.bucket, Key=self._full(key), Range=span)["Body"]
-            return bytes(body.read())
+            try:  # at most the range, even from a server that ignores Range and sends the whole object
+                return bytes(body.read(stop - start))
+            finally:
+                body.close()
 
-        return self._call("ranged get", key, get, may_be_missing=True)
+        try:
+            return self._call("ranged get", key, get, may_be_missing=True, refused=frozenset({"InvalidRange"}))
+        except ValueError:  # the range starts past the end: nothing there
+            return b""
 
     def size(self, key: str) -> int:
         """HEAD the object: its size without reading it."""
@@ -146,6 +152,23 @@ class S3Store:
             return sorted(item["Key"][strip:] for page in pages for item in page.get("Contents", []))
 
         return self._call("list", prefix, collect)
+
+    def list_top(self, limit: int) -> list[str]:
+        """The objects directly under the store's prefix (LIST with a ``/`` delimiter), at most ``limit``."""
+        full = f"{self.prefix}/" if self.prefix else ""
+
+        def collect() -> list[str]:
+            found: list[str] = []
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/", PaginationConfig={"PageSize": 1000}
+            )
+            for page in pages:
+                found += [item["Key"][len(full) :] for item in page.get("Contents", [])]
+                if len(found) >= limit:
+                    break
+            return sorted(found[:limit])
+
+        return self._call("list", full, collect)
 
     def delete(self, keys: list[str]) -> None:
         """Batch DELETE (1000 keys per request)."""

@@ -43,6 +43,10 @@ class ArtifactStore(Protocol):
     def get_range(self, key: str, start: int, stop: int) -> bytes:
         """Bytes ``[start, stop)`` of the object (fewer at its end); FileNotFoundError when it does not exist."""
 
+    def list_top(self, limit: int) -> list[str]:
+        """The files directly under the store's root (no deeper), sorted; at most ``limit`` of them are
+        listed, so a caller refusing more than ``limit - 1`` never walks a huge folder."""
+
     def size(self, key: str) -> int:
         """The object's size in bytes, without reading it; FileNotFoundError when there is none."""
 
@@ -131,6 +135,19 @@ class LocalStore:
             return []
         keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not k.endswith(".part"))
+
+    def list_top(self, limit: int) -> list[str]:
+        """The root folder's own files (no deeper; temporary files excluded), at most ``limit``."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.is_file() and not entry.name.endswith(".part"):
+                    found.append(entry.name)
+                    if len(found) >= limit:
+                        break
+        return sorted(found)
 
     def delete(self, keys: list[str]) -> None:
         """Remove the files; missing ones are ignored."""

@@ -54,8 +54,9 @@ class Part:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def take(self, positions: np.ndarray) -> dict[str, np.ndarray]:
-        """Every modality's rows at ``positions`` (in the split), as arrays."""
+    def take(self, positions: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """Every modality's rows at ``positions`` (in the split), as arrays (views for a slice in memory);
+        a streamed split reads each block they touch once for all the modalities."""
         if self.stream is not None:
             return self.stream.take(positions)
         return {name: values[positions] for name, values in self.modalities.items()}

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from core.data.arrays import read_npz, refuse_oversize
+from core.data.arrays import MAX_CLASSES, read_npz, refuse_oversize
 from core.data.checks import checked_modality
 from core.errors import DataError
 from storage.store import ArtifactStore, LocalStore, open_store
@@ -159,7 +159,7 @@ class ShardedSource:
         for name in self.modalities:
             header, key = self.headers[name], f"{name}.npy"
             start, stop = header.offset + block.start * header.row_bytes, header.offset + block.stop * header.row_bytes
-            payload = self.store.get_range(key, start, stop)
+            payload = _range(self.store, f"{self.uri}{key}", key, start, stop)
             if len(payload) != stop - start:
                 raise DataError(
                     f"{self.uri}{key}", "the file is shorter than when it was scanned (changed or truncated)"
@@ -192,10 +192,11 @@ class ShardedSource:
         if self.layout == "npy":
             for name in [*self.modalities, *self._annotation_files()]:
                 key = f"{name}.npy"
-                digest[key].update(self.store.get_range(key, 0, self.headers[name].offset))
+                digest[key].update(_range(self.store, f"{self.uri}{key}", key, 0, self.headers[name].offset))
             for name in self._annotation_files():
                 key = f"{name}.npy"
-                digest[key].update(self.store.get_range(key, self.headers[name].offset, self.store.size(key)))
+                size = _size(self.store, f"{self.uri}{key}", key)
+                digest[key].update(_range(self.store, f"{self.uri}{key}", key, self.headers[name].offset, size))
         moments: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
         for index, block in enumerate(self.blocks):
             arrays = self.read_block(index, digest)
@@ -205,6 +206,8 @@ class ShardedSource:
                 continue
             for name, values in arrays.items():
                 moments[name] = _combine(moments.get(name), values[local])
+        if not moments:
+            raise DataError(self.uri, "no training row is left to normalise with (split and labels)")
         mean, std = {}, {}
         for name in self.modalities:
             count, mu, m2 = moments[name]
@@ -223,6 +226,27 @@ class ShardedSource:
 
     def _annotation_files(self) -> list[str]:
         return [name for name in ANNOTATIONS if name in self.headers]
+
+
+def _check_layout(source: str, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+    """What can be told from a dtype and a shape before any value is read, so a crafted file costs nothing:
+    a modality is a plain number type (no zero-size, structured or subarray dtype), 2-D or 3-D with no
+    empty per-sample dimension; ``label`` is numeric, (N,) or (N, K) with K within the class cap;
+    ``split`` holds short strings; ``class_names`` is 1-D."""
+    plain = dtype.itemsize > 0 and dtype.fields is None and dtype.subdtype is None
+    if name == "split":
+        if not plain or dtype.kind not in "US" or len(shape) != 1 or dtype.itemsize > 5 * 4:
+            raise DataError(source, "array 'split' must be (N,) of 'train', 'val' or 'test'")
+    elif name == "class_names":
+        if not plain or len(shape) != 1 or shape[0] > MAX_CLASSES:
+            raise DataError(source, f"array 'class_names' must be (K,) with at most {MAX_CLASSES} names")
+    elif name == "label":
+        if not plain or dtype.kind not in "biuf" or len(shape) not in (1, 2) or math.prod(shape[1:]) > MAX_CLASSES:
+            raise DataError(source, f"array 'label' must be numeric, (N,) or (N, K) with K <= {MAX_CLASSES}")
+    elif not plain or dtype.kind not in "biuf":
+        raise DataError(source, f"modality {name!r} must be numeric, got dtype {dtype}")
+    elif len(shape) not in (2, 3) or 0 in shape[1:]:
+        raise DataError(source, f"modality {name!r} must be (N, F) or (N, C, L) with no empty dimension, got {shape}")
 
 
 def _combine(
@@ -260,6 +284,13 @@ def _size(store: ArtifactStore, source: str, key: str) -> int:
         raise DataError(source, "no longer there (the dataset changed while it was read)") from exc
 
 
+def _range(store: ArtifactStore, source: str, key: str, start: int, stop: int) -> bytes:
+    try:
+        return store.get_range(key, start, stop)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise DataError(source, "no longer there (the dataset changed while it was read)") from exc
+
+
 def _get(store: ArtifactStore, source: str, key: str) -> bytes:
     try:
         return store.get_bytes(key)
@@ -270,9 +301,11 @@ def _get(store: ArtifactStore, source: str, key: str) -> bytes:
 def _listing(uri: str, store: ArtifactStore) -> list[str]:
     """The top-level ``.npz`` or ``.npy`` files of the folder, sorted; local ones must stay inside it."""
     try:
-        keys = [key for key in store.list_keys("") if "/" not in key]
+        keys = store.list_top(MAX_SHARDS + 1)
     except FileNotFoundError as exc:
-        raise DataError(uri, "no such folder or prefix (or no permission to read it)") from exc
+        raise DataError(uri, "holds no .npz shards and no .npy arrays (or does not exist)") from exc
+    if len(keys) > MAX_SHARDS:
+        raise DataError(uri, f"holds more than {MAX_SHARDS} files; a sharded dataset may hold at most {MAX_SHARDS}")
     npz = [key for key in keys if key.endswith(".npz")]
     npy = [key for key in keys if key.endswith(".npy")]
     if npz and npy:
@@ -280,8 +313,6 @@ def _listing(uri: str, store: ArtifactStore) -> list[str]:
     files = npz or npy
     if not files:
         raise DataError(uri, "holds no .npz shards and no .npy arrays (or does not exist)")
-    if len(files) > MAX_SHARDS:
-        raise DataError(uri, f"holds {len(files)} files; a sharded dataset may hold at most {MAX_SHARDS}")
     if isinstance(store, LocalStore):  # a link may not lead out of the folder
         for key in files:
             if not (store.root / key).resolve().is_relative_to(store.root):
@@ -322,6 +353,9 @@ def _scan_npz(
             raise DataError(
                 source, f"modality {missing} not in this shard; it has {sorted(set(arrays) - set(ANNOTATIONS))}"
             )
+        for name in [*modalities, *ANNOTATIONS]:
+            if name in arrays:
+                _check_layout(source, name, arrays[name].dtype, tuple(arrays[name].shape))
         rows = _shard_rows(source, {name: arrays[name] for name in modalities})
         for name in modalities:
             shape = tuple(arrays[name].shape[1:])
@@ -375,7 +409,7 @@ def _shard_rows(source: str, arrays: dict[str, np.ndarray]) -> int:
 def _npy_header(uri: str, store: ArtifactStore, key: str, max_bytes: int | None) -> NpyHeader:
     source = f"{uri}{key}"
     size = _size(store, source, key)
-    head = io.BytesIO(store.get_range(key, 0, min(size, _MAX_HEADER)))
+    head = io.BytesIO(_range(store, source, key, 0, min(size, _MAX_HEADER)))
     try:
         version = np.lib.format.read_magic(head)
         if version == (1, 0):
@@ -390,6 +424,7 @@ def _npy_header(uri: str, store: ArtifactStore, key: str, max_bytes: int | None)
         raise DataError(source, "is stored in Fortran order; rows are read in C order (save np.ascontiguousarray)")
     if not shape or any(length < 0 for length in shape):
         raise DataError(source, f"has shape {shape}; expected one row per sample")
+    _check_layout(source, key[:-4], dtype, tuple(shape))
     header = NpyHeader(head.tell(), dtype, tuple(shape))
     if header.offset + shape[0] * header.row_bytes != size:
         raise DataError(source, f"its header declares shape {shape} of {dtype}, but the file holds {size} bytes")
@@ -425,11 +460,15 @@ def _scan_npy(
             key, header = f"{name}.npy", headers[name]
             size = header.offset + header.shape[0] * header.row_bytes
             refuse_oversize(f"{uri}{key}", size, max_bytes)
-            payload = store.get_range(key, header.offset, size)
+            payload = _range(store, f"{uri}{key}", key, header.offset, size)
+            if len(payload) != size - header.offset:
+                raise DataError(f"{uri}{key}", "the file is shorter than its header says (changed or truncated)")
             loaded[name] = np.frombuffer(payload, dtype=header.dtype).reshape(header.shape)
     shapes = {name: headers[name].shape[1:] for name in modalities}
-    per_row = max(1, sum(math.prod(shape) * 4 for shape in shapes.values()))
-    step = max(MIN_BLOCK_ROWS, cache_bytes // BLOCK_FRACTION // per_row)
+    per_row = sum(math.prod(shape) * 4 for shape in shapes.values())
+    if 2 * per_row > cache_bytes:
+        raise DataError(uri, f"one row takes {per_row} bytes once read; the block cache holds {cache_bytes}")
+    step = max(1, min(MIN_BLOCK_ROWS, cache_bytes // 2 // per_row), cache_bytes // BLOCK_FRACTION // per_row)
     blocks = [Block(start, min(start + step, rows), None) for start in range(0, rows, step)]
     source = ShardedSource(uri, LocalOrS3Folders(), "npy", modalities, shapes, blocks, headers, max_bytes)
     return source, Annotations(rows, loaded.get("label"), loaded.get("split"), loaded.get("class_names"))

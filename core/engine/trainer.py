@@ -144,7 +144,7 @@ def split_outputs(run: Run, net: MultimodalNet, split: str) -> tuple[torch.Tenso
     outputs, targets = [], []
     for start, end in spans:
         rows = slice(start, end) if end > start else slice(0, 1)  # an empty shard runs one row for the shapes
-        inputs = {name: torch.from_numpy(values[rows]).to(run.device) for name, values in part.modalities.items()}
+        inputs = {name: torch.from_numpy(values).to(run.device) for name, values in part.take(rows).items()}
         outputs.append(net(inputs)[1][: end - start])
         if net.target_encoder is not None:
             targets.append(net.embed_target(inputs)[: end - start])

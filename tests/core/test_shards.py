@@ -253,7 +253,7 @@ def test_shards_that_disagree_are_refused_naming_the_shard(tmp_path: Path) -> No
 def test_limits_on_files_and_sizes_name_what_is_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_shards(small(), tmp_path / "many", rows_per_shard=500)
     monkeypatch.setattr(shards, "MAX_SHARDS", 3)
-    refused(tmp_path / "many", "holds 4 files; a sharded dataset may hold at most 3")
+    refused(tmp_path / "many", "holds more than 3 files; a sharded dataset may hold at most 3")
     monkeypatch.undo()
     size = (tmp_path / "many" / "part-00000.npz").stat().st_size
     refused(tmp_path / "many", f"part-00000.npz: the data is {size} bytes, over the limit of 1000", max_bytes=1000)
@@ -274,6 +274,25 @@ def test_npy_files_are_checked_from_their_headers(tmp_path: Path) -> None:
     refused(folder, r"pix.npy: holds Python objects")
     (folder / "pix.npy").write_bytes(b"not an npy file at all")
     refused(folder, r"pix.npy: not a valid .npy file")
+
+
+def test_what_a_header_promises_is_checked_before_a_row_is_read(tmp_path: Path) -> None:
+    """Rows of no bytes (which would make any row count fit the file), structured or subarray dtypes,
+    and a row larger than half the block cache are refused from the header alone."""
+    folder = tmp_path / "npy"
+    write_shards(small(), folder, layout="npy")
+    np.save(folder / "pix.npy", np.zeros((2000, 0), dtype=np.float32))
+    refused(folder, r"pix.npy: modality 'pix' must be \(N, F\) or \(N, C, L\) with no empty dimension")
+    np.save(folder / "pix.npy", np.zeros(2000, dtype=[("a", "<f4"), ("b", "<f4")]))
+    refused(folder, r"pix.npy: modality 'pix' must be numeric")
+    np.save(folder / "pix.npy", small()["pix"])
+    np.save(folder / "label.npy", small()["label"].astype("U40"))
+    refused(folder, r"label.npy: array 'label' must be numeric")
+    np.save(folder / "label.npy", small()["label"])
+    refused(folder, r"one row takes 1288 bytes once read; the block cache holds 2000", cache_bytes=2000)
+    zero = tmp_path / "zero"
+    write_shards({**small(), "pix": np.zeros((2000, 0), dtype=np.float32)}, zero, rows_per_shard=1000)
+    refused(zero, r"part-00000.npz: modality 'pix' must be \(N, F\)")
 
 
 def test_a_link_out_of_the_folder_is_refused(tmp_path: Path) -> None:

@@ -61,6 +61,24 @@ def test_ranged_reads_return_exactly_the_asked_bytes(store: ArtifactStore) -> No
     assert store.get_range("data/x.npy", 5, 5) == b""
     with pytest.raises(FileNotFoundError):
         store.get_range("data/missing.npy", 0, 10)
+    assert store.get_range("data/x.npy", 5000, 6000) == b""  # past the end
+
+
+def test_list_top_sees_only_the_folders_own_files_and_stops_at_the_limit(store: ArtifactStore) -> None:
+    for name in ("b.npz", "a.npz", "c.npz", "deeper/d.npz"):
+        store.put_bytes(f"folder/{name}", b"x")
+    folder = open_store_under(store, "folder")
+    assert folder.list_top(10) == ["a.npz", "b.npz", "c.npz"]
+    assert len(folder.list_top(2)) == 2
+    assert open_store_under(store, "nothing-here").list_top(10) == []
+
+
+def open_store_under(store: ArtifactStore, folder: str) -> ArtifactStore:
+    """A store rooted at ``folder`` of ``store``, as a sharded dataset's uri opens one."""
+    if isinstance(store, LocalStore):
+        return LocalStore(store.root / folder)
+    assert isinstance(store, S3Store)
+    return S3Store(store.bucket, f"{store.prefix}/{folder}", endpoint_url=store.client.meta.endpoint_url)
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a"])
