@@ -267,7 +267,7 @@ def prepare(
         "train_labelled": n_labelled,
     }
     if source is not None:
-        info["shards"] = {"layout": source.layout, "files": len(source._files()), "blocks": len(source.blocks)}
+        info["shards"] = {"layout": source.layout, "files": len(source.files()), "blocks": len(source.blocks)}
     return PreparedData(
         part(train), part(val), part(test), normaliser, shapes, _output_dim(raw, task), raw.class_names, info
     )

@@ -188,7 +188,7 @@ class ShardedSource:
         """The second pass: every block read once, in order. Returns the mean and std (population, as
         float64 numpy computes them in one pass) of ``rows`` (sorted file rows: the training split) per
         feature of vectors and per channel of sequences, and the dataset's content digest."""
-        digest = {key: hashlib.sha256() for key in self._files()}
+        digest = {key: hashlib.sha256() for key in self.files()}
         if self.layout == "npy":
             for name in [*self.modalities, *self._annotation_files()]:
                 key = f"{name}.npy"
@@ -219,7 +219,8 @@ class ShardedSource:
             joined.update(f"{key}:{digest[key].hexdigest()}\n".encode())
         return mean, std, joined.hexdigest()
 
-    def _files(self) -> list[str]:
+    def files(self) -> list[str]:
+        """The files read: the shards, or the arrays' .npy files."""
         if self.layout == "npz":
             return sorted({block.key for block in self.blocks if block.key is not None})
         return [f"{name}.npy" for name in [*self.modalities, *self._annotation_files()]]

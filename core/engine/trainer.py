@@ -61,13 +61,13 @@ def epoch_batches(run: Run, epoch: int) -> list[torch.Tensor]:
 def make_batch(run: Run, rows: torch.Tensor) -> Batch:
     """This rank's rows of a global batch, sliced from the (device-resident) training tensors, or read
     through the block cache of a sharded dataset (which stays off the device)."""
-    rows = parallel.local(rows)
-    if run.data.train.stream is not None:
-        read = run.data.train.take(rows.numpy())
-        inputs = {name: torch.from_numpy(values).to(run.device) for name, values in read.items()}
-    rows = rows.to(run.device)
+    local = parallel.local(rows)
+    rows = local.to(run.device)
     if run.data.train.stream is None:
         inputs = {name: values[rows] for name, values in run.train_inputs.items()}
+    else:
+        read = run.data.train.take(local.numpy())
+        inputs = {name: torch.from_numpy(values).to(run.device) for name, values in read.items()}
     labels = None if run.train_labels is None else run.train_labels[rows]
     return Batch(inputs, labels, rows)
 
