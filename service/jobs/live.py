@@ -40,7 +40,7 @@ STREAMED: dict[int | str, dict[str, Any]] = {
 LAST_EVENT_ID = Header(
     alias="Last-Event-ID",
     max_length=64,
-    pattern=r"^([0-9]{1,19}\.[0-9]{1,19}\.[0-9]{1,19})?$",
+    pattern=r"^([0-9]{1,18}\.[0-9]{1,18}\.[0-9]{1,18})?$",
     description="Resume after this event's id (`<point>.<event>.<line>`), as a browser's EventSource does.",
 )
 
