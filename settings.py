@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         default=2 * 1024**3, ge=1024, description="Largest dataset file accepted (upload or read)."
     )
+    max_sharded_dataset_bytes: int = Field(
+        default=256 * 1024**3,
+        ge=1024,
+        le=4 * 1024**4,
+        description="Largest sharded dataset (all its files together) an upload may send; each .npz shard "
+        "stays within MMKD_MAX_DATASET_BYTES.",
+    )
     max_procs_per_node: int = Field(
         default=8, ge=1, le=64, description="The most processes one job may run on a worker's host (resources)."
     )

@@ -29,14 +29,20 @@ def register(app: typer.Typer) -> None:
 
 @datasets_app.command()
 def upload(
-    path: Annotated[Path, typer.Argument(help="An .npz: one array per modality, plus label (and split).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="An .npz: one array per modality, plus label (and split). Or a folder of shards (.npz "
+            "shards or one .npy per array; a server storing in S3), each file sent in presigned parts."
+        ),
+    ],
     name: Annotated[str | None, typer.Option(help="A label for it (default: the file name).")] = None,
     url: UrlOption = DEFAULT_URL,
     api_key: KeyOption = None,
 ) -> None:
     """Upload a dataset; the server validates it and prints what it holds."""
-    if not path.is_file():
-        fail(f"{path}: no such file")
+    if not path.is_file() and not path.is_dir():
+        fail(f"{path}: no such file or folder")
     with connect(url, api_key) as client:
         dataset = client.upload_dataset(path, name=name)
     typer.echo(f"uploaded dataset {dataset.id} ({dataset.name}): {_describe(dataset)}")
@@ -204,4 +210,7 @@ def _label(dataset: Dataset) -> str:
 
 def _describe(dataset: Dataset) -> str:
     shapes = ", ".join(f"{name} {tuple(m.shape)} {m.dtype}" for name, m in dataset.modalities.items())
-    return f"{dataset.n_samples} samples; {shapes}; label: {_label(dataset)}; sha256 {dataset.sha256[:12]}"
+    described = f"{dataset.n_samples} samples; {shapes}; label: {_label(dataset)}; sha256 {dataset.sha256[:12]}"
+    if dataset.shards:
+        described += f"; {dataset.shards['files']} .{dataset.shards['layout']} files"
+    return described

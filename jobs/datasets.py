@@ -4,7 +4,8 @@ server's allowed prefixes. No message tells whether another owner's object exist
 An uploaded file is validated once, from a local file, with the same torch-free checks the loader
 runs (``core.data.summary.summarise_npz``); the object is written under the owner's prefix first and
 the row recorded after, in one short transaction, so a row always names a complete, valid object
-and no transaction stays open while bytes move.
+and no transaction stays open while bytes move. A sharded dataset (``jobs.dataset_uploads``) is a
+folder of objects under the owner's prefix, its row's key the folder (ending in ``/``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,14 @@ def store_dataset(
         store.put_file(key, path)
     except StorageError as exc:
         raise StorageUnavailableError(f"the dataset could not be stored, try again: {exc}") from exc
+    return record_dataset(session, owner_id=owner_id, name=name, key=key, summary=summary, store=store)
+
+
+def record_dataset(
+    session: Session, *, owner_id: int, name: str, key: str, summary: FileSummary, store: ArtifactStore
+) -> Dataset:
+    """Record the stored, validated dataset at ``key`` (a file, or a folder ending in ``/``) in one short
+    transaction; a failed commit removes its objects again."""
     dataset = Dataset(
         owner_id=owner_id,
         name=name,
@@ -124,7 +133,7 @@ def store_dataset(
         session.commit()
     except Exception:
         session.rollback()
-        delete_objects(store, [key])
+        delete_objects(store, dataset_objects(store, key))
         raise
     return dataset
 
@@ -144,7 +153,7 @@ def delete_dataset(session: Session, *, owner_id: int, dataset_id: int, store: A
     key = dataset.key
     session.delete(dataset)
     session.commit()
-    delete_objects(store, [key])
+    delete_objects(store, dataset_objects(store, key))
 
 
 def jobs_reading(session: Session, *, owner_id: int, dataset_id: int) -> list[int]:
@@ -157,8 +166,22 @@ def jobs_reading(session: Session, *, owner_id: int, dataset_id: int) -> list[in
     return list(session.scalars(query.order_by(Job.id)))
 
 
+def dataset_objects(store: ArtifactStore, key: str) -> list[str]:
+    """The objects of the dataset at ``key``: the file, or every object under a sharded one's folder
+    (none when the folder cannot be listed: they are logged as left behind)."""
+    if not key.endswith("/"):
+        return [key]
+    try:
+        return store.list_keys(key)
+    except StorageError:
+        log.warning("could not list %s in the store; remove its objects by hand", key, exc_info=True)
+        return []
+
+
 def delete_objects(store: ArtifactStore, keys: list[str]) -> None:
     """Best effort: an object left behind is unreachable (no row names it), so log it and go on."""
+    if not keys:
+        return
     try:
         store.delete(keys)
     except StorageError:

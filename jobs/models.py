@@ -199,7 +199,8 @@ class ApiKey(Base):
 
 class Dataset(Base):
     """An uploaded .npz, validated once at upload; ``summary`` says what it holds (modalities with
-    per-sample shapes and dtypes, label, split sizes). The row is written after the object."""
+    per-sample shapes and dtypes, label, split sizes). The row is written after the object.
+    A sharded dataset's ``key`` is its folder (ending in ``/``) and its summary has ``shards``."""
 
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_owner_id_id", "owner_id", "id"),)
@@ -217,7 +218,11 @@ class Dataset(Base):
 
 class DatasetUpload(Base):
     """A presigned multipart upload to S3 in progress: its parts go to ``key`` (a temporary object)
-    until the owner completes it (validated, then stored as a :class:`Dataset`) or aborts it."""
+    until the owner completes it (validated, then stored as a :class:`Dataset`) or aborts it.
+
+    A sharded upload (``files`` set) sends each file of a folder of shards as a multipart upload of
+    its own to ``key`` + the file's name (``key`` is then the dataset's folder, ending in ``/``);
+    ``files`` holds each one's name, size, multipart id and part count."""
 
     __tablename__ = "dataset_uploads"
 
@@ -228,6 +233,7 @@ class DatasetUpload(Base):
     multipart_id: Mapped[str] = mapped_column(String(1024))
     size_bytes: Mapped[int] = mapped_column(BigId)
     part_size: Mapped[int] = mapped_column(BigId)
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonDoc, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

@@ -8,6 +8,7 @@ backoff up to ``max_attempts`` in total; what still fails becomes a ``StorageErr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,12 @@ class S3Store:
             keys[0],
             lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}),
         )
+
+    def within(self, folder: str) -> S3Store:
+        """The objects under ``folder`` as a store of their own (the same client and settings)."""
+        inner = copy.copy(self)
+        inner.prefix = self._full(folder.rstrip("/"))
+        return inner
 
     def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:
         """A SigV4 presigned GET URL valid for ``expires_s`` seconds (signed locally, no request)."""

@@ -59,6 +59,9 @@ class ArtifactStore(Protocol):
     def delete(self, keys: list[str]) -> None:
         """Remove ``keys``; missing ones are ignored."""
 
+    def within(self, folder: str) -> ArtifactStore:
+        """The store rooted at ``folder`` (a key prefix, with or without a trailing ``/``) of this one."""
+
     def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:
         """A time-limited GET URL, or None when the store has none (the API serves the file)."""
 
@@ -153,6 +156,10 @@ class LocalStore:
         """Remove the files; missing ones are ignored."""
         for key in keys:
             self._path(key).unlink(missing_ok=True)
+
+    def within(self, folder: str) -> LocalStore:
+        """The subfolder ``folder`` as a store of its own."""
+        return LocalStore(self._path(folder.rstrip("/")))
 
     def presigned_url(self, key: str, *, expires_s: int = 3600) -> str | None:
         """None: the API serves local files itself."""

@@ -1,8 +1,9 @@
 """How a job reaches its data: only what its owner may read, through the one storage module.
 
-A spec names an uploaded dataset (``dataset:<id>``, resolved to the owner's own stored object) or a
-raw ``uri``, which is read only when it lies under one of the server's allowed prefixes
-(``MMKD_DATA_ALLOW``), checked here again because the API's check may be bypassed (a spec written
+A spec names an uploaded dataset (``dataset:<id>``, resolved to the owner's own stored object, or
+for a sharded upload to its folder, opened as ``dataset:<id>/``) or a raw ``uri``, which is read
+only when it lies under one of the server's allowed prefixes (``MMKD_DATA_ALLOW``), checked here
+again because the API's check may be bypassed (a spec written
 to the database by hand, an allow-list changed since submit). Refusals never say whether the
 object exists or what it holds.
 """
@@ -17,10 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.data.arrays import DataReader, read_local_or_s3
-from core.data.shards import LocalOrS3Folders
+from core.data.shards import LocalOrS3Folders, ShardOpener
 from core.errors import DataError
+from core.spec import DatasetSpec
 from jobs.models import Dataset
-from storage.store import ArtifactStore, is_allowed
+from storage.store import ArtifactStore, is_allowed, open_store
 from worker.config import WorkerSettings
 
 NOT_ALLOWED = "not under a data prefix this server allows (MMKD_DATA_ALLOW); upload it with POST /v1/datasets"
@@ -64,8 +66,8 @@ class AllowedFolders:
     timeout_s: float
 
     def __call__(self, uri: str) -> ArtifactStore:
-        if uri.startswith("dataset:"):
-            raise DataError(uri, "an uploaded dataset is one file; a sharded dataset is a folder or prefix in uri")
+        if uri.startswith("dataset:"):  # an upload opens through its own UploadedFolder only
+            raise DataError(uri, NOT_ALLOWED)
         folder, store = uri.rstrip("/"), self.service_store.rstrip("/")
         # neither inside the service's store nor holding it (its root, or a folder above it)
         overlaps = is_allowed(f"{folder}/x", [store]) or is_allowed(f"{store}/x", [folder])
@@ -83,6 +85,52 @@ def job_folders(settings: WorkerSettings) -> AllowedFolders:
         settings.storage_max_attempts,
         settings.storage_timeout_seconds,
     )
+
+
+@dataclass(frozen=True)
+class UploadedFolder:
+    """The opener of one job's sharded upload: ``ref`` (``dataset:<id>/``) and nothing else opens
+    the folder ``key`` of the service's store. Picklable, like :class:`AllowedFolders`."""
+
+    ref: str
+    storage_url: str
+    key: str
+    endpoint_url: str | None
+    max_attempts: int
+    timeout_s: float
+
+    def __call__(self, uri: str) -> ArtifactStore:
+        if uri != self.ref:
+            raise DataError(uri, NOT_ALLOWED)
+        store = open_store(
+            self.storage_url, endpoint_url=self.endpoint_url, max_attempts=self.max_attempts, timeout_s=self.timeout_s
+        )
+        return store.within(self.key)
+
+
+def job_dataset(
+    settings: WorkerSettings, sessions: sessionmaker[Session], spec: DatasetSpec, *, owner_id: int
+) -> tuple[DatasetSpec, ShardOpener]:
+    """The dataset spec to prepare and the opener of its folders: a sharded upload of ``owner_id``
+    becomes the folder ``dataset:<id>/`` that only its own opener opens; anything else is as given,
+    with the allow-listed folders."""
+    if spec.id is None:
+        return spec, job_folders(settings)
+    with sessions() as session:
+        query = select(Dataset.key).where(Dataset.id == spec.id, Dataset.owner_id == owner_id)
+        key = session.scalars(query).one_or_none()
+    if key is None or not key.endswith("/"):
+        return spec, job_folders(settings)  # one file (read through job_reader), or gone (it says so)
+    ref = f"dataset:{spec.id}/"
+    opener = UploadedFolder(
+        ref,
+        settings.resolved_storage_url,
+        key,
+        settings.s3_endpoint_url,
+        settings.storage_max_attempts,
+        settings.storage_timeout_seconds,
+    )
+    return spec.model_copy(update={"id": None, "uri": ref}), opener
 
 
 def read_uploaded(

@@ -36,7 +36,7 @@ from studies.pruning import TrialPruning, trial_pruning
 from studies.service import advance_and_publish
 from worker import outcomes, telemetry
 from worker.config import WorkerSettings, get_worker_settings
-from worker.data import job_folders, job_reader
+from worker.data import job_dataset, job_reader
 from worker.joblog import JobLog
 from worker.report import write_report
 from worker.tracking import DatabaseTracker, LeasedCheckpoints
@@ -279,9 +279,8 @@ def _prepare(
     spec = JobSpec.model_validate(spec_json)
     store = store_from_settings(settings)
     read = job_reader(settings, store, sessions, owner_id=owner_id)
-    data = prepare(
-        spec.dataset, spec.task, max_bytes=settings.max_dataset_bytes, read=read, open_shards=job_folders(settings)
-    )
+    dataset, folders = job_dataset(settings, sessions, spec.dataset, owner_id=owner_id)
+    data = prepare(dataset, spec.task, max_bytes=settings.max_dataset_bytes, read=read, open_shards=folders)
     return spec, store, data
 
 

@@ -72,7 +72,8 @@ class LocalOrS3Folders:
 
     def __call__(self, uri: str) -> ArtifactStore:
         if uri.startswith("dataset:"):
-            raise DataError(uri, "an uploaded dataset is one file; a sharded dataset is a folder or prefix in uri")
+            message = "an uploaded dataset is read by the mmkd service; locally, name its folder in dataset.uri"
+            raise DataError(uri, message)
         try:
             return open_store(
                 uri, endpoint_url=self.endpoint_url, max_attempts=self.max_attempts, timeout_s=self.timeout_s
@@ -127,6 +128,7 @@ class ShardedSource:
     blocks: list[Block]
     headers: dict[str, NpyHeader]  # the .npy layout's files, by array name
     max_shard_bytes: int | None
+    dtypes: dict[str, str] = field(default_factory=dict)  # as stored (the first shard's, for .npz)
     _store: ArtifactStore | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -225,6 +227,10 @@ class ShardedSource:
             return sorted({block.key for block in self.blocks if block.key is not None})
         return [f"{name}.npy" for name in [*self.modalities, *self._annotation_files()]]
 
+    def file_sizes(self) -> dict[str, int]:
+        """Each file's size in bytes, as the store answers now (a vanished file is a DataError)."""
+        return {key: _size(self.store, f"{self.uri}{key}", key) for key in self.files()}
+
     def _annotation_files(self) -> list[str]:
         return [name for name in ANNOTATIONS if name in self.headers]
 
@@ -322,10 +328,11 @@ def _listing(uri: str, store: ArtifactStore) -> list[str]:
 
 
 def scan(
-    uri: str, opener: ShardOpener, *, modalities: list[str], max_bytes: int | None, cache_bytes: int
+    uri: str, opener: ShardOpener, *, modalities: list[str] | None, max_bytes: int | None, cache_bytes: int
 ) -> tuple[ShardedSource, Annotations]:
     """The first pass over the sharded dataset at ``uri``: its layout, blocks and per-sample shapes, and
-    the joined annotations. ``max_bytes`` bounds each file (a shard, or an annotation's ``.npy``)."""
+    the joined annotations. ``max_bytes`` bounds each file (a shard, or an annotation's ``.npy``).
+    ``modalities`` None takes every array but the annotations (of the first shard, for ``.npz``)."""
     store = opener(uri)
     files = _listing(uri, store)
     if files[0].endswith(".npz"):
@@ -338,17 +345,22 @@ def scan(
 
 
 def _scan_npz(
-    uri: str, store: ArtifactStore, files: list[str], modalities: list[str], max_bytes: int | None
+    uri: str, store: ArtifactStore, files: list[str], wanted: list[str] | None, max_bytes: int | None
 ) -> tuple[ShardedSource, Annotations]:
     blocks: list[Block] = []
     shapes: dict[str, tuple[int, ...]] = {}
     labels: list[np.ndarray] = []
     splits: list[np.ndarray] = []
     names: np.ndarray | None = None
+    modalities: list[str] = []
+    dtypes: dict[str, str] = {}
     start = 0
     for position, key in enumerate(files):
         source = f"{uri}{key}"
         arrays = _read_shard(store, source, key, max_bytes, None)
+        if position == 0:
+            modalities = list(wanted) if wanted is not None else _all_modalities(source, set(arrays))
+            dtypes = {name: str(arrays[name].dtype) for name in modalities if name in arrays}
         missing = [name for name in modalities if name not in arrays]
         if missing:
             raise DataError(
@@ -384,8 +396,15 @@ def _scan_npz(
             )
         blocks.append(Block(start, start + rows, key))
         start += rows
-    scanned = ShardedSource(uri, LocalOrS3Folders(), "npz", modalities, shapes, blocks, {}, max_bytes)
+    scanned = ShardedSource(uri, LocalOrS3Folders(), "npz", modalities, shapes, blocks, {}, max_bytes, dtypes)
     return scanned, Annotations(start, _joined(uri, "label", labels), _joined(uri, "split", splits), names)
+
+
+def _all_modalities(source: str, names: set[str]) -> list[str]:
+    modalities = sorted(names - set(ANNOTATIONS))
+    if not modalities:
+        raise DataError(source, "holds no modality array (only label, split or class_names)")
+    return modalities
 
 
 def _joined(uri: str, name: str, parts: list[np.ndarray]) -> np.ndarray | None:
@@ -436,11 +455,12 @@ def _scan_npy(
     uri: str,
     store: ArtifactStore,
     files: list[str],
-    modalities: list[str],
+    wanted: list[str] | None,
     max_bytes: int | None,
     cache_bytes: int,
 ) -> tuple[ShardedSource, Annotations]:
     present = {key[:-4] for key in files}
+    modalities = wanted if wanted is not None else _all_modalities(uri, present)
     missing = [name for name in modalities if name not in present]
     if missing:
         raise DataError(uri, f"modality {missing} has no .npy file here; it has {sorted(present - set(ANNOTATIONS))}")
@@ -471,7 +491,8 @@ def _scan_npy(
         raise DataError(uri, f"one row takes {per_row} bytes once read; the block cache holds {cache_bytes}")
     step = max(1, min(MIN_BLOCK_ROWS, cache_bytes // 2 // per_row), cache_bytes // BLOCK_FRACTION // per_row)
     blocks = [Block(start, min(start + step, rows), None) for start in range(0, rows, step)]
-    source = ShardedSource(uri, LocalOrS3Folders(), "npy", modalities, shapes, blocks, headers, max_bytes)
+    dtypes = {name: str(headers[name].dtype) for name in modalities}
+    source = ShardedSource(uri, LocalOrS3Folders(), "npy", modalities, shapes, blocks, headers, max_bytes, dtypes)
     return source, Annotations(rows, loaded.get("label"), loaded.get("split"), loaded.get("class_names"))
 
 

@@ -1,8 +1,10 @@
-"""What an uploaded .npz holds, checked without a spec: the checks of ``core.data.arrays`` applied
-to every array of the file, and the summary the service stores and shows. Torch-free."""
+"""What an uploaded dataset holds, checked without a spec, and the summary the service stores and
+shows: an .npz with the checks of ``core.data.arrays`` applied to every array of the file, or a
+sharded dataset (``core.data.shards``) through its first pass. Torch-free."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +13,9 @@ from typing import Any, Literal
 import numpy as np
 
 from core.data.arrays import MAX_CLASSES, read_npz, refuse_oversize
-from core.data.checks import SPLIT_VALUES, CheckedArrays, check_arrays
+from core.data.checks import SPLIT_VALUES, CheckedArrays, check_annotations, check_arrays
 from core.data.prepare import is_labelled
+from core.data.shards import DEFAULT_CACHE_BYTES, ShardOpener, scan
 from core.errors import DataError
 from core.spec import MODALITY_NAME, RESERVED_KEYS, TaskKind
 from storage.objects import digest_file
@@ -29,8 +32,9 @@ _TASK_OF_KIND: dict[LabelKind | None, TaskKind] = {
 
 @dataclass(frozen=True)
 class FileSummary:
-    """What an uploaded file holds, as stored and shown: per-sample shapes and dtypes of each
-    modality, the label, the split sizes, the size in bytes and the SHA-256."""
+    """What an uploaded dataset holds, as stored and shown: per-sample shapes and dtypes of each
+    modality, the label, the split sizes, the size in bytes and the SHA-256 (of the file; of a
+    sharded dataset's file list, names and sizes), and a sharded dataset's ``shards`` (layout, files)."""
 
     n_samples: int
     modalities: dict[str, dict[str, Any]]
@@ -38,10 +42,12 @@ class FileSummary:
     splits: dict[str, int] | None
     size_bytes: int
     sha256: str
+    shards: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The summary as a JSON document (the database column, the API's ``summary``)."""
-        return {"modalities": self.modalities, "label": self.label, "splits": self.splits}
+        document = {"modalities": self.modalities, "label": self.label, "splits": self.splits}
+        return document if self.shards is None else {**document, "shards": self.shards}
 
 
 def label_kind(label: np.ndarray | None) -> LabelKind | None:
@@ -63,21 +69,57 @@ def summarise_npz(
     refuse_oversize(source, size, max_bytes)
     arrays = read_npz(source, path, max_array_bytes=max_bytes)
     names = sorted(set(arrays) - RESERVED_KEYS)
-    for name in names:
-        if not re.fullmatch(MODALITY_NAME, name):
-            raise DataError(
-                source, f"array {name[:80]!r} is not a modality name (a letter, then letters, digits or _; 64 at most)"
-            )
+    _check_names(source, names)
     if not names:
         raise DataError(source, "holds no modality array (only label, split or class_names)")
     kind = label_kind(arrays.get("label"))
     checked = check_arrays(source, arrays, modalities=names, task=_TASK_OF_KIND[kind], max_classes=max_classes)
     modalities = {name: {"shape": list(arrays[name].shape[1:]), "dtype": str(arrays[name].dtype)} for name in names}
     n_samples = int(arrays[names[0]].shape[0])
-    splits = None
-    if checked.split is not None:
-        splits = {value: int((checked.split == value).sum()) for value in SPLIT_VALUES}
-    return FileSummary(n_samples, modalities, _label_summary(kind, checked), splits, size, sha256)
+    return FileSummary(n_samples, modalities, _label_summary(kind, checked), _splits(checked), size, sha256)
+
+
+def summarise_shards(
+    uri: str,
+    opener: ShardOpener,
+    *,
+    max_bytes: int | None = None,
+    max_classes: int = MAX_CLASSES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> FileSummary:
+    """Check a sharded dataset without a spec, through the first pass a job makes (layout, headers,
+    per-sample shapes, the joined label, split and class names, each shard within ``max_bytes``):
+    every array but the annotations is a modality. The modalities' values are read and checked by
+    each job's streaming pass (a non-finite value fails the job naming its file), not here."""
+    source, found = scan(uri, opener, modalities=None, max_bytes=max_bytes, cache_bytes=cache_bytes)
+    _check_names(uri, source.modalities)
+    kind = label_kind(found.label)
+    label, split, names = check_annotations(
+        uri, found.rows, found.label, found.split, found.class_names, _TASK_OF_KIND[kind], max_classes
+    )
+    checked = CheckedArrays({}, label, split, names)
+    modalities = {
+        name: {"shape": list(source.shapes[name]), "dtype": source.dtypes[name]} for name in source.modalities
+    }
+    sizes = source.file_sizes()
+    listing = hashlib.sha256("".join(f"{key}\t{size}\n" for key, size in sizes.items()).encode()).hexdigest()
+    shards = {"layout": source.layout, "files": len(sizes)}
+    label_summary = _label_summary(kind, checked)
+    return FileSummary(found.rows, modalities, label_summary, _splits(checked), sum(sizes.values()), listing, shards)
+
+
+def _check_names(source: str, names: list[str]) -> None:
+    for name in names:
+        if not re.fullmatch(MODALITY_NAME, name):
+            raise DataError(
+                source, f"array {name[:80]!r} is not a modality name (a letter, then letters, digits or _; 64 at most)"
+            )
+
+
+def _splits(checked: CheckedArrays) -> dict[str, int] | None:
+    if checked.split is None:
+        return None
+    return {value: int((checked.split == value).sum()) for value in SPLIT_VALUES}
 
 
 def _label_summary(kind: LabelKind | None, checked: CheckedArrays) -> dict[str, Any] | None:

@@ -25,7 +25,6 @@ import httpx
 from pydantic import BaseModel
 
 from mmkd_client.errors import (
-    ApiError,
     Conflict,
     ConnectionFailed,
     JobCancelled,
@@ -273,8 +272,13 @@ class Client:
 
         ``multipart`` None sends files over ``MULTIPART_THRESHOLD`` bytes through presigned part
         URLs when the server stores in S3 (and directly otherwise); True insists on presigned parts.
+
+        A folder is a sharded dataset: its top-level ``.npz`` shards (or one ``.npy`` per array), each
+        sent through presigned parts (an S3 server only: :class:`Conflict` otherwise).
         """
         source = Path(path)
+        if source.is_dir():
+            return self._upload_folder(source, name or _dataset_name(source))
         size = source.stat().st_size
         label = name or _dataset_name(source)
         if multipart or (multipart is None and size > MULTIPART_THRESHOLD):
@@ -290,17 +294,35 @@ class Client:
 
     def _upload_in_parts(self, source: Path, name: str, size: int) -> Dataset:
         plan = self._request("POST", "/v1/datasets/uploads", json={"name": name, "size_bytes": size}).json()
-        parts = []
+        return self._send_parts(
+            plan, lambda: {"parts": _put_parts(plan["parts"], source, plan["part_size"], self._http.timeout)}
+        )
+
+    def _upload_folder(self, folder: Path, name: str) -> Dataset:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".npz", ".npy"))
+        if not files:
+            raise MmkdError(f"{folder}: holds no .npz shards and no .npy arrays")
+        wanted = [{"name": p.name, "size_bytes": p.stat().st_size} for p in files]
+        plan = self._request("POST", "/v1/datasets/uploads", json={"name": name, "files": wanted}).json()
+
+        local = {path.name: path for path in files}  # only the files asked for are read, whatever the plan says
+
+        def send() -> dict[str, Any]:
+            sent = []
+            for entry in plan["files"]:
+                if entry["name"] not in local:
+                    raise MmkdError(f"the server asked for {entry['name']!r}, which is not one of the files sent")
+                parts = _put_parts(entry["parts"], local[entry["name"]], plan["part_size"], self._http.timeout)
+                sent.append({"name": entry["name"], "parts": parts})
+            return {"files": sent}
+
+        return self._send_parts(plan, send)
+
+    def _send_parts(self, plan: dict[str, Any], send: Callable[[], dict[str, Any]]) -> Dataset:
+        """PUT the parts (``send`` returns the completion's body), then complete; abort on failure."""
         try:
-            with httpx.Client(timeout=self._http.timeout) as storage, source.open("rb") as handle:
-                for part in plan["parts"]:
-                    handle.seek((part["part_number"] - 1) * plan["part_size"])
-                    answer = storage.put(part["url"], content=handle.read(plan["part_size"]))
-                    if answer.is_error:
-                        raise error_for(answer.status_code, answer.text)
-                    parts.append({"part_number": part["part_number"], "etag": answer.headers["ETag"]})
-            done = self._request("POST", plan["complete"], json={"parts": parts})
-        except (httpx.HTTPError, ApiError):
+            done = self._request("POST", plan["complete"], json=send())
+        except (httpx.HTTPError, MmkdError, OSError):
             with contextlib.suppress(MmkdError):
                 self._request("DELETE", f"/v1/datasets/uploads/{plan['id']}")
             raise
@@ -405,6 +427,21 @@ class _FileChunks:
         with self.path.open("rb") as handle:
             while block := handle.read(_CHUNK):
                 yield block
+
+
+def _put_parts(
+    parts: list[dict[str, Any]], source: Path, part_size: int, timeout: httpx.Timeout
+) -> list[dict[str, Any]]:
+    """PUT each part of ``source`` to its presigned URL; the parts' numbers and ETags."""
+    done = []
+    with httpx.Client(timeout=timeout) as storage, source.open("rb") as handle:
+        for part in parts:
+            handle.seek((part["part_number"] - 1) * part_size)
+            answer = storage.put(part["url"], content=handle.read(part_size))
+            if answer.is_error:
+                raise error_for(answer.status_code, answer.text)
+            done.append({"part_number": part["part_number"], "etag": answer.headers["ETag"]})
+    return done
 
 
 def _dataset_name(path: Path) -> str:

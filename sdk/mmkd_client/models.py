@@ -139,6 +139,7 @@ class Dataset(_Model):
     modalities: dict[str, Modality]
     label: DatasetLabel | None = None
     splits: dict[str, int] | None = None
+    shards: dict[str, Any] | None = None  # a sharded dataset's layout ("npz" or "npy") and file count
     created_at: dt.datetime
 
 

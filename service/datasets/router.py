@@ -19,7 +19,16 @@ from fastapi.concurrency import run_in_threadpool
 
 from jobs import dataset_uploads, datasets
 from jobs.models import Dataset
-from service.datasets.schemas import DATASET_NAME, CompleteRequest, DatasetOut, DatasetPage, UploadOut, UploadRequest
+from service.datasets.schemas import (
+    DATASET_NAME,
+    DatasetOut,
+    DatasetPage,
+    FilesDone,
+    FileUploadRequest,
+    PartsDone,
+    ShardsUploadRequest,
+    UploadOut,
+)
 from service.deps import DIGITS_ONLY, MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
 from service.openapi import error_responses
 from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
@@ -175,17 +184,37 @@ def delete_dataset(
     },
 )
 def start_dataset_upload(
-    body: UploadRequest, session: SessionDep, owner: CurrentOwner, settings: SettingsDep, request: Request
+    body: FileUploadRequest | ShardsUploadRequest,
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    request: Request,
 ) -> UploadOut:
-    """Start a presigned multipart upload (S3 store only): PUT the parts, then complete it."""
-    plan = dataset_uploads.begin_upload(
-        session,
-        owner_id=owner.id,
-        name=body.name,
-        size_bytes=body.size_bytes,
-        store=request.app.state.store,
-        max_bytes=settings.max_dataset_bytes,
-    )
+    """Start a presigned multipart upload (S3 store only): PUT the parts, then complete it.
+
+    With `files` instead of `size_bytes`, a folder of shards: .npz shards, or one .npy per array,
+    each file its own multipart upload. Completion then checks the folder as a job's first pass
+    does (layout, headers, label, split); the values are checked by each job as it streams them."""
+    store = request.app.state.store
+    if isinstance(body, ShardsUploadRequest):
+        plan = dataset_uploads.begin_sharded_upload(
+            session,
+            owner_id=owner.id,
+            name=body.name,
+            files=[(file.name, file.size_bytes) for file in body.files],
+            store=store,
+            max_file_bytes=settings.max_dataset_bytes,
+            max_total_bytes=settings.max_sharded_dataset_bytes,
+        )
+    else:
+        plan = dataset_uploads.begin_upload(
+            session,
+            owner_id=owner.id,
+            name=body.name,
+            size_bytes=body.size_bytes,
+            store=store,
+            max_bytes=settings.max_dataset_bytes,
+        )
     return UploadOut.of(plan)
 
 
@@ -202,21 +231,26 @@ def start_dataset_upload(
 )
 def complete_dataset_upload(
     upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="The upload's id.")],
-    body: CompleteRequest,
+    body: PartsDone | FilesDone,
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     request: Request,
     response: Response,
 ) -> DatasetOut:
-    """Assemble the parts, validate the file and register it as a dataset."""
+    """Assemble the parts, validate the file (or the folder of shards) and register it as a dataset.
+    A folder that fails its checks is deleted; wrong parts leave the upload open for another try."""
     dataset = dataset_uploads.complete_upload(
         session,
         owner_id=owner.id,
         upload_id=upload_id,
-        parts=[(part.part_number, part.etag) for part in body.parts],
+        parts=[(part.part_number, part.etag) for part in body.parts] if isinstance(body, PartsDone) else None,
+        files={f.name: [(p.part_number, p.etag) for p in f.parts] for f in body.files}
+        if isinstance(body, FilesDone)
+        else None,
         store=request.app.state.store,
         max_bytes=settings.max_dataset_bytes,
+        max_total_bytes=settings.max_sharded_dataset_bytes,
     )
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"
     return DatasetOut.of(dataset)

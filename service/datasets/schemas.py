@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from jobs.dataset_uploads import UploadPlan
+from jobs.dataset_uploads import MAX_UPLOAD_FILES, UploadPlan
 from jobs.models import Dataset
 
 #: Names are labels for people; they never reach a path or a key.
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$"
+#: A shard's file name: it becomes the last segment of a key in the dataset's folder.
+SHARD_FILE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,195}\.(npz|npy)$"
 
 
 class ModalityOut(BaseModel):
@@ -30,17 +32,25 @@ class LabelOut(BaseModel):
     classes: int | None = Field(default=None, description="classes only: number of classes.")
 
 
+class ShardsOut(BaseModel):
+    """A sharded dataset's layout: .npz shards, or one .npy file per array."""
+
+    layout: Literal["npz", "npy"]
+    files: int
+
+
 class DatasetOut(BaseModel):
     """An uploaded dataset and what its validation found."""
 
     id: int
     name: str
-    size_bytes: int
-    sha256: str
+    size_bytes: int = Field(description="The file's size; a sharded dataset's files together.")
+    sha256: str = Field(description="The file's SHA-256; a sharded dataset's: of its files' names and sizes.")
     n_samples: int
     modalities: dict[str, ModalityOut]
     label: LabelOut | None = Field(description="None: no label array (retrieval only).")
     splits: dict[str, int] | None = Field(description="Samples per split in the file; None: split at training.")
+    shards: ShardsOut | None = Field(default=None, description="A sharded dataset's layout; None: one .npz file.")
     created_at: dt.datetime
 
     @classmethod
@@ -55,6 +65,7 @@ class DatasetOut(BaseModel):
             modalities=dataset.summary["modalities"],
             label=dataset.summary.get("label"),
             splits=dataset.summary.get("splits"),
+            shards=dataset.summary.get("shards"),
             created_at=dataset.created_at,
         )
 
@@ -66,14 +77,38 @@ class DatasetPage(BaseModel):
     next_cursor: str | None
 
 
-class UploadRequest(BaseModel):
-    """Ask for a presigned multipart upload of a file of ``size_bytes``."""
+class FileRequest(BaseModel):
+    """One file of a folder of shards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=SHARD_FILE, description="Its name in the folder (.npz shards, or <array>.npy).")
+    size_bytes: int = Field(ge=1, le=2**53 - 1, description="The file's exact size.")
+
+
+class FileUploadRequest(BaseModel):
+    """Ask for a presigned multipart upload of one .npz of ``size_bytes``."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=DATASET_NAME, description="A label for the dataset.")
     size_bytes: int = Field(
         ge=1, le=2**53 - 1, description="The file's exact size (MMKD_MAX_DATASET_BYTES at most, else a 413)."
+    )
+
+
+class ShardsUploadRequest(BaseModel):
+    """Ask for a presigned upload of a folder of shards (every .npz shard, or one .npy per array),
+    each file a multipart upload of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=DATASET_NAME, description="A label for the dataset.")
+    files: list[FileRequest] = Field(
+        min_length=1,
+        max_length=MAX_UPLOAD_FILES,
+        description="Each file once, all .npz or all .npy: each .npz (and label/split/class_names .npy) "
+        "within MMKD_MAX_DATASET_BYTES, all together within MMKD_MAX_SHARDED_DATASET_BYTES (else a 413).",
     )
 
 
@@ -84,14 +119,23 @@ class PartUrl(BaseModel):
     url: str
 
 
+class FileUrls(BaseModel):
+    """Where to PUT the parts of one file of a sharded upload."""
+
+    name: str
+    size_bytes: int
+    parts: list[PartUrl]
+
+
 class UploadOut(BaseModel):
     """A multipart upload: PUT each part to its URL, keep each answer's ETag header, then complete."""
 
     id: int
     name: str
-    size_bytes: int
+    size_bytes: int = Field(description="The file's size; a sharded upload's files together.")
     part_size: int
-    parts: list[PartUrl]
+    parts: list[PartUrl] = Field(description="The one file's parts; empty for a sharded upload.")
+    files: list[FileUrls] | None = Field(default=None, description="A sharded upload's files and their parts.")
     expires_at: dt.datetime
     complete: str = Field(description="POST the parts' ETags here.")
 
@@ -99,15 +143,23 @@ class UploadOut(BaseModel):
     def of(cls, plan: UploadPlan) -> UploadOut:
         """Build from the domain's plan."""
         upload = plan.upload
+        files = None
+        if upload.files is not None:
+            files = [FileUrls(name=f.name, size_bytes=f.size_bytes, parts=_parts(f.part_urls)) for f in plan.files]
         return cls(
             id=upload.id,
             name=upload.name,
             size_bytes=upload.size_bytes,
             part_size=upload.part_size,
-            parts=[PartUrl(part_number=n, url=url) for n, url in enumerate(plan.part_urls, start=1)],
+            parts=_parts(plan.part_urls),
+            files=files,
             expires_at=plan.expires_at,
             complete=f"/v1/datasets/uploads/{upload.id}/complete",
         )
+
+
+def _parts(urls: list[str]) -> list[PartUrl]:
+    return [PartUrl(part_number=n, url=url) for n, url in enumerate(urls, start=1)]
 
 
 class PartDone(BaseModel):
@@ -119,9 +171,33 @@ class PartDone(BaseModel):
     etag: str = Field(min_length=1, max_length=200)
 
 
-class CompleteRequest(BaseModel):
-    """Every part of the upload, by number."""
+class FileDone(BaseModel):
+    """Every part of one file of a sharded upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=SHARD_FILE)
+    parts: list[PartDone] = Field(min_length=1, max_length=1_000)
+
+
+class PartsDone(BaseModel):
+    """Every part of a one-file upload, by number."""
 
     model_config = ConfigDict(extra="forbid")
 
     parts: list[PartDone] = Field(min_length=1, max_length=1_000)
+
+
+class FilesDone(BaseModel):
+    """Every part of every file of a sharded upload, each file named once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[FileDone] = Field(min_length=1, max_length=MAX_UPLOAD_FILES)
+
+    @model_validator(mode="after")
+    def _each_once(self) -> FilesDone:
+        names = [file.name for file in self.files]
+        if len(set(names)) != len(names):
+            raise ValueError("name each file of the upload once")
+        return self

@@ -17,6 +17,7 @@ from core.data import shards
 from core.data.arrays import load_raw
 from core.data.prepare import PreparedData, prepare
 from core.data.shards import LocalOrS3Folders, write_shards
+from core.data.summary import summarise_npz, summarise_shards
 from core.engine.checkpoint import LocalCheckpointStore
 from core.engine.probe import probe
 from core.engine.trainer import epoch_batches, train
@@ -304,12 +305,50 @@ def test_a_link_out_of_the_folder_is_refused(tmp_path: Path) -> None:
     refused(folder, "part-00001.npz: is a link to a file outside the dataset's folder")
 
 
-def test_only_training_streams_and_uploads_are_single_files(folders: dict[str, Path]) -> None:
+def test_only_training_streams_and_uploads_open_only_on_the_service(folders: dict[str, Path]) -> None:
     spec = spec_for(sharded(folders["mfeat/npz"]))
     with pytest.raises(DataError, match="names a folder or prefix of shards"):
         load_raw(spec.dataset, "classification")
-    with pytest.raises(DataError, match="an uploaded dataset is one file"):
-        LocalOrS3Folders()("dataset:3")
+    with pytest.raises(DataError, match="an uploaded dataset is read by the mmkd service"):
+        LocalOrS3Folders()("dataset:3/")
+
+
+@pytest.mark.parametrize("layout", ["npz", "npy"])
+def test_an_upload_summary_of_shards_is_the_summary_of_the_file(
+    folders: dict[str, Path], layout: str, tmp_path: Path
+) -> None:
+    """Without a spec, every array but the annotations is a modality; shapes, dtypes, label and splits
+    read as the one file's do; the digest is of the file list and changes with a file's size."""
+    whole = summarise_npz("file", folders["basic_motions/file"])
+    folder = folders[f"basic_motions/{layout}"]
+    parts = summarise_shards(sharded(folder), LocalOrS3Folders())
+    assert (parts.n_samples, parts.modalities, parts.label, parts.splits) == (
+        whole.n_samples,
+        whole.modalities,
+        whole.label,
+        whole.splits,
+    )
+    files = sorted(path.name for path in folder.iterdir())
+    assert parts.shards == {"layout": layout, "files": len(files)}
+    assert parts.size_bytes == sum((folder / name).stat().st_size for name in files)
+    assert parts.as_json()["shards"] == parts.shards and "shards" not in whole.as_json()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in files:
+        (copy / name).write_bytes((folder / name).read_bytes())
+    assert summarise_shards(sharded(copy), LocalOrS3Folders()).sha256 == parts.sha256
+    arrays = builtin("basic_motions")
+    if layout == "npy":
+        np.save(copy / "label.npy", np.concatenate([arrays["label"][:-1], [0]]))  # same size: same digest
+        assert summarise_shards(sharded(copy), LocalOrS3Folders()).sha256 == parts.sha256
+        np.save(copy / "2bad.npy", arrays["accelerometer"])
+    else:
+        for name in files:
+            with np.load(copy / name) as shard:
+                held = {key: shard[key] for key in shard.files}
+            np.savez(copy / name, **{**held, "2bad": held["accelerometer"]})  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="is not a modality name"):
+        summarise_shards(sharded(copy), LocalOrS3Folders())
 
 
 def test_prepared_streamed_data_pickles_without_its_cache(folders: dict[str, Path]) -> None:

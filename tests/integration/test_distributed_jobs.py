@@ -1,7 +1,8 @@
 """Jobs on 2 processes of one host through the API and a real Celery worker (PostgreSQL, Redis, moto;
 torchrun, gloo): a rank killed mid-run resumed from the newest checkpoint by torchrun's restart within
-the same attempt, ending with a single-process job's records; a cancel that ends every rank; and a
-sharded dataset on S3 streamed by both ranks. Several hosts (Ray Train): test_ray_jobs.py."""
+the same attempt, ending with a single-process job's records; a cancel that ends every rank; and
+sharded datasets on S3 streamed by both ranks: a raw prefix, and a folder uploaded in presigned
+parts. Several hosts (Ray Train): test_ray_jobs.py."""
 
 from __future__ import annotations
 
@@ -117,3 +118,31 @@ def test_a_sharded_dataset_on_s3_streams_to_every_rank(stack, worker, tmp_path: 
     assert (job.result["world_size"], job.result["launcher"]) == (2, "torchrun")
     assert job.result["data"]["shards"] == {"layout": "npy", "files": 5, "blocks": 1}
     assert job.result["student"]["accuracy"] > 0.4  # it learned (10 classes; one file: 0.55 in-process)
+
+
+def test_a_folder_of_shards_uploaded_in_presigned_parts_trains_by_id_on_every_rank(
+    stack, worker, tmp_path: Path
+) -> None:
+    """The SDK sends a folder of .npz shards through presigned parts into the service's store; the
+    job names it by id, its process resolves it for the owner, both ranks reopen the folder."""
+    from core.data.shards import write_shards
+
+    with np.load(resources.files("core.data.builtin").joinpath("mfeat.npz")) as archive:
+        arrays = {key: archive[key] for key in ("fou", "zer", "kar", "label", "class_names")}
+    write_shards(arrays, tmp_path / "mfeat", rows_per_shard=500)
+    with stack.client() as client:
+        dataset = client.upload_dataset(tmp_path / "mfeat", name="mfeat-shards")
+        assert dataset.shards == {"layout": "npz", "files": 4} and dataset.n_samples == 2000
+        spec = {
+            **LONG,
+            "name": "sharded-upload",
+            "dataset": {**LONG["dataset"], "name": None, "id": dataset.id},
+            "method": {"name": "student_only"},
+            "train": {**LONG["train"], "epochs": 2, "lr": 0.01},
+            **TWO,
+        }
+        job = client.wait(client.submit(spec).id, timeout=240)
+    assert job.status == "succeeded", job.status_reason
+    assert job.result["data"]["source"] == f"dataset:{dataset.id}/"
+    assert job.result["data"]["shards"] == {"layout": "npz", "files": 4, "blocks": 4}
+    assert job.result["student"]["accuracy"] > 0.4

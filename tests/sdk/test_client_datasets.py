@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mmkd_client import Client, Conflict, NotFound, ValidationFailed
+from mmkd_client import Client, Conflict, MmkdError, NotFound, ValidationFailed
 from mmkd_client import client as client_module
 
 
@@ -54,3 +54,9 @@ def test_presigned_uploads_fall_back_to_direct_without_s3(
         client.upload_dataset(path, multipart=True)
     monkeypatch.setattr(client_module, "MULTIPART_THRESHOLD", 10)
     assert client.upload_dataset(path).n_samples == 20
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(MmkdError, match="holds no .npz shards and no .npy arrays"):
+        client.upload_dataset(tmp_path / "shards")
+    npz(tmp_path / "shards" / "part-0.npz")
+    with pytest.raises(Conflict, match="need an S3 store"):  # a folder of shards goes only in presigned parts
+        client.upload_dataset(tmp_path / "shards")

@@ -9,9 +9,12 @@ parametrize ``backend`` indirectly.
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 from api_helpers import Api, make_settings
 from fastapi.testclient import TestClient
@@ -21,6 +24,8 @@ from sqlalchemy.orm import Session
 from jobs.db import engine_for
 from jobs.migrate import upgrade
 from service.main import create_app
+from storage.s3 import S3Store
+from storage.store import open_store
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +50,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def api(
-    backend: str, pg_database: str, sqlite_template: Path, redis_url: str, tmp_path: Path
-) -> Iterator[Api]:
+def api(backend: str, pg_database: str, sqlite_template: Path, redis_url: str, tmp_path: Path) -> Iterator[Api]:
     """A TestClient whose database changes vanish after the test."""
     if backend == "sqlite":
         db_file = tmp_path / "mmkd.db"
@@ -89,3 +92,14 @@ def committed_pg(pg_database: str) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
     engine.dispose()
+
+
+@pytest.fixture
+def store(api: Api, moto_server: Any) -> S3Store:
+    """The app's store, switched to a fresh bucket on moto (presigned uploads need S3)."""
+    bucket = f"datasets-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_server.endpoint_url).create_bucket(Bucket=bucket)
+    s3 = open_store(f"s3://{bucket}/mmkd", endpoint_url=moto_server.endpoint_url, max_attempts=2)
+    assert isinstance(s3, S3Store)
+    api.app.state.store = s3
+    return s3

@@ -61,10 +61,14 @@ STATEFUL_STEPS = fuzz_budget(20, 100)
 #: - create_study: every value its space can sample is tried against the base spec (a path that is no
 #:   spec field, a bound the job spec refuses) and its base follows submit_job's rules;
 #: - list_jobs, list_datasets, list_job_logs, list_studies: a cursor is opaque; one this server did not
-#:   hand out is a 422.
+#:   hand out is a 422;
+#: - start_dataset_upload, complete_dataset_upload: a sharded upload's files are named once each and
+#:   are all .npz or all .npy (a rule across items), and the parts must be the ones S3 took.
 SCHEMA_VALID_BUT_422 = [
     "submit_job",
     "upload_dataset",
+    "start_dataset_upload",
+    "complete_dataset_upload",
     "create_study",
     "list_jobs",
     "list_datasets",
@@ -72,6 +76,9 @@ SCHEMA_VALID_BUT_422 = [
     "list_studies",
 ]
 POSITIVE_WITH_422 = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+#: negative_data_rejection's own list, and 413: a schema-violating body (1,001 files, each with long
+#: names) may also be past MMKD_MAX_BODY_BYTES, which is refused before the body is read.
+NEGATIVE_REJECTED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,8 @@ def _toml(seeded: Seeded, wfc: Path) -> str:
         "[generation]",
         f"max-examples = {EXAMPLES}",
         'mode = "all"',
+        "[checks.negative_data_rejection]",
+        f"expected-statuses = {json.dumps(NEGATIVE_REJECTED)}",
         "[phases.stateful]",
         f"max-steps = {STATEFUL_STEPS}",
         "[auth.wfc]",

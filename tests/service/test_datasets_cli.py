@@ -34,6 +34,10 @@ def test_upload_list_show_rm(api_server: Any, tmp_path: Path) -> None:
     assert refused.exit_code == 1 and "not a zip archive" in refused.output
     missing = runner.invoke(app, ["datasets", "upload", str(tmp_path / "nope.npz")], env=env)
     assert missing.exit_code == 1 and "no such file" in missing.output
+    (tmp_path / "shards").mkdir()
+    np.savez(tmp_path / "shards" / "part-0.npz", speech=np.zeros((12, 5)), label=np.arange(12) % 4)
+    folder = runner.invoke(app, ["datasets", "upload", str(tmp_path / "shards")], env=env)
+    assert folder.exit_code == 1 and "presigned uploads need an S3 store" in folder.output  # this server is local
 
 
 def test_builtin_lists_the_shipped_datasets() -> None:

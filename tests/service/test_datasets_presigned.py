@@ -4,30 +4,15 @@ completion validates and registers, and the temporary object never outlives the 
 from __future__ import annotations
 
 import io
-import uuid
 from typing import Any
 
-import boto3
 import httpx
 import numpy as np
-import pytest
 from api_helpers import Api
 
 from jobs.keys import authenticate
 from jobs.models import Dataset
 from storage.s3 import S3Store
-from storage.store import open_store
-
-
-@pytest.fixture
-def store(api: Api, moto_server: Any) -> S3Store:
-    """The app's store, switched to a fresh bucket on moto."""
-    bucket = f"datasets-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=moto_server.endpoint_url).create_bucket(Bucket=bucket)
-    s3 = open_store(f"s3://{bucket}/mmkd", endpoint_url=moto_server.endpoint_url, max_attempts=2)
-    assert isinstance(s3, S3Store)
-    api.app.state.store = s3
-    return s3
 
 
 def stored_key(api: Api, dataset_id: int) -> str:

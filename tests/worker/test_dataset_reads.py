@@ -105,5 +105,47 @@ def test_sharded_folders_open_only_under_the_allow_list_and_never_in_the_service
         with pytest.raises(DataError) as caught:
             use(uri)
         assert str(caught.value) == f"{uri}: {NOT_ALLOWED}"
-    with pytest.raises(DataError, match="an uploaded dataset is one file"):
-        opener("dataset:1")
+    with pytest.raises(DataError, match=re.escape(NOT_ALLOWED)):
+        opener("dataset:1/")
+
+
+def test_a_sharded_upload_opens_only_as_its_own_folder_for_its_owner(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """``dataset:<id>`` of a sharded upload becomes the folder ``dataset:<id>/``, which only the job's own
+    opener opens (pickled, as ranks get it), for the owner; it prepares and streams like any folder."""
+    import pickle
+
+    import numpy as np
+
+    from core.data.prepare import prepare
+    from core.data.shards import write_shards
+    from core.spec import DatasetSpec
+    from worker.data import job_dataset
+
+    settings = WorkerSettings(storage_url=str(tmp_path / "store"), data_allow=[str(tmp_path)])
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.normal(size=(40, 3)), "b": rng.normal(size=(40, 2)), "label": np.arange(40) % 2}
+    write_shards(arrays, tmp_path / "store" / "datasets" / "1" / "abc", rows_per_shard=16)
+    with sessions() as session:
+        owner, other = Owner(name="alice"), Owner(name="bob")
+        session.add_all([owner, other])
+        session.flush()
+        row = Dataset(owner_id=owner.id, name="d", key="datasets/1/abc/", size_bytes=1, sha256="0" * 64, n_samples=40)
+        row.summary = {"modalities": {}, "label": None, "splits": None}
+        session.add(row)
+        session.commit()
+        owner_id, other_id, dataset_id = owner.id, other.id, row.id
+    spec = DatasetSpec(id=dataset_id, primary=["a"], auxiliary=["b"])
+    resolved, opener = job_dataset(settings, sessions, spec, owner_id=owner_id)
+    assert (resolved.id, resolved.uri) == (None, f"dataset:{dataset_id}/")
+    opener = pickle.loads(pickle.dumps(opener))
+    assert opener(f"dataset:{dataset_id}/").list_top(10) == ["part-00000.npz", "part-00001.npz", "part-00002.npz"]
+    for uri in (f"dataset:{dataset_id + 1}/", f"{tmp_path}/store/datasets/1/abc/", f"dataset:{dataset_id}"):
+        with pytest.raises(DataError, match=re.escape(NOT_ALLOWED)):
+            opener(uri)
+    data = prepare(resolved, "classification", open_shards=opener)
+    assert data.info["source"] == f"dataset:{dataset_id}/" and data.info["shards"]["files"] == 3
+    assert sum(data.info["sizes"].values()) == 40
+    theirs, _ = job_dataset(settings, sessions, spec, owner_id=other_id)  # another owner's: read as one file,
+    assert theirs == spec  # which job_reader refuses as no dataset of theirs

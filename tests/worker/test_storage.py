@@ -67,18 +67,20 @@ def test_ranged_reads_return_exactly_the_asked_bytes(store: ArtifactStore) -> No
 def test_list_top_sees_only_the_folders_own_files_and_stops_at_the_limit(store: ArtifactStore) -> None:
     for name in ("b.npz", "a.npz", "c.npz", "deeper/d.npz"):
         store.put_bytes(f"folder/{name}", b"x")
-    folder = open_store_under(store, "folder")
+    folder = store.within("folder/")
     assert folder.list_top(10) == ["a.npz", "b.npz", "c.npz"]
     assert len(folder.list_top(2)) == 2
-    assert open_store_under(store, "nothing-here").list_top(10) == []
+    assert store.within("nothing-here").list_top(10) == []
 
 
-def open_store_under(store: ArtifactStore, folder: str) -> ArtifactStore:
-    """A store rooted at ``folder`` of ``store``, as a sharded dataset's uri opens one."""
-    if isinstance(store, LocalStore):
-        return LocalStore(store.root / folder)
-    assert isinstance(store, S3Store)
-    return S3Store(store.bucket, f"{store.prefix}/{folder}", endpoint_url=store.client.meta.endpoint_url)
+def test_a_store_within_a_folder_maps_its_keys_under_that_folder(store: ArtifactStore) -> None:
+    inner = store.within("outer/inner/")
+    inner.put_bytes("x.npy", b"inside")
+    assert store.get_bytes("outer/inner/x.npy") == b"inside"
+    assert inner.within("deeper").list_top(10) == [] and inner.size("x.npy") == 6
+    for folder in ("", "/abs", "a/../b", "../up"):
+        with pytest.raises(ValueError):
+            store.within(folder)
 
 
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a"])
