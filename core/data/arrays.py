@@ -12,10 +12,11 @@ import json
 import math
 import zipfile
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -123,16 +124,45 @@ def read_npz(source: str, payload: bytes | Path, *, max_array_bytes: int | None 
             with np.load(handle, allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
         except _CORRUPT as exc:
-            # a parser's message may span several lines or quote the header: one short line
-            raise DataError(
-                source, f"not a valid .npz file ({one_line(str(exc))[:200] or type(exc).__name__})"
-            ) from exc
+            raise _corrupt(source, exc) from exc
 
 
-def _check_members(source: str, handle: IO[bytes], file_size: int, max_array_bytes: int | None) -> None:
+def _corrupt(source: str, exc: BaseException) -> DataError:
+    # a parser's message may span several lines or quote the header: one short line
+    return DataError(source, f"not a valid .npz file ({one_line(str(exc))[:200] or type(exc).__name__})")
+
+
+def read_npz_outline(
+    source: str, handle: IO[bytes], size: int, *, read: Collection[str], max_array_bytes: int | None = None
+) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype[Any]]], dict[str, np.ndarray]]:
+    """The shape and dtype of every array of the .npz open in ``handle`` (seekable, ``size`` bytes),
+    and the arrays named in ``read``, under :func:`read_npz`'s checks; nothing else of the file is
+    read (a shard's first pass, through ranged reads)."""
+    try:
+        if handle.read(2) != b"PK":
+            raise DataError(source, "not a valid .npz file (not a zip archive)")
+        handle.seek(0)
+        headers = _check_members(source, handle, size, max_array_bytes)
+        handle.seek(0)
+        with zipfile.ZipFile(handle) as archive:
+            arrays = {}
+            for name in read:
+                if name in headers:
+                    with archive.open(f"{name}.npy") as member:
+                        arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    except _CORRUPT as exc:
+        raise _corrupt(source, exc) from exc
+    return headers, arrays
+
+
+def _check_members(
+    source: str, handle: IO[bytes], file_size: int, max_array_bytes: int | None
+) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
     """Refuse non-array members, object arrays, headers that promise more bytes than their member
-    holds, and (with a limit) too many bytes in all: from the zip directory and the .npy headers."""
+    holds, and (with a limit) too many bytes in all: from the zip directory and the .npy headers.
+    Returns each array's shape and dtype."""
     total = 0
+    headers = {}
     with zipfile.ZipFile(handle) as archive:
         members = archive.infolist()
         if len(members) > MAX_ARRAYS:
@@ -146,11 +176,14 @@ def _check_members(source: str, handle: IO[bytes], file_size: int, max_array_byt
                 raise DataError(source, f"member {info.filename[:80]!r} is not an .npy array")
             name = info.filename[:-4][:80]
             _check_compression(source, name, info, file_size)
-            total += _member_bytes(source, name, archive, info)
+            shape, dtype = _member_header(source, name, archive, info)
+            headers[info.filename[:-4]] = (shape, dtype)
+            total += math.prod(shape) * dtype.itemsize
             if max_array_bytes is not None and total > max_array_bytes:
                 raise DataError(
                     source, f"array {name!r}: the arrays take over {max_array_bytes} bytes once decompressed"
                 )
+    return headers
 
 
 def _check_compression(source: str, name: str, info: zipfile.ZipInfo, file_size: int) -> None:
@@ -168,8 +201,10 @@ def _check_compression(source: str, name: str, info: zipfile.ZipInfo, file_size:
         )
 
 
-def _member_bytes(source: str, name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
-    """The bytes a member's array takes, from its .npy header, checked against the member's size."""
+def _member_header(
+    source: str, name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo
+) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """A member's shape and dtype, from its .npy header, checked against the member's size."""
     with archive.open(info) as member:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
@@ -188,7 +223,7 @@ def _member_bytes(source: str, name: str, archive: zipfile.ZipFile, info: zipfil
             f"array {name!r}: its header declares shape {shape} of {dtype} ({data_bytes} bytes), "
             f"but the member holds {info.file_size - header_bytes} bytes (a truncated or corrupt file)",
         )
-    return data_bytes
+    return tuple(shape), dtype
 
 
 def load_raw(

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from core.data.arrays import MAX_CLASSES, read_npz, refuse_oversize
+from core.data.arrays import MAX_CLASSES, read_npz, read_npz_outline, refuse_oversize
 from core.data.checks import checked_modality
 from core.errors import DataError
 from storage.store import ArtifactStore, LocalStore, open_store
@@ -46,6 +46,7 @@ MAX_SHARDS = 10_000  # files a sharded dataset may hold: a listing, and a block 
 DEFAULT_CACHE_BYTES = 256 << 20  # normalised blocks held while training
 BLOCK_FRACTION = 16  # an .npy block holds about 1/16 of the cache, so a window spans 8 blocks
 MIN_BLOCK_ROWS = 64
+OUTLINE_READ_BYTES = 64 << 10  # a ranged read of a shard's first pass: its zip directory, a header, annotations
 ANNOTATIONS = ("label", "split", "class_names")
 _MAX_HEADER = 65_536 + 12  # an .npy header's length is a 16-bit (1.0) or 32-bit (2.0) field; 1.0's bound
 
@@ -284,6 +285,49 @@ def _read_shard(
     return read_npz(source, payload, max_array_bytes=max_bytes)
 
 
+def _outline_shard(
+    store: ArtifactStore, source: str, key: str, max_bytes: int | None
+) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype[Any]]], dict[str, np.ndarray]]:
+    """A shard's first pass: every array's shape and dtype and the annotations' values, through
+    ranged reads of its zip directory, its members' headers and the annotation members only."""
+    size = _size(store, source, key)
+    refuse_oversize(source, size, max_bytes)
+    handle = io.BufferedReader(_StoreFile(store, source, key, size), buffer_size=OUTLINE_READ_BYTES)
+    return read_npz_outline(source, handle, size, read=ANNOTATIONS, max_array_bytes=max_bytes)
+
+
+class _StoreFile(io.RawIOBase):
+    """One stored file as a seekable, read-only file whose reads are ranged reads (positioned, locally)."""
+
+    def __init__(self, store: ArtifactStore, source: str, key: str, size: int) -> None:
+        self.store, self.source, self.key, self.size, self.position = store, source, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        stop = min(self.position + len(buffer), self.size)
+        if stop <= self.position:
+            return 0
+        payload = _range(self.store, self.source, self.key, self.position, stop)
+        if len(payload) != stop - self.position:
+            raise DataError(self.source, "the file is shorter than its size (changed or truncated)")
+        memoryview(buffer).cast("B")[: len(payload)] = payload
+        self.position = stop
+        return len(payload)
+
+
 def _size(store: ArtifactStore, source: str, key: str) -> int:
     try:
         return store.size(key)
@@ -357,21 +401,21 @@ def _scan_npz(
     start = 0
     for position, key in enumerate(files):
         source = f"{uri}{key}"
-        arrays = _read_shard(store, source, key, max_bytes, None)
+        headers, arrays = _outline_shard(store, source, key, max_bytes)
         if position == 0:
-            modalities = list(wanted) if wanted is not None else _all_modalities(source, set(arrays))
-            dtypes = {name: str(arrays[name].dtype) for name in modalities if name in arrays}
-        missing = [name for name in modalities if name not in arrays]
+            modalities = list(wanted) if wanted is not None else _all_modalities(source, set(headers))
+            dtypes = {name: str(headers[name][1]) for name in modalities if name in headers}
+        missing = [name for name in modalities if name not in headers]
         if missing:
             raise DataError(
-                source, f"modality {missing} not in this shard; it has {sorted(set(arrays) - set(ANNOTATIONS))}"
+                source, f"modality {missing} not in this shard; it has {sorted(set(headers) - set(ANNOTATIONS))}"
             )
         for name in [*modalities, *ANNOTATIONS]:
-            if name in arrays:
-                _check_layout(source, name, arrays[name].dtype, tuple(arrays[name].shape))
-        rows = _shard_rows(source, {name: arrays[name] for name in modalities})
+            if name in headers:
+                _check_layout(source, name, headers[name][1], headers[name][0])
+        rows = _shard_rows(source, {name: headers[name][0] for name in modalities})
         for name in modalities:
-            shape = tuple(arrays[name].shape[1:])
+            shape = headers[name][0][1:]
             if shapes.setdefault(name, shape) != shape:
                 raise DataError(
                     source, f"modality {name!r} has per-sample shape {shape}; the first shard's is {shapes[name]}"
@@ -416,8 +460,8 @@ def _joined(uri: str, name: str, parts: list[np.ndarray]) -> np.ndarray | None:
         raise DataError(uri, f"array {name!r} has a different shape or kind in different shards") from exc
 
 
-def _shard_rows(source: str, arrays: dict[str, np.ndarray]) -> int:
-    counts = {name: (array.shape[0] if array.ndim else 0) for name, array in arrays.items()}
+def _shard_rows(source: str, shapes: dict[str, tuple[int, ...]]) -> int:
+    counts = {name: (shape[0] if shape else 0) for name, shape in shapes.items()}
     if len(set(counts.values())) != 1:
         raise DataError(source, f"modalities have different sample counts: {counts}")
     rows = next(iter(counts.values()))

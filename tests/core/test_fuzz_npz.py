@@ -1,7 +1,8 @@
 """Fuzzing the .npz loader (issue 12, item 2): Hypothesis writes small valid datasets for every task,
 breaks them (arrays dropped, added, reshaped, retyped, cut short, filled with NaN or absurd labels;
-the file's bytes truncated, flipped or overwritten) and reads them the two ways mmkd does: ``prepare``
-(a run or a job) and ``summarise_npz`` (an upload).
+the file's bytes truncated, flipped or overwritten) and reads them the three ways mmkd does: ``prepare``
+(a run or a job), ``summarise_npz`` (an upload) and, as the one shard of a folder,
+``summarise_shards`` (an upload of shards: ranged reads of the zip directory, headers and annotations).
 
 The property: a valid prepared dataset, or one ``DataError`` line that starts with the file's name;
 never another exception, never an executed pickle, never more than ``MEMORY_BOUND`` bytes allocated.
@@ -26,7 +27,8 @@ from hypothesis import strategies as st
 from tests_support import fuzz_budget
 
 from core.data import PreparedData, is_labelled, prepare
-from core.data.summary import summarise_npz
+from core.data.shards import LocalOrS3Folders
+from core.data.summary import summarise_npz, summarise_shards
 from core.errors import DataError
 from core.spec import DatasetSpec, TaskKind
 
@@ -189,14 +191,14 @@ def _check_prepared(data: PreparedData, task: TaskKind) -> None:
         assert is_labelled(data.val.label).all() and is_labelled(data.test.label).all()
 
 
-def _refusal_or_valid(read: Callable[[], object], source: str) -> object | None:
-    """Run ``read`` under tracemalloc: its result, or None for a one-line DataError naming ``source``."""
+def _refusal_or_valid(read: Callable[[], object], *sources: str) -> object | None:
+    """Run ``read`` under tracemalloc: its result, or None for a one-line DataError naming one of ``sources``."""
     tracemalloc.start()
     try:
         return read()
     except DataError as refused:
         message = str(refused)
-        assert message.startswith(f"{source}: ") and "\n" not in message, message
+        assert message.startswith(tuple(f"{source}: " for source in sources)) and "\n" not in message, message
         return None
     finally:
         _, peak = tracemalloc.get_traced_memory()
@@ -219,6 +221,8 @@ def _read_both_ways(task: TaskKind, payload: bytes, dataset: dict[str, Any]) -> 
         path = Path(folder) / "upload.npz"
         path.write_bytes(payload)
         _refusal_or_valid(lambda: summarise_npz("the uploaded file", path), "the uploaded file")
+        folder_uri = f"{folder}/"
+        _refusal_or_valid(lambda: summarise_shards(folder_uri, LocalOrS3Folders()), folder_uri, f"{folder}/upload.npz")
     assert EXECUTED == []
 
 

@@ -351,6 +351,50 @@ def test_an_upload_summary_of_shards_is_the_summary_of_the_file(
         summarise_shards(sharded(copy), LocalOrS3Folders())
 
 
+class CountingStore:
+    """A store that counts the bytes read through it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.read = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def get_range(self, key: str, start: int, stop: int) -> bytes:
+        payload: bytes = self.inner.get_range(key, start, stop)
+        self.read += len(payload)
+        return payload
+
+    def get_bytes(self, key: str) -> bytes:
+        payload: bytes = self.inner.get_bytes(key)
+        self.read += len(payload)
+        return payload
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_first_pass_over_npz_shards_reads_their_directories_headers_and_annotations(
+    tmp_path: Path, compressed: bool
+) -> None:
+    """Ranged reads of each shard's zip directory, its members' headers and its label: a small part of
+    the shard; the second pass reads every byte. A compressed member's header is the start of its stream."""
+    rng = np.random.default_rng(0)
+    arrays = {"wide": rng.normal(size=(4000, 256)), "narrow": rng.normal(size=(4000, 3)), "label": np.arange(4000) % 2}
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    save = np.savez_compressed if compressed else np.savez
+    for number, start in enumerate(range(0, 4000, 1000)):
+        save(folder / f"part-{number}.npz", **{name: values[start : start + 1000] for name, values in arrays.items()})
+    total = sum(path.stat().st_size for path in folder.iterdir())
+    counted = CountingStore(LocalOrS3Folders()(f"{folder}/"))
+    source, found = shards.scan(f"{folder}/", lambda _: counted, modalities=None, max_bytes=None, cache_bytes=64 << 20)
+    assert source.modalities == ["narrow", "wide"] and source.shapes == {"narrow": (3,), "wide": (256,)}
+    np.testing.assert_array_equal(found.label, arrays["label"])
+    assert counted.read < 0.1 * total, (counted.read, total)  # 2 MB shards: a few reads of 64 KiB each
+    counted.read = 0
+    source.statistics(np.arange(4000))
+    assert counted.read >= total
+
+
 def test_prepared_streamed_data_pickles_without_its_cache(folders: dict[str, Path]) -> None:
     """A launcher pickles the prepared data for its ranks: the folder reopens there, the cache starts empty."""
     import pickle
