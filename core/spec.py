@@ -387,6 +387,9 @@ MethodSpec = Annotated[
 #: The method name a study's base spec may give to search the methods themselves (``studies``).
 AUTO_METHOD = "auto"
 
+#: Methods whose objective reads the whole training split at once (``Objective.begin_epoch``): a sharded
+#: dataset streams it, so they are refused on one (tests/core/test_shards.py checks the objectives agree).
+WHOLE_SPLIT_METHODS = frozenset({"mfh_kd"})
 METHOD_NAMES = (
     "student_only",
     "teacher_only",

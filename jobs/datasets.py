@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.data.summary import FileSummary, summarise_npz
 from core.errors import DataError, StorageError
-from core.spec import JobSpec
+from core.spec import WHOLE_SPLIT_METHODS, JobSpec
 from jobs.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceError
 from jobs.models import Dataset, Job
 from jobs.status import JobStatus
@@ -189,7 +189,8 @@ def delete_objects(store: ArtifactStore, keys: list[str]) -> None:
 
 
 def check_data_reference(session: Session, *, owner_id: int, spec: JobSpec, data_allow: list[str]) -> None:
-    """Refuse a spec whose data its owner may not use (422 naming the field).
+    """Refuse a spec whose data its owner may not use (422 naming the field), or that asks a sharded
+    dataset (a folder ``uri``, or an uploaded folder) for what only one file allows.
 
     An uploaded dataset is read under a shared row lock, so a concurrent delete waits for this
     submit and then sees its job.
@@ -198,16 +199,38 @@ def check_data_reference(session: Session, *, owner_id: int, spec: JobSpec, data
     if uri is not None and not is_allowed(uri, data_allow):
         raise InvalidRequestError([{"path": "dataset.uri", "message": URI_NOT_ALLOWED}])
     if spec.dataset.id is None:
+        errors = _streaming_errors(spec) if uri is not None and uri.endswith("/") else []
+        if errors:
+            raise InvalidRequestError(errors)
         return
     query = select(Dataset).where(Dataset.id == spec.dataset.id, Dataset.owner_id == owner_id)
     dataset = session.scalars(query.with_for_update(read=True)).one_or_none()
     if dataset is None:
         raise InvalidRequestError([{"path": "dataset.id", "message": NO_SUCH_DATASET}])
     errors = _modality_errors(spec, dataset)
+    if dataset.summary.get("shards"):
+        errors += _streaming_errors(spec)
     if spec.task != "retrieval" and dataset.summary.get("label") is None:
         errors.append({"path": "task", "message": f"task {spec.task!r} needs labels; dataset {dataset.id} has none"})
     if errors:
         raise InvalidRequestError(errors)
+
+
+def _streaming_errors(spec: JobSpec) -> list[dict[str, str]]:
+    """What a streamed (sharded) dataset cannot do: the probe, and methods that read the whole
+    training split at once (the trainer refuses them too, after the data's passes)."""
+    errors = []
+    if spec.kind == "probe":
+        errors.append(
+            {"path": "kind", "message": "the probe fits on the whole training split at once: give it one .npz"}
+        )
+    if spec.method.name in WHOLE_SPLIT_METHODS:
+        message = (
+            f"method {spec.method.name!r} reads the whole training split at once, which a sharded dataset streams; "
+            "use one .npz file, or another method"
+        )
+        errors.append({"path": "method.name", "message": message})
+    return errors
 
 
 def _modality_errors(spec: JobSpec, dataset: Dataset) -> list[dict[str, str]]:

@@ -222,7 +222,8 @@ class DatasetUpload(Base):
 
     A sharded upload (``files`` set) sends each file of a folder of shards as a multipart upload of
     its own to ``key`` + the file's name (``key`` is then the dataset's folder, ending in ``/``);
-    ``files`` holds each one's name, size, multipart id and part count."""
+    ``files`` holds each one's name, size, multipart id and part count. ``claimed_at``: when a
+    completion or an abort took the upload (None: open)."""
 
     __tablename__ = "dataset_uploads"
 
@@ -234,6 +235,7 @@ class DatasetUpload(Base):
     size_bytes: Mapped[int] = mapped_column(BigId)
     part_size: Mapped[int] = mapped_column(BigId)
     files: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonDoc, nullable=True)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), nullable=True)  # a completion or abort
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

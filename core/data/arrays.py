@@ -133,16 +133,27 @@ def _corrupt(source: str, exc: BaseException) -> DataError:
 
 
 def read_npz_outline(
-    source: str, handle: IO[bytes], size: int, *, read: Collection[str], max_array_bytes: int | None = None
+    source: str,
+    handle: IO[bytes],
+    size: int,
+    *,
+    read: Collection[str],
+    max_array_bytes: int | None = None,
+    max_read_bytes: int | None = None,
 ) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype[Any]]], dict[str, np.ndarray]]:
     """The shape and dtype of every array of the .npz open in ``handle`` (seekable, ``size`` bytes),
-    and the arrays named in ``read``, under :func:`read_npz`'s checks; nothing else of the file is
-    read (a shard's first pass, through ranged reads)."""
+    and the arrays named in ``read`` (within ``max_read_bytes`` together, checked from their headers
+    before any is read), under :func:`read_npz`'s checks; nothing else of the file is read (a shard's
+    first pass, through ranged reads)."""
     try:
         if handle.read(2) != b"PK":
             raise DataError(source, "not a valid .npz file (not a zip archive)")
         handle.seek(0)
         headers = _check_members(source, handle, size, max_array_bytes)
+        wanted = sum(math.prod(shape) * dtype.itemsize for name, (shape, dtype) in headers.items() if name in read)
+        if max_read_bytes is not None and wanted > max_read_bytes:
+            names = sorted(set(read) & set(headers))
+            raise DataError(source, f"arrays {names} take {wanted} bytes, over the {max_read_bytes} left for them")
         handle.seek(0)
         with zipfile.ZipFile(handle) as archive:
             arrays = {}

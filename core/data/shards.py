@@ -286,14 +286,17 @@ def _read_shard(
 
 
 def _outline_shard(
-    store: ArtifactStore, source: str, key: str, max_bytes: int | None
+    store: ArtifactStore, source: str, key: str, max_bytes: int | None, annotation_bytes: int | None
 ) -> tuple[dict[str, tuple[tuple[int, ...], np.dtype[Any]]], dict[str, np.ndarray]]:
-    """A shard's first pass: every array's shape and dtype and the annotations' values, through
-    ranged reads of its zip directory, its members' headers and the annotation members only."""
+    """A shard's first pass: every array's shape and dtype and the annotations' values (within
+    ``annotation_bytes``), through ranged reads of its zip directory, its members' headers and the
+    annotation members only."""
     size = _size(store, source, key)
     refuse_oversize(source, size, max_bytes)
     handle = io.BufferedReader(_StoreFile(store, source, key, size), buffer_size=OUTLINE_READ_BYTES)
-    return read_npz_outline(source, handle, size, read=ANNOTATIONS, max_array_bytes=max_bytes)
+    return read_npz_outline(
+        source, handle, size, read=ANNOTATIONS, max_array_bytes=max_bytes, max_read_bytes=annotation_bytes
+    )
 
 
 class _StoreFile(io.RawIOBase):
@@ -399,9 +402,12 @@ def _scan_npz(
     modalities: list[str] = []
     dtypes: dict[str, str] = {}
     start = 0
+    kept_bytes = 0  # the annotations kept so far: together within max_bytes, as one file's would be
     for position, key in enumerate(files):
         source = f"{uri}{key}"
-        headers, arrays = _outline_shard(store, source, key, max_bytes)
+        left = None if max_bytes is None else max_bytes - kept_bytes
+        headers, arrays = _outline_shard(store, source, key, max_bytes, left)
+        kept_bytes += sum(array.nbytes for array in arrays.values())
         if position == 0:
             modalities = list(wanted) if wanted is not None else _all_modalities(source, set(headers))
             dtypes = {name: str(headers[name][1]) for name in modalities if name in headers}
@@ -520,11 +526,13 @@ def _scan_npy(
     if rows == 0:
         raise DataError(uri, "holds no sample")
     loaded = {}
-    for name in ANNOTATIONS:  # small: a few bytes a row, read whole (each within max_bytes)
+    annotations = [name for name in ANNOTATIONS if name in headers]
+    together = sum(headers[name].offset + headers[name].shape[0] * headers[name].row_bytes for name in annotations)
+    refuse_oversize(f"{uri}{{{','.join(name + '.npy' for name in annotations)}}}", together, max_bytes)
+    for name in annotations:  # small: a few bytes a row, read whole (together within max_bytes)
         if name in headers:
             key, header = f"{name}.npy", headers[name]
             size = header.offset + header.shape[0] * header.row_bytes
-            refuse_oversize(f"{uri}{key}", size, max_bytes)
             payload = _range(store, f"{uri}{key}", key, header.offset, size)
             if len(payload) != size - header.offset:
                 raise DataError(f"{uri}{key}", "the file is shorter than its header says (changed or truncated)")

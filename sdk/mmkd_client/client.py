@@ -53,6 +53,7 @@ from mmkd_client.stream import StreamEvent, parse_events
 
 #: Files larger than this go through the presigned multipart flow when the server has S3.
 MULTIPART_THRESHOLD = 64 << 20
+COMPLETE_TIMEOUT = 900.0  # seconds a completion may take: a folder's checks read a few ranges of every file
 _CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After above this is honoured only up to it
@@ -320,8 +321,10 @@ class Client:
 
     def _send_parts(self, plan: dict[str, Any], send: Callable[[], dict[str, Any]]) -> Dataset:
         """PUT the parts (``send`` returns the completion's body), then complete; abort on failure."""
-        try:
-            done = self._request("POST", plan["complete"], json=send())
+        try:  # the server checks what it assembled before it answers: give it time (COMPLETE_TIMEOUT)
+            body = send()
+            waiting = httpx.Timeout(COMPLETE_TIMEOUT, connect=self._http.timeout.connect)
+            done = self._request("POST", plan["complete"], json=body, timeout=waiting)
         except (httpx.HTTPError, MmkdError, OSError):
             with contextlib.suppress(MmkdError):
                 self._request("DELETE", f"/v1/datasets/uploads/{plan['id']}")

@@ -19,16 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from jobs import dataset_uploads, datasets
 from jobs.models import Dataset
-from service.datasets.schemas import (
-    DATASET_NAME,
-    DatasetOut,
-    DatasetPage,
-    FilesDone,
-    FileUploadRequest,
-    PartsDone,
-    ShardsUploadRequest,
-    UploadOut,
-)
+from service.datasets.schemas import DATASET_NAME, CompleteRequest, DatasetOut, DatasetPage, UploadOut, UploadRequest
 from service.deps import DIGITS_ONLY, MAX_ID, AutocommitSessionDep, CurrentOwner, SessionDep, SettingsDep
 from service.openapi import error_responses
 from service.pagination import CURSOR_PARAM, decode_cursor, encode_cursor
@@ -50,6 +41,7 @@ NPZ_BODY = {
 NO_SUCH_DATASET = {404: "No such dataset, or another owner's (the same answer)."}
 NO_SUCH_UPLOAD = {404: "No such upload, or another owner's (the same answer)."}
 NEEDS_S3 = "The server's store is not S3: send the file with `POST /v1/datasets`."
+BUSY_UPLOAD = f"{NEEDS_S3} Or another completion or abort of this upload is under way."
 DATASET_PATH = f"/{id_segment('dataset_id')}"  # decimal digits only; anything else matches no route (404)
 UPLOAD_PATH = f"/uploads/{id_segment('upload_id')}"
 LOCATION = {"Location": {"description": "The dataset's URL.", "schema": {"type": "string"}, "required": True}}
@@ -184,7 +176,7 @@ def delete_dataset(
     },
 )
 def start_dataset_upload(
-    body: FileUploadRequest | ShardsUploadRequest,
+    body: UploadRequest,
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
@@ -196,7 +188,7 @@ def start_dataset_upload(
     each file its own multipart upload. Completion then checks the folder as a job's first pass
     does (layout, headers, label, split); the values are checked by each job as it streams them."""
     store = request.app.state.store
-    if isinstance(body, ShardsUploadRequest):
+    if body.files is not None:
         plan = dataset_uploads.begin_sharded_upload(
             session,
             owner_id=owner.id,
@@ -207,6 +199,7 @@ def start_dataset_upload(
             max_total_bytes=settings.max_sharded_dataset_bytes,
         )
     else:
+        assert body.size_bytes is not None
         plan = dataset_uploads.begin_upload(
             session,
             owner_id=owner.id,
@@ -225,13 +218,13 @@ def start_dataset_upload(
     responses={
         **CREATED,
         **error_responses(
-            404, 409, 413, 503, said={**NO_SUCH_UPLOAD, 409: NEEDS_S3, 503: "Busy, or the store is unreachable."}
+            404, 409, 413, 503, said={**NO_SUCH_UPLOAD, 409: BUSY_UPLOAD, 503: "Busy, or the store is unreachable."}
         ),
     },
 )
 def complete_dataset_upload(
     upload_id: Annotated[int, PathParam(ge=1, le=MAX_ID, description="The upload's id.")],
-    body: PartsDone | FilesDone,
+    body: CompleteRequest,
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
@@ -244,10 +237,8 @@ def complete_dataset_upload(
         session,
         owner_id=owner.id,
         upload_id=upload_id,
-        parts=[(part.part_number, part.etag) for part in body.parts] if isinstance(body, PartsDone) else None,
-        files={f.name: [(p.part_number, p.etag) for p in f.parts] for f in body.files}
-        if isinstance(body, FilesDone)
-        else None,
+        parts=None if body.parts is None else [(part.part_number, part.etag) for part in body.parts],
+        files=None if body.files is None else {f.name: [(p.part_number, p.etag) for p in f.parts] for f in body.files},
         store=request.app.state.store,
         max_bytes=settings.max_dataset_bytes,
         max_total_bytes=settings.max_sharded_dataset_bytes,
@@ -260,7 +251,7 @@ def complete_dataset_upload(
     UPLOAD_PATH,
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(
-        404, 409, 503, said={**NO_SUCH_UPLOAD, 409: NEEDS_S3, 503: "Busy, or the store is unreachable."}
+        404, 409, 503, said={**NO_SUCH_UPLOAD, 409: BUSY_UPLOAD, 503: "Busy, or the store is unreachable."}
     ),
 )
 def abort_dataset_upload(

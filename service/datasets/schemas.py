@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.dataset_uploads import MAX_UPLOAD_FILES, UploadPlan
 from jobs.models import Dataset
@@ -13,7 +13,7 @@ from jobs.models import Dataset
 #: Names are labels for people; they never reach a path or a key.
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$"
 #: A shard's file name: it becomes the last segment of a key in the dataset's folder.
-SHARD_FILE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,195}\.(npz|npy)$"
+SHARD_FILE = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}\.(npz|npy)$"
 
 
 class ModalityOut(BaseModel):
@@ -86,30 +86,34 @@ class FileRequest(BaseModel):
     size_bytes: int = Field(ge=1, le=2**53 - 1, description="The file's exact size.")
 
 
-class FileUploadRequest(BaseModel):
-    """Ask for a presigned multipart upload of one .npz of ``size_bytes``."""
+class UploadRequest(BaseModel):
+    """Ask for a presigned multipart upload of one .npz (``size_bytes``), or of a folder of shards
+    (``files``: every .npz shard, or one .npy per array), each file a multipart upload of its own."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=DATASET_NAME, description="A label for the dataset.")
-    size_bytes: int = Field(
-        ge=1, le=2**53 - 1, description="The file's exact size (MMKD_MAX_DATASET_BYTES at most, else a 413)."
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["size_bytes"]}, {"required": ["files"]}]}
     )
 
-
-class ShardsUploadRequest(BaseModel):
-    """Ask for a presigned upload of a folder of shards (every .npz shard, or one .npy per array),
-    each file a multipart upload of its own."""
-
-    model_config = ConfigDict(extra="forbid")
-
     name: str = Field(pattern=DATASET_NAME, description="A label for the dataset.")
-    files: list[FileRequest] = Field(
+    size_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**53 - 1,
+        description="One file's exact size (MMKD_MAX_DATASET_BYTES at most, else a 413).",
+    )
+    files: list[FileRequest] | None = Field(
+        default=None,
         min_length=1,
         max_length=MAX_UPLOAD_FILES,
-        description="Each file once, all .npz or all .npy: each .npz (and label/split/class_names .npy) "
-        "within MMKD_MAX_DATASET_BYTES, all together within MMKD_MAX_SHARDED_DATASET_BYTES (else a 413).",
+        description="A folder of shards, each file once, all .npz or all .npy: each .npz (and label/split/"
+        "class_names .npy) within MMKD_MAX_DATASET_BYTES, all within MMKD_MAX_SHARDED_DATASET_BYTES (else a 413).",
     )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> UploadRequest:
+        if (self.size_bytes is None) == (self.files is None):
+            raise ValueError("give size_bytes (one .npz) or files (a folder of shards), one of the two")
+        return self
 
 
 class PartUrl(BaseModel):
@@ -180,24 +184,26 @@ class FileDone(BaseModel):
     parts: list[PartDone] = Field(min_length=1, max_length=1_000)
 
 
-class PartsDone(BaseModel):
-    """Every part of a one-file upload, by number."""
+class CompleteRequest(BaseModel):
+    """Every part of the upload, by number: ``parts`` for one file, ``files`` for a folder of shards."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["parts"]}, {"required": ["files"]}]}
+    )
 
-    parts: list[PartDone] = Field(min_length=1, max_length=1_000)
+    parts: list[PartDone] | None = Field(default=None, min_length=1, max_length=1_000)
+    files: list[FileDone] | None = Field(default=None, min_length=1, max_length=MAX_UPLOAD_FILES)
 
-
-class FilesDone(BaseModel):
-    """Every part of every file of a sharded upload, each file named once."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    files: list[FileDone] = Field(min_length=1, max_length=MAX_UPLOAD_FILES)
-
-    @model_validator(mode="after")
-    def _each_once(self) -> FilesDone:
-        names = [file.name for file in self.files]
+    @field_validator("files")
+    @classmethod
+    def _each_once(cls, files: list[FileDone] | None) -> list[FileDone] | None:
+        names = [file.name for file in files or []]
         if len(set(names)) != len(names):
             raise ValueError("name each file of the upload once")
+        return files
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CompleteRequest:
+        if (self.parts is None) == (self.files is None):
+            raise ValueError("give parts (one file) or files (a folder of shards), one of the two")
         return self

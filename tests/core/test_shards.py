@@ -208,6 +208,17 @@ def test_methods_that_read_the_whole_split_at_once_are_refused(folders: dict[str
         probe(spec_for(sharded(folders["mfeat/npz"])))
 
 
+def test_the_methods_the_api_refuses_on_shards_are_those_reading_the_whole_split() -> None:
+    """The API refuses WHOLE_SPLIT_METHODS at submit (torch-free); the trainer refuses every objective
+    that overrides begin_epoch: the two lists must be the same."""
+    from core.objectives import OBJECTIVES
+    from core.objectives.base import Objective
+    from core.spec import METHOD_NAMES, WHOLE_SPLIT_METHODS
+
+    reading = {name for name in METHOD_NAMES if OBJECTIVES.get(name).begin_epoch is not Objective.begin_epoch}
+    assert reading == WHOLE_SPLIT_METHODS
+
+
 # --- hostile and malformed folders: one line naming the folder or the file ---------------------------
 
 
@@ -258,6 +269,25 @@ def test_limits_on_files_and_sizes_name_what_is_over(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     size = (tmp_path / "many" / "part-00000.npz").stat().st_size
     refused(tmp_path / "many", f"part-00000.npz: the data is {size} bytes, over the limit of 1000", max_bytes=1000)
+    # each file within the limit, the annotations together (as one file's would be) over it: refused from headers
+    rng = np.random.default_rng(0)
+    arrays = {"fou": rng.normal(size=(4000, 2)).astype(np.float32), "label": np.arange(4000) % 10}
+    write_shards(arrays, tmp_path / "labels", rows_per_shard=500)
+    largest = max(path.stat().st_size for path in (tmp_path / "labels").iterdir())
+    with pytest.raises(DataError, match=r"part-0000[1-7].npz: arrays \['label'\] take 4000 bytes, over the"):
+        shards.scan(
+            sharded(tmp_path / "labels"), LocalOrS3Folders(), modalities=None, max_bytes=largest, cache_bytes=1 << 30
+        )
+    write_shards(arrays, tmp_path / "arrays", layout="npy")
+    label_bytes = (tmp_path / "arrays" / "label.npy").stat().st_size
+    with pytest.raises(DataError, match=r"\{label.npy\}: the data is"):
+        shards.scan(
+            sharded(tmp_path / "arrays"),
+            LocalOrS3Folders(),
+            modalities=None,
+            max_bytes=label_bytes - 1,
+            cache_bytes=1 << 30,
+        )
 
 
 def test_npy_files_are_checked_from_their_headers(tmp_path: Path) -> None:

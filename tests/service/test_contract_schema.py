@@ -212,11 +212,13 @@ def test_limits_are_in_the_schema(schema: dict[str, Any]) -> None:
     assert not re.fullmatch(names, "a\x00b")
     schemas = schema["components"]["schemas"]
     assert schemas["MetricPointOut"]["properties"]["name"]["maxLength"] == 128
-    assert schemas["FileUploadRequest"]["properties"]["size_bytes"]["maximum"] == 2**53 - 1
-    assert "pattern" in schemas["FileUploadRequest"]["properties"]["name"]
+    upload = schemas["UploadRequest"]
+    assert upload["properties"]["size_bytes"]["anyOf"][0]["maximum"] == 2**53 - 1
+    assert "pattern" in upload["properties"]["name"]
+    assert upload["oneOf"] == [{"required": ["size_bytes"]}, {"required": ["files"]}]  # one kind or the other
     shard_name = schemas["FileRequest"]["properties"]["name"]["pattern"]
     assert re.fullmatch(shard_name, "part-00000.npz") and not re.fullmatch(shard_name, "../a.npz")
-    assert schemas["ShardsUploadRequest"]["properties"]["files"]["maxItems"] == 1_000
+    assert upload["properties"]["files"]["anyOf"][0]["maxItems"] == 500
     submit = schema["paths"]["/v1/jobs"]["post"]
     assert "dataset.id" in submit["description"] and "422" in submit["description"]
 
