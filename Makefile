@@ -42,8 +42,11 @@ servers:
 # Two pytest processes (pytest-xdist), a test file each at a time: the integration tests mostly wait on
 # their workers and servers, so two of them overlap on this machine's 2 cores (each file's module
 # fixtures stay in one process). Every session claims its own databases and ports (tests/conftest.py).
+# One compute thread per process (OMP_NUM_THREADS=1, inherited by workers and ranks): two pytest
+# processes and the workers they start already share 2 cores, and torch's spinning OpenMP threads,
+# oversubscribed, ran two trainings at half speed (48 s against 24 s for the same pair).
 test: install
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/ruff check settings.py core jobs storage service worker cli sdk bench tests

@@ -12,6 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+
+# One compute thread per test process and the workers it starts (the Makefile sets it for `make test`;
+# this covers a plain `pytest`): oversubscribed OpenMP threads spin and halve a shared machine's speed.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from collections.abc import Callable, Iterator
 
 import pytest

@@ -122,7 +122,7 @@ def test_a_cancelled_study_stops_its_running_trial_and_asks_for_no_more(stack) -
 def test_a_trial_whose_worker_died_resumes_as_the_same_job(stack) -> None:
     body = {
         "name": "resumed",
-        "base": {**LONG, "method": {"name": "student_only"}},
+        "base": {**LONG, "method": {"name": "student_only"}, "train": {**LONG["train"], "epochs": 4}},  # 76 steps
         "space": [{"path": "train.lr", "type": "categorical", "choices": [0.003]}],
         "trials": 1,
         "parallelism": 1,
