@@ -390,6 +390,18 @@ AUTO_METHOD = "auto"
 #: Methods whose objective reads the whole training split at once (``Objective.begin_epoch``): a sharded
 #: dataset streams it, so they are refused on one (tests/core/test_shards.py checks the objectives agree).
 WHOLE_SPLIT_METHODS = frozenset({"mfh_kd"})
+#: The refusals of what a sharded dataset cannot do, alike at submit (the API) and in the trainer.
+PROBE_NEEDS_ONE_FILE = "the probe fits on the whole training split at once: give it one .npz"
+
+
+def method_needs_one_file(method: str) -> str:
+    """The refusal of a method that reads the whole training split at once, on a sharded dataset."""
+    return (
+        f"method {method!r} reads the whole training split at once, which a sharded dataset streams; "
+        "use one .npz file, or another method"
+    )
+
+
 METHOD_NAMES = (
     "student_only",
     "teacher_only",

@@ -58,7 +58,6 @@ MAX_PARTS = 1_000  # under S3's 10,000, so the URL list and the completion body 
 MAX_UPLOAD_FILES = 500  # files of one sharded upload: its URLs (MAX_PARTS + files) and completion body stay small
 URL_SECONDS = 3600
 STALE_CLAIM = dt.timedelta(hours=1)  # a completion or abort holding an upload longer than this has died
-ANNOTATION_FILES = ("label.npy", "split.npy", "class_names.npy")  # read whole: within the file limit
 
 
 @runtime_checkable
@@ -138,7 +137,8 @@ def check_file_sizes(sizes: dict[str, int], *, max_file_bytes: int, max_total_by
     """A 413 for an .npz shard or an annotation's .npy over ``max_file_bytes`` (each is read whole) or
     a total over ``max_total_bytes``; a modality's .npy is read in ranges and only counts to the total."""
     for name, size in sizes.items():
-        if (name.endswith(".npz") or name in ANNOTATION_FILES) and size > max_file_bytes:
+        read_whole = name.endswith(".npz") or (name.endswith(".npy") and name[:-4] in ANNOTATIONS)
+        if read_whole and size > max_file_bytes:
             raise PayloadTooLargeError(
                 f"file {name!r} holds {size} bytes; a shard may hold at most {max_file_bytes} (MMKD_MAX_DATASET_BYTES)"
             )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.data.summary import FileSummary, summarise_npz
 from core.errors import DataError, StorageError
-from core.spec import WHOLE_SPLIT_METHODS, JobSpec
+from core.spec import PROBE_NEEDS_ONE_FILE, WHOLE_SPLIT_METHODS, JobSpec, method_needs_one_file
 from jobs.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceError
 from jobs.models import Dataset, Job
 from jobs.status import JobStatus
@@ -221,15 +221,9 @@ def _streaming_errors(spec: JobSpec) -> list[dict[str, str]]:
     training split at once (the trainer refuses them too, after the data's passes)."""
     errors = []
     if spec.kind == "probe":
-        errors.append(
-            {"path": "kind", "message": "the probe fits on the whole training split at once: give it one .npz"}
-        )
+        errors.append({"path": "kind", "message": PROBE_NEEDS_ONE_FILE})
     if spec.method.name in WHOLE_SPLIT_METHODS:
-        message = (
-            f"method {spec.method.name!r} reads the whole training split at once, which a sharded dataset streams; "
-            "use one .npz file, or another method"
-        )
-        errors.append({"path": "method.name", "message": message})
+        errors.append({"path": "method.name", "message": method_needs_one_file(spec.method.name)})
     return errors
 
 

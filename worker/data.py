@@ -3,9 +3,8 @@
 A spec names an uploaded dataset (``dataset:<id>``, resolved to the owner's own stored object, or
 for a sharded upload to its folder, opened as ``dataset:<id>/``) or a raw ``uri``, which is read
 only when it lies under one of the server's allowed prefixes (``MMKD_DATA_ALLOW``), checked here
-again because the API's check may be bypassed (a spec written
-to the database by hand, an allow-list changed since submit). Refusals never say whether the
-object exists or what it holds.
+again because the API's check may be bypassed (a spec written to the database by hand, an allow-list
+changed since submit). Refusals never say whether the object exists or what it holds.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from core.engine.trainer import epoch_batches, run_epoch, split_inputs
 from core.errors import DataError
 from core.metrics import LOWER_IS_BETTER, PRIMARY_METRIC
 from core.objectives.salience import GENERAL_R2, channel_salience, encode, fit_ridge
-from core.spec import JobSpec, TaskKind
+from core.spec import PROBE_NEEDS_ONE_FILE, JobSpec, TaskKind
 from core.tracking import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def probe(spec: JobSpec, *, data: PreparedData | None = None, tracker: Tracker |
     run_spec = probe_spec(spec)
     data = data if data is not None else prepare(spec.dataset, spec.task)
     if data.train.stream is not None:
-        raise DataError(str(spec.dataset.uri), "the probe fits on the whole training split at once: give it one .npz")
+        raise DataError(str(spec.dataset.uri), PROBE_NEEDS_ONE_FILE)
     run = build_run(run_spec, data)
     epochs = run.objective.total_epochs
     tracker.on_start(total_epochs=epochs, steps_per_epoch=len(epoch_batches(run, 0)), start_step=0)

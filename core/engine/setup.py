@@ -20,7 +20,7 @@ from core.errors import DataError
 from core.models.network import Networks, build_networks
 from core.objectives import OBJECTIVES
 from core.objectives.base import Objective
-from core.spec import JobSpec
+from core.spec import JobSpec, method_needs_one_file
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,7 @@ def build_run(spec: JobSpec, data: PreparedData) -> Run:
     )
     streamed = data.train.stream is not None
     if streamed and type(objective).begin_epoch is not Objective.begin_epoch:
-        raise DataError(
-            str(spec.dataset.uri),
-            f"method {spec.method.name!r} reads the whole training split at once, which a sharded dataset "
-            "streams; use one .npz file, or another method",
-        )
+        raise DataError(str(spec.dataset.uri), method_needs_one_file(spec.method.name))
     nets.to(device)
     objective.to(device)
     objective.draws = torch.Generator(device=device).manual_seed(spec.train.seed)  # draws on the device
