@@ -172,8 +172,12 @@ def test_concurrent_submits_make_one_job_per_key_and_health_stays_fast(small_ser
     assert job_ids == {outcome.job_id for outcome in [*same, *distinct]} and len(job_ids) == 21
     assert job_ids <= enqueued, f"jobs without their enqueued event: {sorted(job_ids - enqueued)}"
 
+    # A probe every 20 ms through the burst: a /healthz starved behind the submits would make a run of
+    # slow answers, not one. A single answer past 1 s (the other test process sharing 2 cores) failed CI
+    # once (1,079 ms); latency itself is measured in bench/api_load.py, not timed here.
     assert len(health) >= 5
-    assert max(health) < 1.0, f"/healthz took {max(health) * 1000:.0f} ms"
+    slow = sorted(latency for latency in health if latency >= 1.0)
+    assert len(slow) <= 1 and max(health) < 3.0, f"/healthz took {[round(t * 1000) for t in slow]} ms"
 
 
 def test_submits_and_replays_leave_no_transaction_open(committed_pg: Session, pg_database: str) -> None:
